@@ -1,0 +1,52 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+CONFIG ?= config/router.yaml
+STAMP := $(VENV)/.installed
+export PATH := $(BIN):$(PATH)
+
+.PHONY: run test lint protos check-protos bench bench-replay install clean validate
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+generated/routing_sidecar_api/__init__.py: | $(STAMP)
+	scripts/gen_protos.sh generated
+
+protos: $(STAMP)
+	scripts/gen_protos.sh generated
+
+check-protos: $(STAMP)
+	scripts/check_protos.sh
+
+run: $(STAMP) generated/routing_sidecar_api/__init__.py
+	mkdir -p var
+	$(BIN)/routing-sidecar serve --config $(CONFIG)
+
+validate: $(STAMP)
+	$(BIN)/routing-sidecar validate $(CONFIG)
+
+lint: $(STAMP) generated/routing_sidecar_api/__init__.py
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	cd protos && $(BIN)/buf lint
+	scripts/check_protos.sh
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+bench-replay: $(STAMP)
+	$(BIN)/python -m bench.replay
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,334 @@
+"""Frozen domain types shared by every layer; no protobuf, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+MICROS_PER_USD = 1_000_000
+TOKENS_PER_MTOK = 1_000_000
+
+
+
+class Objective(StrEnum):
+    """How candidates are weighed: cheap and fast, balanced, or best quality."""
+
+    AUTO = "auto"
+    COST_SPEED = "cost_speed"
+    BALANCED = "balanced"
+    QUALITY = "quality"
+
+
+class DecisionStatus(StrEnum):
+    """What a decision amounts to."""
+
+    ROUTED = "ROUTED"
+    AWAIT_SLOT = "AWAIT_SLOT"
+    REJECTED = "REJECTED"
+    CACHE_HIT = "CACHE_HIT"
+
+
+class ReasonCode(StrEnum):
+    """Machine-readable cause of a decision's status."""
+
+    SELECTED = "SELECTED"
+    DOWNGRADED = "DOWNGRADED"
+    AWAITING_SLOT = "AWAITING_SLOT"
+    NO_CAPABLE_MODEL = "NO_CAPABLE_MODEL"
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
+    CACHE_HIT = "CACHE_HIT"
+
+
+class Rejection(StrEnum):
+    """Why a candidate was not chosen; CHOSEN marks the one that was."""
+
+    CHOSEN = "chosen"
+    FALLBACK = "fallback"
+    OUTSCORED = "outscored"
+    EXCLUDED = "excluded"
+    CAPABILITY = "capability"
+    MIN_TIER = "min_tier"
+    CONTEXT_WINDOW = "context_window"
+    MAX_COST = "max_cost"
+    NO_SLOT = "no_slot"
+    TIER_RESERVED = "tier_reserved"
+    BUDGET = "budget"
+    CIRCUIT_OPEN = "circuit_open"
+    QUALITY = "quality"
+
+
+class AttemptStatus(StrEnum):
+    """How one call to a model ended."""
+
+    SUCCESS = "SUCCESS"
+    TRANSIENT_ERROR = "TRANSIENT_ERROR"
+    PERMANENT_ERROR = "PERMANENT_ERROR"
+    TIMEOUT = "TIMEOUT"
+    RATE_LIMITED = "RATE_LIMITED"
+
+
+class BudgetPeriod(StrEnum):
+    """The window a budget limit applies to."""
+
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    TASK = "task"
+
+
+class BudgetState(StrEnum):
+    """Where a scope stands against its limit."""
+
+    OK = "OK"
+    ALERT = "ALERT"
+    EXCEEDED = "EXCEEDED"
+
+
+class OnExceed(StrEnum):
+    """What a budget does when a task would exceed it."""
+
+    DOWNGRADE = "downgrade"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One catalog entry; prices are integer micro-USD per million tokens."""
+
+    name: str
+    provider: str
+    tier: int
+    input_micros_per_mtok: int
+    output_micros_per_mtok: int
+    context_window: int
+    tokens_per_s: float
+    quality: float
+    capabilities: frozenset[str] = frozenset()
+    origin: str = "hosted"
+
+    def cost_micros(self, input_tokens: int, output_tokens: int) -> int:
+        """Cost of a call in micro-USD, rounded up so estimates never undershoot."""
+        raw = input_tokens * self.input_micros_per_mtok + output_tokens * self.output_micros_per_mtok
+        return -(-raw // TOKENS_PER_MTOK)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a caller should retry one model before falling back."""
+
+    max_retries: int = 2
+    base_backoff_s: float = 0.2
+    max_backoff_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A named set of models in priority order with per-task limits."""
+
+    name: str
+    models: tuple[str, ...]
+    objective: Objective | None = None
+    max_cost_per_task_micros: int | None = None
+    max_output_tokens: int | None = None
+    fallbacks: int = 2
+    temperature: float | None = None
+    retry: RetryPolicy = RetryPolicy()
+    critical: bool = False
+    quality_floor: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Conditions a task must meet; every given condition must hold."""
+
+    task_types: tuple[str, ...] = ()
+    priority_min: int | None = None
+    priority_max: int | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Maps matching tasks to a policy; first match wins."""
+
+    match: Match
+    policy: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeRule:
+    """Maps matching tasks to an objective when neither request nor policy sets one."""
+
+    match: Match
+    objective: Objective
+
+
+@dataclass(frozen=True, slots=True)
+class TierRules:
+    """Which tiers are reserved and how a task may claim them."""
+
+    reserve_above: int = 1
+    ev_percentile: float = 90.0
+    priority_override: int = 95
+    ev_window: int = 1000
+    ev_min_samples: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Requirements:
+    """What every chosen model must offer."""
+
+    min_tier: int = 0
+    capabilities: frozenset[str] = frozenset()
+    min_quality: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A worker slot offered for a task, bound to one model."""
+
+    slot_id: str
+    model: str
+    utilisation: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A routing request's metadata; never the prompt."""
+
+    task_id: str
+    task_type: str
+    priority: int = 50
+    requires: Requirements = Requirements()
+    estimated_input_tokens: int = 0
+    max_output_tokens: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ev: float | None = None
+    objective: Objective = Objective.AUTO
+    policy: str | None = None
+    available_slots: tuple[Slot, ...] = ()
+    exclude_models: frozenset[str] = frozenset()
+    cache_key: str | None = None
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Alternative:
+    """One candidate considered by a decision, with its fate."""
+
+    model: str
+    provider: str
+    tier: int
+    score: float
+    estimated_cost_micros: int
+    rejection: Rejection
+    reason: str
+    estimated_quality: float
+    slot_id: str | None = None
+
+    @property
+    def chosen(self) -> bool:
+        """True for the candidate the decision picked."""
+        return self.rejection is Rejection.CHOSEN
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """One step of the chain to try when the chosen model fails."""
+
+    model: str
+    provider: str
+    tier: int
+    estimated_cost_micros: int
+    slot_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """A budget scope's standing in its current period."""
+
+    scope: str
+    period: BudgetPeriod
+    limit_micros: int
+    spent_micros: int
+    reserved_micros: int
+    state: BudgetState
+    period_start: float | None = None
+    period_end: float | None = None
+
+    @property
+    def remaining_micros(self) -> int:
+        """Headroom left; never negative."""
+        return max(0, self.limit_micros - self.spent_micros - self.reserved_micros)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The pure outcome of the selection core, before ids, time and budgets are attached."""
+
+    status: DecisionStatus
+    reason_code: ReasonCode
+    policy: str
+    objective: Objective
+    reason: str
+    alternatives: tuple[Alternative, ...]
+    chosen: Alternative | None = None
+    fallbacks: tuple[Fallback, ...] = ()
+
+    @property
+    def estimated_cost_micros(self) -> int:
+        """Estimated cost of the chosen model, 0 when nothing was chosen."""
+        return self.chosen.estimated_cost_micros if self.chosen else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A routing decision as answered to the caller and written to the audit log."""
+
+    decision_id: str
+    task_id: str
+    decided_at: float
+    selection: Selection
+    dry_run: bool = False
+    budgets: tuple[BudgetStatus, ...] = ()
+
+    @property
+    def status(self) -> DecisionStatus:
+        """The decision's status."""
+        return self.selection.status
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One call the orchestrator made for a decision."""
+
+    model: str
+    provider: str
+    status: AttemptStatus
+    error_type: str = ""
+    started_at: float | None = None
+    duration_s: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_micros: int | None = None
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to a decision: its attempts, success and graded quality."""
+
+    decision_id: str
+    attempts: tuple[Attempt, ...] = ()
+    success: bool = False
+    quality: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QualityEstimate:
+    """Learned quality of a model for a task type, with how sure we are."""
+
+    mean: float
+    samples: float = 0.0
+    lower_bound: float = field(default=0.0)

@@ -1,0 +1,1 @@
+"""The gRPC surface: conversions, servicer, server, health and reflection."""

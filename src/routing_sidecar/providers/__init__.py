@@ -1,0 +1,1 @@
+"""Provider adapters for execute mode."""

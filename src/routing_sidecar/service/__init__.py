@@ -1,0 +1,1 @@
+"""Async orchestration of the core over the storage and provider ports."""

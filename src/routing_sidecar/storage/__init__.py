@@ -1,0 +1,1 @@
+"""Durable state: the only place aiosqlite is imported."""
