@@ -223,7 +223,9 @@ def _policy(name: str, p: PolicyConfig) -> domain.Policy:
         max_output_tokens=p.max_output_tokens,
         fallbacks=p.fallbacks,
         temperature=p.temperature,
-        retry=domain.RetryPolicy(p.retry.max_retries, p.retry.base_backoff_s, p.retry.max_backoff_s),
+        retry=domain.RetryPolicy(
+            p.retry.max_retries, p.retry.base_backoff_s, p.retry.max_backoff_s
+        ),
         critical=p.critical,
         quality_floor=p.quality_floor,
     )
@@ -255,8 +257,8 @@ def _cross_check(cfg: RouterConfig) -> Iterator[str]:
             yield f"rules[{i}].policy: unknown policy {rule.policy!r}"
     for key, matches in (("rules", [r.match for r in cfg.rules]),
                          ("task_shapes", [s.match for s in cfg.task_shapes])):
-        for i, m in enumerate(matches):
-            p = m.priority
+        for i, match in enumerate(matches):
+            p = match.priority
             if p and p.min is not None and p.max is not None and p.min > p.max:
                 yield f"{key}[{i}].match.priority: min {p.min} is above max {p.max}"
     if cfg.default_policy not in cfg.policies:

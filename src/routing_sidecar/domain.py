@@ -109,7 +109,10 @@ class ModelSpec:
 
     def cost_micros(self, input_tokens: int, output_tokens: int) -> int:
         """Cost of a call in micro-USD, rounded up so estimates never undershoot."""
-        raw = input_tokens * self.input_micros_per_mtok + output_tokens * self.output_micros_per_mtok
+        raw = (
+            input_tokens * self.input_micros_per_mtok
+            + output_tokens * self.output_micros_per_mtok
+        )
         return -(-raw // TOKENS_PER_MTOK)
 
 

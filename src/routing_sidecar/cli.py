@@ -1,0 +1,105 @@
+"""`routing-sidecar serve | validate | route`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+
+import grpc
+
+from routing_sidecar import logs
+from routing_sidecar.app import serve
+from routing_sidecar.config import load_config
+from routing_sidecar.errors import ConfigError, InvalidArgument
+from routing_sidecar.grpc_api import client
+from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="routing-sidecar", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the sidecar")
+    s.add_argument("--config", default="config/router.yaml")
+    s.add_argument("--listen", help="HOST:PORT or unix:///path.sock (overrides server.listen)")
+    s.add_argument("--log-level", default="INFO")
+    v = sub.add_parser("validate", help="check a config file; prints ok or every problem")
+    v.add_argument("path")
+    r = sub.add_parser("route", help="ask a running sidecar for a decision")
+    r.add_argument("--target", default=DEFAULT_TARGET)
+    r.add_argument("--task-type", required=True)
+    r.add_argument("--task-id", default="")
+    r.add_argument("--priority", type=int, default=50)
+    r.add_argument("--ev", type=float)
+    r.add_argument("--input-tokens", type=int, default=0)
+    r.add_argument("--max-output-tokens", type=int, default=0)
+    r.add_argument("--objective", choices=sorted(client.OBJECTIVES), default="auto")
+    r.add_argument("--policy", default="")
+    r.add_argument("--capability", action="append", default=[])
+    r.add_argument("--min-tier", type=int, default=0)
+    r.add_argument("--label", action="append", default=[], help="key=value")
+    r.add_argument("--slot", action="append", default=[], help="id=model[:utilisation]")
+    r.add_argument("--exclude", action="append", default=[])
+    r.add_argument("--dry-run", action="store_true")
+    r.add_argument("--json", action="store_true")
+    return p
+
+
+def _validate(path: str) -> int:
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        print(exc.message, file=sys.stderr)
+        return 1
+    print("ok")
+    return 0
+
+
+def _route(args: argparse.Namespace) -> int:
+    request = pb.RouteRequest(
+        task_id=args.task_id or f"cli-{uuid.uuid4().hex[:12]}",
+        task_type=args.task_type,
+        priority=args.priority,
+        requires=pb.Requirements(min_tier=args.min_tier, capabilities=args.capability),
+        estimated_input_tokens=args.input_tokens,
+        max_output_tokens=args.max_output_tokens,
+        labels=client.parse_labels(args.label),
+        objective=client.OBJECTIVES[args.objective],  # type: ignore[arg-type]
+        policy=args.policy,
+        available_slots=[client.parse_slot(s) for s in args.slot],
+        exclude_models=args.exclude,
+        dry_run=args.dry_run,
+    )
+    if args.ev is not None:
+        request.ev = args.ev
+    decision = client.route(args.target, request)
+    print(client.to_json(decision) if args.json else client.render_decision(decision))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the routing-sidecar command."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            logs.configure(args.log_level)
+            return asyncio.run(serve(args.config, args.listen))
+        if args.command == "validate":
+            return _validate(args.path)
+        return _route(args)
+    except ConfigError as exc:
+        print(exc.message, file=sys.stderr)
+        return 2
+    except InvalidArgument as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The immutable routing catalog: models, policies, rules and their precompiled matchers."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from types import MappingProxyType
+
+from routing_sidecar.config import RouterConfig
+from routing_sidecar.domain import Match, ModelSpec, Policy, Rule, ShapeRule, Task, TierRules
+from routing_sidecar.errors import ConfigError
+
+_GLOB_CHARS = frozenset("*?[")
+# Task types come from callers, so the per-type rule cache is bounded to stay small under
+# a flood of distinct types; past the bound, lookups simply fall back to a full scan.
+_RULE_CACHE_MAX = 4096
+_DEFAULT_TIERS = TierRules()
+
+
+@lru_cache(maxsize=1024)
+def compile_globs(patterns: tuple[str, ...]) -> tuple[frozenset[str], re.Pattern[str] | None]:
+    """Split task-type patterns into exact names and one combined fnmatch-style regex."""
+    exact = frozenset(p for p in patterns if not _GLOB_CHARS.intersection(p))
+    globs = [fnmatch.translate(p) for p in patterns if _GLOB_CHARS.intersection(p)]
+    return exact, (re.compile("|".join(globs)) if globs else None)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledMatch:
+    """A Match with its globs compiled once; checks tasks without allocating."""
+
+    any_type: bool
+    exact: frozenset[str]
+    regex: re.Pattern[str] | None
+    priority_min: int | None
+    priority_max: int | None
+    labels: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, match: Match) -> CompiledMatch:
+        """Compile a Match."""
+        exact, regex = compile_globs(match.task_types)
+        return cls(
+            any_type=not match.task_types,
+            exact=exact,
+            regex=regex,
+            priority_min=match.priority_min,
+            priority_max=match.priority_max,
+            labels=tuple(match.labels.items()),
+        )
+
+    def type_matches(self, task_type: str) -> bool:
+        """Check the type condition: exact or glob, any of the list; empty matches all."""
+        if self.any_type or task_type in self.exact:
+            return True
+        return self.regex is not None and self.regex.match(task_type) is not None
+
+    def rest_matches(self, task: Task) -> bool:
+        """Check the inclusive priority range and that every label is equal."""
+        if self.priority_min is not None and task.priority < self.priority_min:
+            return False
+        if self.priority_max is not None and task.priority > self.priority_max:
+            return False
+        labels = task.labels
+        return all(labels.get(k) == v for k, v in self.labels)
+
+    def matches(self, task: Task) -> bool:
+        """Check every condition."""
+        return self.type_matches(task.task_type) and self.rest_matches(task)
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """Everything selection needs from the config, validated and precompiled."""
+
+    models: Mapping[str, ModelSpec]
+    policies: Mapping[str, Policy]
+    rules: tuple[Rule, ...]
+    shapes: tuple[ShapeRule, ...]
+    tiers: TierRules
+    default_policy: str
+    _rule_matchers: tuple[CompiledMatch, ...] = field(init=False, repr=False, compare=False)
+    _shape_matchers: tuple[CompiledMatch, ...] = field(init=False, repr=False, compare=False)
+    _candidates: Mapping[str, tuple[ModelSpec, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+    # task_type -> indices of rules whose type condition holds; memoisation only, never
+    # changes an answer, so selection stays a pure function of its inputs.
+    _rules_by_type: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        problems = list(_problems(self))
+        if problems:
+            raise ConfigError("<catalog>", problems)
+        setattr_ = object.__setattr__
+        setattr_(self, "_rule_matchers", tuple(CompiledMatch.of(r.match) for r in self.rules))
+        setattr_(self, "_shape_matchers", tuple(CompiledMatch.of(s.match) for s in self.shapes))
+        setattr_(self, "_candidates", MappingProxyType({
+            name: tuple(self.models[m] for m in pol.models) for name, pol in self.policies.items()
+        }))
+        setattr_(self, "_rules_by_type", {})
+
+    @classmethod
+    def from_config(cls, cfg: RouterConfig) -> Catalog:
+        """Build the catalog from a validated configuration."""
+        return cls.build(
+            cfg.model_specs(), cfg.policy_specs(), cfg.rule_specs(), cfg.shape_specs(),
+            cfg.tier_rules(), cfg.default_policy,
+        )
+
+    @classmethod
+    def build(
+        cls,
+        models: Iterable[ModelSpec] | Mapping[str, ModelSpec],
+        policies: Iterable[Policy] | Mapping[str, Policy],
+        rules: Iterable[Rule] = (),
+        shapes: Iterable[ShapeRule] = (),
+        tiers: TierRules = _DEFAULT_TIERS,
+        default_policy: str | None = None,
+    ) -> Catalog:
+        """Build from domain objects (tests, bench); default policy defaults to the first."""
+        model_map = dict(models) if isinstance(models, Mapping) else {m.name: m for m in models}
+        policy_map = (
+            dict(policies) if isinstance(policies, Mapping) else {p.name: p for p in policies}
+        )
+        default = default_policy if default_policy is not None else next(iter(policy_map), "")
+        return cls(
+            models=MappingProxyType(model_map),
+            policies=MappingProxyType(policy_map),
+            rules=tuple(rules),
+            shapes=tuple(shapes),
+            tiers=tiers,
+            default_policy=default,
+        )
+
+    def candidates(self, policy: Policy) -> tuple[ModelSpec, ...]:
+        """Return the policy's models in configured order, resolved to specs."""
+        found = self._candidates.get(policy.name)
+        if found is not None and self.policies.get(policy.name) is policy:
+            return found
+        return tuple(self.models[m] for m in policy.models)
+
+    def first_rule(self, task: Task) -> Rule | None:
+        """Return the first rule matching the task, or None."""
+        indices = self._rules_by_type.get(task.task_type)
+        if indices is None:
+            indices = tuple(
+                i for i, m in enumerate(self._rule_matchers) if m.type_matches(task.task_type)
+            )
+            if len(self._rules_by_type) < _RULE_CACHE_MAX:
+                self._rules_by_type[task.task_type] = indices
+        matchers = self._rule_matchers
+        for i in indices:
+            if matchers[i].rest_matches(task):
+                return self.rules[i]
+        return None
+
+    def first_shape(self, task: Task) -> ShapeRule | None:
+        """Return the first task-shape rule matching the task, or None."""
+        for shape, matcher in zip(self.shapes, self._shape_matchers, strict=True):
+            if matcher.matches(task):
+                return shape
+        return None
+
+
+def _problems(cat: Catalog) -> Iterable[str]:
+    """Yield every inconsistency that would make selection ill-defined."""
+    for name, model in cat.models.items():
+        if name != model.name:
+            yield f"models.{name}: spec is named {model.name!r}"
+    for name, pol in cat.policies.items():
+        if name != pol.name:
+            yield f"policies.{name}: policy is named {pol.name!r}"
+        if not pol.models:
+            yield f"policies.{name}.models: empty"
+        for i, m in enumerate(pol.models):
+            if m not in cat.models:
+                yield f"policies.{name}.models[{i}]: unknown model {m!r}"
+        if len(set(pol.models)) != len(pol.models):
+            yield f"policies.{name}.models: duplicate model"
+    for i, rule in enumerate(cat.rules):
+        if rule.policy not in cat.policies:
+            yield f"rules[{i}].policy: unknown policy {rule.policy!r}"
+    if cat.default_policy not in cat.policies:
+        yield f"default_policy: unknown policy {cat.default_policy!r}"

@@ -1,0 +1,84 @@
+"""A small client for the CLI and tools: builds requests and renders answers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from routing_sidecar.errors import InvalidArgument
+from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
+from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
+
+OBJECTIVES = {"auto": 0, "cost_speed": 1, "balanced": 2, "quality": 3}
+
+
+def parse_slot(text: str) -> pb.Slot:
+    """Parse 'id=model:util' (util optional) into a Slot."""
+    slot_id, sep, rest = text.partition("=")
+    if not sep or not slot_id or not rest:
+        raise InvalidArgument("--slot", f"expected id=model[:utilisation], got {text!r}")
+    model, _, util = rest.partition(":")
+    try:
+        return pb.Slot(slot_id=slot_id, model=model, utilisation=float(util) if util else 0.0)
+    except ValueError:
+        raise InvalidArgument("--slot", f"utilisation must be a number in {text!r}") from None
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    """Parse k=v pairs."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidArgument("--label", f"expected key=value, got {item!r}")
+        out[key] = value
+    return out
+
+
+def route(target: str, request: pb.RouteRequest, timeout_s: float = 5.0) -> pb.Decision:
+    """Call Route on a running sidecar."""
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RouterStub(channel)
+        result: pb.Decision = stub.Route(request, timeout=timeout_s)
+        return result
+
+
+def to_json(message: Any) -> str:
+    """Render a message as JSON with proto field names."""
+    return json.dumps(
+        json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2
+    )
+
+
+def _usd(micros: int) -> str:
+    return f"${micros / 1_000_000:.6f}"
+
+
+def render_decision(d: pb.Decision) -> str:
+    """A readable table of a decision, its fallbacks and every alternative."""
+    status = pb.DecisionStatus.Name(d.status).removeprefix("DECISION_STATUS_")
+    code = pb.ReasonCode.Name(d.reason_code).removeprefix("REASON_CODE_")
+    lines = [
+        f"decision  {d.decision_id}  task {d.task_id}",
+        f"status    {status} ({code})" + ("  [dry run]" if d.dry_run else ""),
+        f"model     {d.model or '-'}  provider {d.provider or '-'}  tier {d.tier or '-'}"
+        + (f"  slot {d.slot_id}" if d.slot_id else ""),
+        f"policy    {d.policy}  objective "
+        + pb.Objective.Name(d.objective).removeprefix("OBJECTIVE_").lower(),
+        f"est. cost {_usd(d.estimated_cost_micros)}",
+        f"reason    {d.reason}",
+        "fallbacks " + (" -> ".join(f"{f.model} ({f.provider})" for f in d.fallbacks) or "-"),
+        "",
+        f"{'model':<22} {'provider':<10} {'tier':>4} {'score':>7} {'est. cost':>12} {'qual':>5}"
+        "  outcome",
+    ]
+    for a in d.alternatives:
+        lines.append(
+            f"{a.model:<22} {a.provider:<10} {a.tier:>4} {a.score:>7.4f} "
+            f"{_usd(a.estimated_cost_micros):>12} {a.estimated_quality:>5.2f}  "
+            f"{a.reason if a.reason.startswith(a.rejection) else f'{a.rejection}: {a.reason}'}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,232 @@
+"""Protobuf <-> domain conversion, with shape validation that names the offending field."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from routing_sidecar import domain
+from routing_sidecar.errors import InvalidArgument
+from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
+
+MAX_ID_LEN = 128
+MAX_LABELS = 32
+MAX_LABEL_KEY = 64
+MAX_LABEL_VALUE = 256
+MAX_LIST = 256
+MAX_TOKENS = 100_000_000
+NAME_RE = re.compile(r"^[A-Za-z0-9_.:/@+\-]+$")
+
+OBJECTIVE_FROM_PB = {
+    pb.OBJECTIVE_UNSPECIFIED: domain.Objective.AUTO,
+    pb.OBJECTIVE_COST_SPEED: domain.Objective.COST_SPEED,
+    pb.OBJECTIVE_BALANCED: domain.Objective.BALANCED,
+    pb.OBJECTIVE_QUALITY: domain.Objective.QUALITY,
+}
+OBJECTIVE_TO_PB = {v: k for k, v in OBJECTIVE_FROM_PB.items()}
+STATUS_TO_PB = {
+    domain.DecisionStatus.ROUTED: pb.DECISION_STATUS_ROUTED,
+    domain.DecisionStatus.AWAIT_SLOT: pb.DECISION_STATUS_AWAIT_SLOT,
+    domain.DecisionStatus.REJECTED: pb.DECISION_STATUS_REJECTED,
+    domain.DecisionStatus.CACHE_HIT: pb.DECISION_STATUS_CACHE_HIT,
+}
+REASON_TO_PB = {
+    domain.ReasonCode.SELECTED: pb.REASON_CODE_SELECTED,
+    domain.ReasonCode.DOWNGRADED: pb.REASON_CODE_DOWNGRADED,
+    domain.ReasonCode.AWAITING_SLOT: pb.REASON_CODE_AWAITING_SLOT,
+    domain.ReasonCode.NO_CAPABLE_MODEL: pb.REASON_CODE_NO_CAPABLE_MODEL,
+    domain.ReasonCode.BUDGET_EXHAUSTED: pb.REASON_CODE_BUDGET_EXHAUSTED,
+    domain.ReasonCode.CACHE_HIT: pb.REASON_CODE_CACHE_HIT,
+}
+PERIOD_TO_PB = {
+    domain.BudgetPeriod.DAY: pb.BUDGET_PERIOD_DAY,
+    domain.BudgetPeriod.WEEK: pb.BUDGET_PERIOD_WEEK,
+    domain.BudgetPeriod.MONTH: pb.BUDGET_PERIOD_MONTH,
+    domain.BudgetPeriod.TASK: pb.BUDGET_PERIOD_TASK,
+}
+STATE_TO_PB = {
+    domain.BudgetState.OK: pb.BUDGET_STATE_OK,
+    domain.BudgetState.ALERT: pb.BUDGET_STATE_ALERT,
+    domain.BudgetState.EXCEEDED: pb.BUDGET_STATE_EXCEEDED,
+}
+
+
+def _ident(field: str, value: str, *, required: bool = True, max_len: int = MAX_ID_LEN) -> str:
+    if not value:
+        if required:
+            raise InvalidArgument(field, "is required")
+        return value
+    if len(value) > max_len:
+        raise InvalidArgument(field, f"is {len(value)} characters; at most {max_len} allowed")
+    if not NAME_RE.match(value):
+        raise InvalidArgument(field, "may only contain letters, digits and _ . : / @ + -")
+    return value
+
+
+def _count(field: str, items: Iterable[object], limit: int = MAX_LIST) -> None:
+    n = sum(1 for _ in items)
+    if n > limit:
+        raise InvalidArgument(field, f"has {n} entries; at most {limit} allowed")
+
+
+def _tokens(field: str, value: int) -> int:
+    if value < 0:
+        raise InvalidArgument(field, f"must not be negative (got {value})")
+    if value > MAX_TOKENS:
+        raise InvalidArgument(field, f"must be at most {MAX_TOKENS} (got {value})")
+    return value
+
+
+def _fraction(field: str, value: float) -> float:
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise InvalidArgument(field, f"must be between 0 and 1 (got {value})")
+    return value
+
+
+def _labels(req: pb.RouteRequest) -> dict[str, str]:
+    _count("labels", req.labels, MAX_LABELS)
+    out: dict[str, str] = {}
+    for key, value in req.labels.items():
+        _ident("labels", key, max_len=MAX_LABEL_KEY)
+        if len(value) > MAX_LABEL_VALUE:
+            raise InvalidArgument(f"labels[{key}]", f"is longer than {MAX_LABEL_VALUE} characters")
+        out[key] = value
+    return out
+
+
+def _requirements(req: pb.RouteRequest) -> domain.Requirements:
+    r = req.requires
+    if not 0 <= r.min_tier <= 3:
+        raise InvalidArgument("requires.min_tier", f"must be 0..3 (got {r.min_tier})")
+    _count("requires.capabilities", r.capabilities, 32)
+    caps = frozenset(
+        _ident(f"requires.capabilities[{i}]", c, max_len=64) for i, c in enumerate(r.capabilities)
+    )
+    min_q = _fraction("requires.min_quality", r.min_quality) if r.HasField("min_quality") else None
+    return domain.Requirements(min_tier=r.min_tier, capabilities=caps, min_quality=min_q)
+
+
+def _slots(req: pb.RouteRequest) -> tuple[domain.Slot, ...]:
+    _count("available_slots", req.available_slots)
+    slots = []
+    for i, s in enumerate(req.available_slots):
+        slots.append(
+            domain.Slot(
+                slot_id=_ident(f"available_slots[{i}].slot_id", s.slot_id),
+                model=_ident(f"available_slots[{i}].model", s.model),
+                utilisation=_fraction(f"available_slots[{i}].utilisation", s.utilisation),
+            )
+        )
+    return tuple(slots)
+
+
+def task_from_pb(req: pb.RouteRequest) -> domain.Task:
+    """Validate a RouteRequest's shape and convert it; raises InvalidArgument naming the field."""
+    if not 0 <= req.priority <= 100:
+        raise InvalidArgument("priority", f"must be 0..100 (got {req.priority})")
+    if req.objective not in OBJECTIVE_FROM_PB:
+        raise InvalidArgument("objective", f"unknown value {req.objective}")
+    ev = None
+    if req.HasField("ev"):
+        if not math.isfinite(req.ev):
+            raise InvalidArgument("ev", "must be a finite number")
+        ev = req.ev
+    _count("exclude_models", req.exclude_models)
+    return domain.Task(
+        task_id=_ident("task_id", req.task_id),
+        task_type=_ident("task_type", req.task_type),
+        priority=req.priority,
+        requires=_requirements(req),
+        estimated_input_tokens=_tokens("estimated_input_tokens", req.estimated_input_tokens),
+        max_output_tokens=_tokens("max_output_tokens", req.max_output_tokens),
+        labels=_labels(req),
+        ev=ev,
+        objective=OBJECTIVE_FROM_PB[req.objective],
+        policy=_ident("policy", req.policy, required=False, max_len=64) or None,
+        available_slots=_slots(req),
+        exclude_models=frozenset(
+            _ident(f"exclude_models[{i}]", m) for i, m in enumerate(req.exclude_models)
+        ),
+        cache_key=_ident("cache_key", req.cache_key, required=False, max_len=256) or None,
+        dry_run=req.dry_run,
+    )
+
+
+def timestamp(seconds: float) -> Timestamp:
+    """Epoch seconds as a protobuf Timestamp."""
+    ts = Timestamp()
+    whole = math.floor(seconds)
+    ts.seconds = whole
+    ts.nanos = round((seconds - whole) * 1e9) % 1_000_000_000
+    return ts
+
+
+def budget_to_pb(b: domain.BudgetStatus) -> pb.BudgetStatus:
+    """Convert one BudgetStatus."""
+    msg = pb.BudgetStatus(
+        scope=b.scope,
+        period=PERIOD_TO_PB[b.period],
+        limit_micros=b.limit_micros,
+        spent_micros=b.spent_micros,
+        reserved_micros=b.reserved_micros,
+        remaining_micros=b.remaining_micros,
+        state=STATE_TO_PB[b.state],
+    )
+    if b.period_start is not None:
+        msg.period_start.CopyFrom(timestamp(b.period_start))
+    if b.period_end is not None:
+        msg.period_end.CopyFrom(timestamp(b.period_end))
+    return msg
+
+
+def _alternative(a: domain.Alternative) -> pb.Alternative:
+    return pb.Alternative(
+        model=a.model,
+        provider=a.provider,
+        tier=a.tier,
+        score=a.score,
+        estimated_cost_micros=a.estimated_cost_micros,
+        chosen=a.chosen,
+        rejection=a.rejection.value,
+        reason=a.reason,
+        estimated_quality=a.estimated_quality,
+        slot_id=a.slot_id or "",
+    )
+
+
+def decision_to_pb(d: domain.Decision) -> pb.Decision:
+    """Convert a domain Decision to its wire form."""
+    s = d.selection
+    chosen = s.chosen
+    msg = pb.Decision(
+        decision_id=d.decision_id,
+        task_id=d.task_id,
+        status=STATUS_TO_PB[s.status],
+        reason_code=REASON_TO_PB[s.reason_code],
+        model=chosen.model if chosen else "",
+        provider=chosen.provider if chosen else "",
+        slot_id=(chosen.slot_id or "") if chosen else "",
+        tier=chosen.tier if chosen else 0,
+        fallbacks=[
+            pb.Fallback(
+                model=f.model,
+                provider=f.provider,
+                slot_id=f.slot_id or "",
+                tier=f.tier,
+                estimated_cost_micros=f.estimated_cost_micros,
+            )
+            for f in s.fallbacks
+        ],
+        estimated_cost_micros=s.estimated_cost_micros,
+        policy=s.policy,
+        objective=OBJECTIVE_TO_PB[s.objective],
+        reason=s.reason,
+        alternatives=[_alternative(a) for a in s.alternatives],
+        budgets=[budget_to_pb(b) for b in d.budgets],
+        dry_run=d.dry_run,
+    )
+    msg.decided_at.CopyFrom(timestamp(d.decided_at))
+    return msg
