@@ -1,24 +1,31 @@
-"""Composition root: config -> catalog -> service -> server, and the process lifecycle."""
+"""Composition root: config -> store -> ledger -> services -> server, and the lifecycle."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from routing_sidecar.config import RouterConfig, config_hash, load_config
+from routing_sidecar.core.budget import Ledger
+from routing_sidecar.core.budget_rules import rules_from_config
 from routing_sidecar.core.catalog import Catalog
 from routing_sidecar.errors import ConfigError
 from routing_sidecar.grpc_api.server import SidecarServer
+from routing_sidecar.grpc_api.servicer import RouterServicer
 from routing_sidecar.ports import Clock, SystemClock
+from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService
+from routing_sidecar.service.upkeep import Upkeep
+from routing_sidecar.storage import SqliteStore
 
 log = logging.getLogger(__name__)
 
 
 class Sidecar:
-    """One running sidecar: its config, service and server."""
+    """One running sidecar: its config, store, services and server."""
 
     def __init__(
         self,
@@ -31,30 +38,57 @@ class Sidecar:
         self.cfg = cfg
         self.config_path = config_path
         self.clock = clock or SystemClock()
-        self.service = RoutingService(Catalog.from_config(cfg), self.clock)
-        self.server = SidecarServer(
-            self.service, listen or cfg.server.listen, cfg.server.max_request_bytes
-        )
+        self._listen = listen or cfg.server.listen
+        self.store: SqliteStore | None = None
+        self.server: SidecarServer | None = None
+        self._upkeep_task: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
         """Where clients reach this sidecar."""
+        assert self.server is not None, "sidecar not started"
         return self.server.address
 
     async def start(self) -> None:
-        """Open stores and start serving."""
-        await self.server.start()
-        log.info(
-            "sidecar started",
-            extra={"address": self.address, "config_hash": config_hash(self.cfg)},
+        """Open the store, rebuild the ledger from it, and start serving."""
+        cfg = self.cfg
+        store = await SqliteStore.open(
+            cfg.store.path, retention_days=cfg.store.retention_days, clock=self.clock
         )
+        self.store = store
+        ledger = Ledger(rules_from_config(cfg), ZoneInfo(cfg.ledger.timezone))
+        ledger.restore(await store.load_ledger_entries())
+        digest = config_hash(cfg)
+        await store.record_config(digest, cfg.model_dump_json(), self.clock.now())
+        self.routing = RoutingService(
+            Catalog.from_config(cfg), self.clock, ledger, store,
+            config_hash=digest, reservation_ttl_s=cfg.ledger.reservation_ttl_s,
+        )
+        self.outcomes = OutcomeService(lambda: self.routing.catalog, ledger, store, self.clock)
+        self.upkeep = Upkeep(
+            ledger, store, store, self.clock,
+            interval_s=min(30.0, cfg.ledger.reservation_ttl_s / 4),
+            retention_days=cfg.store.retention_days,
+        )
+        servicer = RouterServicer(self.routing, self.outcomes, store, self.clock)
+        self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes)
+        self._upkeep_task = asyncio.create_task(self.upkeep.run(), name="upkeep")
+        await self.server.start()
+        log.info("sidecar started", extra={"address": self.address, "config_hash": digest})
 
     async def stop(self) -> None:
-        """Drain in-flight RPCs within the grace period, then close stores."""
-        await self.server.stop(self.cfg.server.grace_period_s)
+        """Drain in-flight RPCs within the grace period, then flush and close the store."""
+        if self.server is not None:
+            await self.server.stop(self.cfg.server.grace_period_s)
+        if self._upkeep_task is not None:
+            self._upkeep_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._upkeep_task
+        if self.store is not None:
+            await self.store.close()
         log.info("sidecar stopped")
 
-    def reload(self) -> bool:
+    async def reload(self) -> bool:
         """Re-read the config file; one that fails validation never replaces the running one."""
         if not self.config_path:
             return False
@@ -63,24 +97,36 @@ class Sidecar:
         except ConfigError as exc:
             log.error("config reload refused", extra={"problems": exc.problems})
             return False
-        if cfg.server != self.cfg.server or cfg.store != self.cfg.store:
-            log.warning("server and store settings change only on restart")
-        self.service.catalog = Catalog.from_config(cfg)
+        old = self.cfg
+        if (cfg.server, cfg.store, cfg.ledger) != (old.server, old.store, old.ledger):
+            log.warning("server, store and ledger settings change only on restart")
+        self.routing.catalog = Catalog.from_config(cfg)
+        self.routing.ledger.replace_rules(rules_from_config(cfg))
+        self.routing.config_hash = config_hash(cfg)
+        if self.store is not None:
+            await self.store.record_config(
+                self.routing.config_hash, cfg.model_dump_json(), self.clock.now()
+            )
         self.cfg = cfg
-        log.info("config reloaded", extra={"config_hash": config_hash(cfg)})
+        log.info("config reloaded", extra={"config_hash": self.routing.config_hash})
         return True
 
 
 async def serve(config_path: str, listen: str | None = None) -> int:
     """Run a sidecar until SIGTERM or SIGINT; SIGHUP reloads the config."""
-    cfg = load_config(config_path)
-    Path(cfg.store.path).parent.mkdir(parents=True, exist_ok=True)
-    sidecar = Sidecar(cfg, config_path=config_path, listen=listen)
+    sidecar = Sidecar(load_config(config_path), config_path=config_path, listen=listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, sidecar.reload)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def _reload() -> None:
+        task = loop.create_task(sidecar.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, _reload)
     await sidecar.start()
     await stop.wait()
     log.info("shutting down")

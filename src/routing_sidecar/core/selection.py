@@ -81,14 +81,15 @@ def select(task: Task, catalog: Catalog, signals: Signals = _NO_SIGNALS) -> Sele
     # The ceiling is fixed before cost and slot checks, so neither can promote a task.
     alive, reserved = _reserve_tiers(task, alive, catalog.tiers, signals.ev_threshold)
     limit = policy.max_cost_per_task_micros
-    alive = [c for c in alive if not c.drop(_affordable(task, c, limit, signals))]
+    if limit is not None or signals.cost_filters:
+        alive = [c for c in alive if not c.drop(_affordable(task, c, limit, signals))]
     if task.available_slots:
         best = _best_slots(task.available_slots)
         alive = [c for c in alive if not c.drop(_slotted(c, best))]
     if not alive:
         return _blocked(task, policy, objective, cands)
     _score(alive, task.estimated_input_tokens + output, objective)
-    alive.sort(key=_rank_key)
+    _rank(alive)
     top = alive[0]
     chain = _fallback_chain(alive, policy.fallbacks)
     _mark(cands, top, chain)
@@ -117,17 +118,24 @@ def _stage_a(
     tokens = inp + output
     quality_of = signals.quality
     kind = task.task_type
+    excluded, req = task.exclude_models, task.requires
+    caps, min_tier = req.capabilities, req.min_tier
+    slow = bool(signals.capability_filters)
     cands: list[_Cand] = []
     alive: list[_Cand] = []
     for i, m in enumerate(models):
         c = _Cand(i, m, m.cost_micros(inp, output),
                   m.quality if quality_of is None else quality_of(kind, m))
         cands.append(c)
-        verdict = _capable(task, c, tokens, floor, signals)
-        if verdict is None:
-            alive.append(c)
-        else:
-            c.rejection, c.reason = verdict
+        # Cheap inline test first; the full check (which words the reason) only on a hit.
+        if slow or m.tier < min_tier or tokens > m.context_window or m.name in excluded or (
+            caps and not caps <= m.capabilities
+        ) or (floor is not None and c.quality < floor):
+            verdict = _capable(task, c, tokens, floor, signals)
+            if verdict is not None:
+                c.rejection, c.reason = verdict
+                continue
+        alive.append(c)
     return cands, alive
 
 
@@ -229,17 +237,19 @@ def _slotted(c: _Cand, best: dict[str, Slot | None]) -> Verdict:
 def _score(alive: list[_Cand], tokens: int, objective: Objective) -> None:
     """Score survivors, normalising cost and speed within the surviving set."""
     weights = WEIGHTS[objective]
-    min_cost = min([c.cost for c in alive])
-    max_speed = max([c.model.tokens_per_s for c in alive])
+    min_cost, max_speed = alive[0].cost, 0.0
+    for c in alive:
+        min_cost = min(min_cost, c.cost)
+        max_speed = max(max_speed, c.model.tokens_per_s)
     for c in alive:
         m = c.model
         c.score = score(c.cost, min_cost, m.tokens_per_s, max_speed, c.quality,
                         tokens / m.context_window, weights)
 
 
-def _rank_key(c: _Cand) -> tuple[float, float, int]:
-    # Best score first; ties go to the idlest slot, then to the policy's configured order.
-    return -c.score, c.slot.utilisation if c.slot else 0.0, c.index
+def _rank(alive: list[_Cand]) -> None:
+    """Best score first; ties go to the idlest slot, then to the policy's configured order."""
+    alive.sort(key=lambda c: (-c.score, c.slot.utilisation if c.slot else 0.0, c.index))
 
 
 def _fallback_chain(ranked: list[_Cand], size: int) -> list[tuple[_Cand, bool]]:
@@ -265,13 +275,13 @@ def _mark(cands: Sequence[_Cand], top: _Cand, chain: Sequence[tuple[_Cand, bool]
     for n, (c, fresh) in enumerate(chain, 1):
         why = "different provider" if fresh else "next best, no other provider left"
         c.rejection, c.reason = Rejection.FALLBACK, f"fallback {n}: {why}"
-    best = _sc(top.score)
+    best, outscored = top.score, Rejection.OUTSCORED
     for c in cands:
         if c.rejection is None:
-            c.rejection = Rejection.OUTSCORED
+            c.rejection = outscored
             c.reason = (
-                f"score {_sc(c.score)} below chosen {best}" if c.score < top.score
-                else f"score {_sc(c.score)} ties chosen; lost on slot utilisation or policy order"
+                f"score {c.score:.4g} below chosen {best:.4g}" if c.score < best
+                else f"score {c.score:.4g} ties chosen; lost on slot utilisation or policy order"
             )
 
 

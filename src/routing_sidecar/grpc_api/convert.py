@@ -19,6 +19,7 @@ MAX_LABEL_VALUE = 256
 MAX_LIST = 256
 MAX_TOKENS = 100_000_000
 NAME_RE = re.compile(r"^[A-Za-z0-9_.:/@+\-]+$")
+SCOPE_QUERY_RE = re.compile(r"^[A-Za-z0-9_.:/@+*?\-]{1,160}$")
 
 OBJECTIVE_FROM_PB = {
     pb.OBJECTIVE_UNSPECIFIED: domain.Objective.AUTO,
@@ -84,6 +85,18 @@ def _fraction(field: str, value: float) -> float:
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
         raise InvalidArgument(field, f"must be between 0 and 1 (got {value})")
     return value
+
+
+def check_scope(field: str, scope: str) -> str:
+    """A budget scope or scope glob as used in queries, e.g. project:* ."""
+    if not SCOPE_QUERY_RE.match(scope):
+        raise InvalidArgument(field, f"not a budget scope: {scope[:40]!r}")
+    return scope
+
+
+def check_label_key(field: str, key: str) -> str:
+    """A label key named in a query."""
+    return _ident(field, key, max_len=MAX_LABEL_KEY)
 
 
 def _labels(req: pb.RouteRequest) -> dict[str, str]:

@@ -9,7 +9,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from routing_sidecar.grpc_api.servicer import RouterServicer
-from routing_sidecar.service.routing import RoutingService
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 
@@ -22,14 +21,14 @@ HEALTH_NAMES = ("", ROUTER_SERVICE)
 class SidecarServer:
     """The gRPC server: Router, standard health, and reflection on one port or socket."""
 
-    def __init__(self, service: RoutingService, listen: str, max_request_bytes: int) -> None:
+    def __init__(self, servicer: RouterServicer, listen: str, max_request_bytes: int) -> None:
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", max_request_bytes),
                 ("grpc.so_reuseport", 0),
             ]
         )
-        pb_grpc.add_RouterServicer_to_server(RouterServicer(service), self._server)
+        pb_grpc.add_RouterServicer_to_server(servicer, self._server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(

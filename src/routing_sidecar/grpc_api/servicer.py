@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
-
 from routing_sidecar.errors import InvalidArgument
-from routing_sidecar.grpc_api import convert
+from routing_sidecar.grpc_api import convert, convert_outcome, convert_stats
 from routing_sidecar.grpc_api.status import streaming, unary
+from routing_sidecar.ports import AuditLog, Clock
+from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
@@ -18,8 +18,13 @@ from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 class RouterServicer(pb_grpc.RouterServicer):
     """Implements routing_sidecar.v1.Router over a RoutingService."""
 
-    def __init__(self, service: RoutingService) -> None:
+    def __init__(
+        self, service: RoutingService, outcomes: OutcomeService, audit: AuditLog, clock: Clock
+    ) -> None:
         self._service = service
+        self._outcomes = outcomes
+        self._audit = audit
+        self._clock = clock
 
     @unary
     async def Route(self, request: pb.RouteRequest, context: Any) -> pb.Decision:
@@ -45,22 +50,31 @@ class RouterServicer(pb_grpc.RouterServicer):
             index += 1
 
 
+    @unary
     async def ReportOutcome(self, request: pb.Outcome, context: Any) -> pb.OutcomeAck:
-        """Not served until the store is configured."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "outcome reporting is not enabled")
-        raise AssertionError  # pragma: no cover
+        """Record what happened to a decision and settle its reservation."""
+        outcome = convert_outcome.outcome_from_pb(request)
+        return convert_stats.ack_to_pb(await self._outcomes.report(outcome))
 
-    async def GetBudgetStatus(
-        self, request: pb.BudgetQuery, context: Any
-    ) -> pb.BudgetStatusList:
-        """Not served until the store is configured."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "budgets are not enabled")
-        raise AssertionError  # pragma: no cover
+    @unary
+    async def GetBudgetStatus(self, request: pb.BudgetQuery, context: Any) -> pb.BudgetStatusList:
+        """Every budget scope (or the requested ones) in its current period."""
+        for i, scope in enumerate(request.scopes):
+            convert.check_scope(f"scopes[{i}]", scope)
+        statuses = self._service.ledger.status(self._clock.now(), tuple(request.scopes))
+        return convert_outcome.budget_list_to_pb(statuses)
 
+    @unary
     async def GetRoutingStats(self, request: pb.StatsQuery, context: Any) -> pb.RoutingStats:
-        """Not served until the store is configured."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "stats are not enabled")
-        raise AssertionError  # pragma: no cover
+        """The model x task type / label matrix and per-provider totals over a window."""
+        if not 0 <= request.hours <= 24 * 366:
+            raise InvalidArgument("hours", f"must be 0..{24 * 366} (got {request.hours})")
+        for i, key in enumerate(request.label_keys):
+            convert.check_label_key(f"label_keys[{i}]", key)
+        now = self._clock.now()
+        since = now - (request.hours or 24) * 3600.0
+        stats = await self._audit.routing_stats(since, tuple(request.label_keys))
+        return convert_stats.stats_to_pb(stats, now)
 
 
 def _problem(exc: InvalidArgument) -> str:

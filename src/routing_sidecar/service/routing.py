@@ -1,4 +1,4 @@
-"""Route: validate a task against the catalog, run the core, attach id and time."""
+"""Route: validate against the catalog, decide, reserve budget, audit, then answer."""
 
 from __future__ import annotations
 
@@ -6,10 +6,14 @@ import uuid
 from collections.abc import Callable
 
 from routing_sidecar import domain
+from routing_sidecar.core.budget import Ledger
+from routing_sidecar.core.budget_rules import LedgerEntry
 from routing_sidecar.core.catalog import Catalog
+from routing_sidecar.core.rules import resolve_policy
 from routing_sidecar.core.selection import Signals, select
-from routing_sidecar.errors import InvalidArgument
-from routing_sidecar.ports import Clock
+from routing_sidecar.errors import InvalidArgument, StorageError
+from routing_sidecar.ports import AuditLog, Clock, DecisionRecord
+from routing_sidecar.service.budgets import apply_on_exceed, log_alerts
 from routing_sidecar.service.ev import EvWindow
 
 
@@ -28,35 +32,78 @@ def check_task(task: domain.Task, catalog: Catalog) -> None:
 
 
 class RoutingService:
-    """Decides tasks; holds the few pieces of state decisions depend on."""
+    """Decides tasks, holds their budget, and audits every decision before answering."""
 
     def __init__(
         self,
         catalog: Catalog,
         clock: Clock,
+        ledger: Ledger,
+        audit: AuditLog,
+        *,
+        config_hash: str = "",
+        reservation_ttl_s: float = 900.0,
         new_id: Callable[[], str] = new_decision_id,
     ) -> None:
         self.catalog = catalog
+        self.ledger = ledger
+        self.config_hash = config_hash
+        self.reservation_ttl_s = reservation_ttl_s
+        self._audit = audit
         self._clock = clock
         self._new_id = new_id
         tiers = catalog.tiers
         self.ev_window = EvWindow(tiers.ev_window, tiers.ev_percentile, tiers.ev_min_samples)
 
-    def signals(self) -> Signals:
-        """The outside inputs for the next decision."""
-        return Signals(ev_threshold=self.ev_window.threshold())
-
-    async def route(self, task: domain.Task) -> domain.Decision:
-        """Decide one task."""
+    def decide(
+        self, task: domain.Task
+    ) -> tuple[domain.Decision, DecisionRecord, tuple[LedgerEntry, ...]]:
+        """Decide and reserve synchronously: no await, so no other request interleaves."""
         check_task(task, self.catalog)
-        selection = select(task, self.catalog, self.signals())
+        now = self._clock.now()
+        policy = resolve_policy(task, self.catalog).name
+        signals = Signals(
+            ev_threshold=self.ev_window.threshold(),
+            cost_filters=(self.ledger.as_filter(policy, now),),
+        )
+        selection = select(task, self.catalog, signals)
+        selection = apply_on_exceed(
+            task, self.catalog, signals, self.ledger, policy, now, selection
+        )
         # The task's own EV joins the window after it is judged, so it never raises its own bar.
         if task.ev is not None:
             self.ev_window.add(task.ev)
-        return domain.Decision(
-            decision_id=self._new_id(),
+        decision_id = self._new_id()
+        entries: tuple[LedgerEntry, ...] = ()
+        budgets: tuple[domain.BudgetStatus, ...] = ()
+        chosen = selection.chosen
+        if chosen is not None:
+            model = self.catalog.models[chosen.model]
+            if not task.dry_run:
+                result = self.ledger.reserve(
+                    decision_id, task.labels, model, policy, chosen.estimated_cost_micros,
+                    now, now + self.reservation_ttl_s,
+                )
+                entries = result.entries
+                log_alerts(result.alerts)
+            budgets = tuple(self.ledger.statuses_for(task.labels, model, policy, now))
+        decision = domain.Decision(
+            decision_id=decision_id,
             task_id=task.task_id,
-            decided_at=self._clock.now(),
+            decided_at=now,
             selection=selection,
             dry_run=task.dry_run,
+            budgets=budgets,
         )
+        record = DecisionRecord.from_decision(decision, task, self.config_hash)
+        return decision, record, entries
+
+    async def route(self, task: domain.Task) -> domain.Decision:
+        """Decide one task; acknowledged only once its audit row and reservation commit."""
+        decision, record, entries = self.decide(task)
+        try:
+            await self._audit.record_decision(record, entries)
+        except StorageError:
+            self.ledger.revert(entries)
+            raise
+        return decision

@@ -1,0 +1,90 @@
+"""Outcome, budget and stats messages: protobuf <-> domain, validated field by field."""
+
+from __future__ import annotations
+
+import math
+
+from google.protobuf.duration_pb2 import Duration
+
+from routing_sidecar import domain
+from routing_sidecar.errors import InvalidArgument
+from routing_sidecar.grpc_api.convert import MAX_TOKENS, _fraction, _ident, budget_to_pb
+from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
+
+MAX_ATTEMPTS = 32
+MAX_COST_MICROS = 10**12  # a million dollars for one call is a typo, not a bill
+
+ATTEMPT_FROM_PB = {
+    pb.ATTEMPT_STATUS_SUCCESS: domain.AttemptStatus.SUCCESS,
+    pb.ATTEMPT_STATUS_TRANSIENT_ERROR: domain.AttemptStatus.TRANSIENT_ERROR,
+    pb.ATTEMPT_STATUS_PERMANENT_ERROR: domain.AttemptStatus.PERMANENT_ERROR,
+    pb.ATTEMPT_STATUS_TIMEOUT: domain.AttemptStatus.TIMEOUT,
+    pb.ATTEMPT_STATUS_RATE_LIMITED: domain.AttemptStatus.RATE_LIMITED,
+}
+
+
+def _seconds(field: str, d: Duration) -> float:
+    value = d.seconds + d.nanos / 1e9
+    if value < 0:
+        raise InvalidArgument(field, f"must not be negative (got {value}s)")
+    return value
+
+
+def _count(field: str, value: int, limit: int) -> int:
+    if value < 0:
+        raise InvalidArgument(field, f"must not be negative (got {value})")
+    if value > limit:
+        raise InvalidArgument(field, f"must be at most {limit} (got {value})")
+    return value
+
+
+def _attempt(i: int, a: pb.Attempt) -> domain.Attempt:
+    where = f"attempts[{i}]"
+    status = ATTEMPT_FROM_PB.get(a.status)
+    if status is None:
+        raise InvalidArgument(f"{where}.status", f"unknown or missing status {a.status}")
+    if len(a.error_type) > 128:
+        raise InvalidArgument(f"{where}.error_type", "is longer than 128 characters")
+    return domain.Attempt(
+        model=_ident(f"{where}.model", a.model),
+        provider=_ident(f"{where}.provider", a.provider, required=False),
+        status=status,
+        error_type=a.error_type,
+        started_at=(
+            a.started_at.seconds + a.started_at.nanos / 1e9 if a.HasField("started_at") else None
+        ),
+        duration_s=_seconds(f"{where}.duration", a.duration),
+        input_tokens=_count(f"{where}.input_tokens", a.input_tokens, MAX_TOKENS),
+        output_tokens=_count(f"{where}.output_tokens", a.output_tokens, MAX_TOKENS),
+        cost_micros=(
+            _count(f"{where}.cost_micros", a.cost_micros, MAX_COST_MICROS)
+            if a.HasField("cost_micros")
+            else None
+        ),
+        retry_after_s=(
+            _seconds(f"{where}.retry_after", a.retry_after) if a.HasField("retry_after") else None
+        ),
+    )
+
+
+def outcome_from_pb(msg: pb.Outcome) -> domain.Outcome:
+    """Validate an Outcome's shape and convert it; raises InvalidArgument naming the field."""
+    decision_id = _ident("decision_id", msg.decision_id)
+    if len(msg.attempts) > MAX_ATTEMPTS:
+        raise InvalidArgument("attempts", f"has {len(msg.attempts)}; at most {MAX_ATTEMPTS}")
+    quality = None
+    if msg.HasField("quality"):
+        quality = _fraction("quality", msg.quality)
+        if not math.isfinite(quality):  # pragma: no cover - _fraction already refuses NaN
+            raise InvalidArgument("quality", "must be a finite number")
+    return domain.Outcome(
+        decision_id=decision_id,
+        attempts=tuple(_attempt(i, a) for i, a in enumerate(msg.attempts)),
+        success=msg.success,
+        quality=quality,
+    )
+
+
+def budget_list_to_pb(statuses: list[domain.BudgetStatus]) -> pb.BudgetStatusList:
+    """Wrap budget statuses for GetBudgetStatus."""
+    return pb.BudgetStatusList(budgets=[budget_to_pb(b) for b in statuses])

@@ -1,0 +1,82 @@
+"""Budget enforcement around the core: on_exceed semantics, alerts, expiry upkeep."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable
+
+from routing_sidecar import domain
+from routing_sidecar.core.budget import Ledger
+from routing_sidecar.core.budget_rules import BudgetAlert
+from routing_sidecar.core.catalog import Catalog
+from routing_sidecar.core.selection import Signals, select
+from routing_sidecar.domain import OnExceed, ReasonCode, Rejection, Selection
+
+log = logging.getLogger(__name__)
+
+
+def log_alerts(alerts: Iterable[BudgetAlert]) -> None:
+    """One structured warning per threshold crossing."""
+    for a in alerts:
+        log.warning(
+            "budget threshold crossed",
+            extra={
+                "scope": a.scope,
+                "period": a.period.value,
+                "state": a.state.value,
+                "used_micros": a.used_micros,
+                "limit_micros": a.rule.limit_micros,
+            },
+        )
+
+
+def apply_on_exceed(
+    task: domain.Task,
+    catalog: Catalog,
+    signals: Signals,
+    ledger: Ledger,
+    policy: str,
+    now: float,
+    constrained: Selection,
+) -> Selection:
+    """Honour each budget's on_exceed when budgets moved the task off its preferred model.
+
+    `downgrade` keeps the cheaper choice and says so; `reject` refuses the task outright, so a
+    project over its limit never quietly runs on a lesser model.
+    """
+    if not any(a.rejection is Rejection.BUDGET for a in constrained.alternatives):
+        return constrained
+    free = select(task, catalog, dataclasses.replace(signals, cost_filters=()))
+    preferred = free.chosen
+    if preferred is None or (
+        constrained.chosen is not None and constrained.chosen.model == preferred.model
+    ):
+        return constrained
+    block = ledger.check(
+        task.labels, catalog.models[preferred.model], policy, preferred.estimated_cost_micros, now
+    )
+    if block is None:  # pragma: no cover - the free choice was dropped by a budget filter
+        return constrained
+    if block.rule.on_exceed is OnExceed.DOWNGRADE and constrained.chosen is not None:
+        return dataclasses.replace(
+            constrained,
+            reason_code=ReasonCode.DOWNGRADED,
+            reason=f"{constrained.reason} Downgraded from {preferred.model}: {block.reason}.",
+        )
+    note = f"not used: {block.reason} and that budget rejects rather than downgrades"
+    return dataclasses.replace(
+        constrained,
+        status=domain.DecisionStatus.REJECTED,
+        reason_code=ReasonCode.BUDGET_EXHAUSTED,
+        reason=f"{task.task_type} rejected under policy {policy}: {preferred.model} is over "
+        f"budget ({block.reason}; on_exceed reject).",
+        chosen=None,
+        fallbacks=(),
+        alternatives=tuple(
+            dataclasses.replace(a, rejection=Rejection.BUDGET, reason=note)
+            if a.rejection in (Rejection.CHOSEN, Rejection.FALLBACK)
+            else a
+            for a in constrained.alternatives
+        ),
+    )

@@ -1,0 +1,70 @@
+"""Background upkeep: expire stale reservations and prune old decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from routing_sidecar.core.budget import Ledger
+from routing_sidecar.errors import StorageError
+from routing_sidecar.ports import AuditLog, Clock, LedgerStore
+
+log = logging.getLogger(__name__)
+DAY_S = 86_400.0
+
+
+class Upkeep:
+    """Runs expiry every few seconds and retention pruning about hourly."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        ledger_store: LedgerStore,
+        audit: AuditLog,
+        clock: Clock,
+        *,
+        interval_s: float,
+        retention_days: int,
+        prune_every_s: float = 3600.0,
+    ) -> None:
+        self._ledger = ledger
+        self._ledger_store = ledger_store
+        self._audit = audit
+        self._clock = clock
+        self.interval_s = interval_s
+        self.retention_days = retention_days
+        self._prune_every_s = prune_every_s
+        self._last_prune = float("-inf")
+
+    async def expire_once(self) -> int:
+        """Release reservations past their expiry; returns how many rows were written."""
+        rows = self._ledger.expire(self._clock.now())
+        if not rows:
+            return 0
+        try:
+            await self._ledger_store.record_ledger(rows)
+        except StorageError:
+            self._ledger.revert(rows)
+            raise
+        log.info("reservations expired", extra={"rows": len(rows)})
+        return len(rows)
+
+    async def prune_once(self) -> int:
+        """Delete decisions older than the retention period."""
+        cutoff = self._clock.now() - self.retention_days * DAY_S
+        removed = await self._audit.prune(cutoff)
+        if removed:
+            log.info("old decisions pruned", extra={"rows": removed})
+        return removed
+
+    async def run(self) -> None:
+        """Loop until cancelled; a failing round is logged and retried next round."""
+        while True:
+            try:
+                await self.expire_once()
+                if self._clock.monotonic() - self._last_prune >= self._prune_every_s:
+                    self._last_prune = self._clock.monotonic()
+                    await self.prune_once()
+            except StorageError:
+                log.exception("upkeep round failed; retrying")
+            await asyncio.sleep(self.interval_s)

@@ -1,0 +1,129 @@
+"""Schema migrations keyed by `PRAGMA user_version`: script N brings the file to version N.
+
+Scripts only ever get appended. Each one uses IF NOT EXISTS, so re-running it is harmless, and
+each runs in its own transaction together with the version bump, so a crash mid-migration
+leaves the previous version intact. Tables are STRICT (SQLite >= 3.37) so a float can never
+slip into a micro-USD column.
+"""
+
+from __future__ import annotations
+
+import aiosqlite
+
+from routing_sidecar.errors import StorageError
+
+_V1 = """
+CREATE TABLE IF NOT EXISTS model_routing_decisions (
+    decision_id           TEXT PRIMARY KEY,
+    task_id               TEXT NOT NULL,
+    task_type             TEXT NOT NULL,
+    status                TEXT NOT NULL,
+    reason_code           TEXT NOT NULL,
+    chosen_model          TEXT,
+    chosen_provider       TEXT,
+    chosen_slot_id        TEXT,
+    tier                  INTEGER,
+    policy                TEXT NOT NULL,
+    objective             TEXT NOT NULL,
+    estimated_cost_micros INTEGER NOT NULL,
+    reason                TEXT NOT NULL,
+    alternatives_json     TEXT NOT NULL,
+    fallbacks_json        TEXT NOT NULL,
+    labels_json           TEXT NOT NULL,
+    dry_run               INTEGER NOT NULL,
+    decided_at            REAL NOT NULL,
+    config_hash           TEXT NOT NULL,
+    trace_id              TEXT NOT NULL DEFAULT '',
+    span_id               TEXT NOT NULL DEFAULT ''
+) STRICT;
+CREATE INDEX IF NOT EXISTS decisions_by_time ON model_routing_decisions (decided_at);
+CREATE INDEX IF NOT EXISTS decisions_by_task ON model_routing_decisions (task_id);
+
+CREATE TABLE IF NOT EXISTS model_selections (
+    decision_id           TEXT NOT NULL,
+    attempt_index         INTEGER NOT NULL,
+    model                 TEXT NOT NULL,
+    provider              TEXT NOT NULL,
+    status                TEXT NOT NULL,
+    error_type            TEXT NOT NULL DEFAULT '',
+    started_at            REAL,
+    duration_s            REAL NOT NULL,
+    input_tokens          INTEGER NOT NULL,
+    output_tokens         INTEGER NOT NULL,
+    estimated_cost_micros INTEGER NOT NULL,
+    actual_cost_micros    INTEGER NOT NULL,
+    UNIQUE (decision_id, attempt_index)
+) STRICT;
+CREATE INDEX IF NOT EXISTS selections_by_provider ON model_selections (provider);
+
+CREATE TABLE IF NOT EXISTS decision_outcomes (
+    decision_id           TEXT PRIMARY KEY,
+    success               INTEGER NOT NULL,
+    quality               REAL,
+    actual_cost_micros    INTEGER NOT NULL,
+    reported_at           REAL NOT NULL
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS model_performance (
+    task_type             TEXT NOT NULL,
+    model                 TEXT NOT NULL,
+    window_start          REAL NOT NULL,
+    decisions             INTEGER NOT NULL DEFAULT 0,
+    successes             INTEGER NOT NULL DEFAULT 0,
+    failures              INTEGER NOT NULL DEFAULT 0,
+    quality_sum           REAL NOT NULL DEFAULT 0,
+    quality_count         INTEGER NOT NULL DEFAULT 0,
+    latency_sum_s         REAL NOT NULL DEFAULT 0,
+    cost_sum_micros       INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (task_type, model, window_start)
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS budget_ledger (
+    id                    INTEGER PRIMARY KEY,
+    kind                  TEXT NOT NULL CHECK (kind IN ('reserve', 'settle', 'release', 'expire')),
+    reservation_id        TEXT NOT NULL,
+    scope                 TEXT NOT NULL,
+    period                TEXT NOT NULL,
+    period_start          REAL NOT NULL,
+    period_end            REAL NOT NULL,
+    amount_micros         INTEGER NOT NULL,
+    at                    REAL NOT NULL,
+    expires_at            REAL
+) STRICT;
+CREATE INDEX IF NOT EXISTS ledger_by_bucket ON budget_ledger (scope, period_start);
+CREATE INDEX IF NOT EXISTS ledger_by_reservation ON budget_ledger (reservation_id);
+CREATE INDEX IF NOT EXISTS ledger_by_period_end ON budget_ledger (period_end);
+
+CREATE TABLE IF NOT EXISTS routing_policies (
+    config_hash           TEXT PRIMARY KEY,
+    config_json           TEXT NOT NULL,
+    loaded_at             REAL NOT NULL
+) STRICT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+async def schema_version(conn: aiosqlite.Connection) -> int:
+    """The file's `PRAGMA user_version`."""
+    rows = list(await conn.execute_fetchall("PRAGMA user_version"))
+    return int(rows[0][0])
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Apply every pending script, each in its own transaction; return the version reached."""
+    version = await schema_version(conn)
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"database schema version {version} is newer than this build's {SCHEMA_VERSION}"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        try:
+            await conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+        except Exception:
+            await conn.rollback()
+            raise
+    return SCHEMA_VERSION

@@ -1,0 +1,255 @@
+"""The embedded SQLite store (WAL): audit log, outcomes, budget ledger rows, config versions.
+
+Writes go through one GroupWriter on a dedicated connection and return only once committed;
+reads use a second, read-only connection, which WAL lets run beside the writer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import fields
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosqlite
+
+from routing_sidecar.core.budget import EntryKind, LedgerEntry
+from routing_sidecar.domain import BudgetPeriod, DecisionStatus, Objective, ReasonCode
+from routing_sidecar.errors import StorageError
+from routing_sidecar.ports import (
+    AttemptRecord,
+    Clock,
+    DecisionRecord,
+    LedgerTotal,
+    OutcomeRecord,
+    RoutingStats,
+)
+from routing_sidecar.storage.migrations import migrate
+from routing_sidecar.storage.stats import routing_stats
+from routing_sidecar.storage.writer import GroupWriter, Job, Once, Write
+
+Synchronous = Literal["NORMAL", "FULL"]
+MIN_SQLITE = (3, 38)  # STRICT tables (3.37) and built-in JSON functions (3.38)
+DAY_S = 86_400.0
+
+
+def _columns(record: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(record))
+
+
+def _insert(table: str, columns: Sequence[str], tail: str = "") -> str:
+    marks = ", ".join("?" * len(columns))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}){tail}"
+
+
+# Record fields are named after their columns, so a row is the record's values in field order.
+DECISION_COLUMNS = _columns(DecisionRecord)
+SELECTION_COLUMNS = _columns(AttemptRecord)
+OUTCOME_COLUMNS = _columns(OutcomeRecord)
+LEDGER_COLUMNS = _columns(LedgerEntry)
+INSERT_DECISION = _insert("model_routing_decisions", DECISION_COLUMNS)
+INSERT_SELECTION = _insert("model_selections", SELECTION_COLUMNS)
+INSERT_OUTCOME = _insert("decision_outcomes", OUTCOME_COLUMNS)
+INSERT_LEDGER = _insert("budget_ledger", LEDGER_COLUMNS)
+INSERT_CONFIG = _insert("routing_policies", ("config_hash", "config_json", "loaded_at"),
+                        " ON CONFLICT (config_hash) DO NOTHING")
+
+
+def _params(record: object, columns: Sequence[str]) -> tuple[object, ...]:
+    return tuple(getattr(record, c) for c in columns)
+
+
+def _ledger_writes(rows: Sequence[LedgerEntry]) -> tuple[Write, ...]:
+    return tuple(Write(INSERT_LEDGER, _params(r, LEDGER_COLUMNS)) for r in rows)
+
+
+async def _connect(path: str, synchronous: Synchronous, busy_timeout_ms: int, *,
+                   read_only: bool) -> aiosqlite.Connection:
+    # isolation_level=None: transactions are begun and committed explicitly by the writer.
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if read_only:
+            await conn.execute("PRAGMA query_only = ON")
+        else:
+            rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
+            if str(rows[0][0]).lower() != "wal":
+                raise StorageError(f"{path}: cannot switch to WAL (journal_mode={rows[0][0]})")
+            # NORMAL in WAL mode fsyncs at checkpoints, not at every commit. A committed
+            # transaction's WAL frames have been write()n, so they sit in the OS page cache and
+            # survive kill -9 of this process; only an OS crash or power loss can drop the last
+            # commits. FULL also fsyncs the WAL on every commit to survive power loss, at a
+            # latency cost that group commit spreads over the batch.
+            await conn.execute(f"PRAGMA synchronous = {synchronous}")
+        await conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+class SqliteStore:
+    """LedgerStore and AuditLog on one SQLite file."""
+
+    def __init__(self, path: str, read: aiosqlite.Connection, writer: GroupWriter,
+                 write: aiosqlite.Connection, retention_days: int, clock: Clock) -> None:
+        self.path = path
+        self._read = read
+        self._write = write
+        self.writer = writer
+        self._retention_s = retention_days * DAY_S
+        self._clock = clock
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str, *, retention_days: int, clock: Clock,
+                   synchronous: Synchronous = "NORMAL", busy_timeout_ms: int = 5000,
+                   max_batch: int = 512) -> SqliteStore:
+        """Open (creating if needed) and migrate the file, and start the group-commit writer."""
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise StorageError(f"SQLite {sqlite3.sqlite_version} is too old; need 3.38 or later")
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            write = await _connect(path, synchronous, busy_timeout_ms, read_only=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"{path}: cannot open the store: {exc}") from exc
+        try:
+            await migrate(write)
+            read = await _connect(path, synchronous, busy_timeout_ms, read_only=True)
+        except sqlite3.Error as exc:
+            await write.close()
+            raise StorageError(f"{path}: cannot prepare the store: {exc}") from exc
+        except BaseException:
+            await write.close()
+            raise
+        writer = GroupWriter(write, max_batch=max_batch)
+        writer.start()
+        return cls(path, read, writer, write, retention_days, clock)
+
+    async def close(self) -> None:
+        """Commit everything queued, then close both connections; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.writer.close()
+        finally:
+            await self._write.close()
+            await self._read.close()
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def record_decision(self, row: DecisionRecord,
+                              ledger_rows: Sequence[LedgerEntry] = ()) -> None:
+        """Persist a decision with its reservation rows; return once committed."""
+        decision = Write(INSERT_DECISION, _params(row, DECISION_COLUMNS))
+        await self.writer.submit(Job((decision, *_ledger_writes(ledger_rows))))
+
+    async def record_outcome(self, decision_id: str, attempts: Sequence[AttemptRecord],
+                             outcome: OutcomeRecord,
+                             ledger_rows: Sequence[LedgerEntry] = ()) -> bool:
+        """Persist an outcome once; False (nothing written) when one is already recorded.
+
+        The check runs inside the writer's transaction, so two concurrent reports of the same
+        decision cannot both pass it.
+        """
+        if outcome.decision_id != decision_id or any(
+            a.decision_id != decision_id for a in attempts
+        ):
+            raise ValueError(f"records do not all belong to decision {decision_id!r}")
+        writes = (
+            Write(INSERT_OUTCOME, _params(outcome, OUTCOME_COLUMNS)),
+            *(Write(INSERT_SELECTION, _params(a, SELECTION_COLUMNS)) for a in attempts),
+            *_ledger_writes(ledger_rows),
+        )
+        return await self.writer.submit(
+            Job(writes, once=Once("decision_outcomes", "decision_id", decision_id))
+        )
+
+    async def record_ledger(self, rows: Sequence[LedgerEntry]) -> None:
+        """Persist ledger rows (expiry, release); return once committed."""
+        if rows:
+            await self.writer.submit(Job(_ledger_writes(rows)))
+
+    async def record_config(self, config_hash: str, config_json: str, loaded_at: float) -> None:
+        """Remember a config version; the first load time of a hash is kept."""
+        write = Write(INSERT_CONFIG, (config_hash, config_json, loaded_at))
+        await self.writer.submit(Job((write,)))
+
+    async def prune(self, older_than: float | None = None, *, chunk: int = 1000) -> int:
+        """Delete decisions (with attempts and outcomes) decided before `older_than`.
+
+        Defaults to now minus the retention. Works in chunks of `chunk` decisions, each its own
+        transaction, so decisions keep committing in between. Also drops the ledger rows of
+        closed reservations in periods that ended before the cutoff; open periods keep theirs.
+        """
+        cutoff = self._clock.now() - self._retention_s if older_than is None else older_than
+        total = 0
+        while True:
+            deleted = await self.writer.run(partial(_prune_decisions, cutoff=cutoff, limit=chunk))
+            total += deleted
+            if deleted < chunk:
+                break
+        await self.writer.run(partial(_prune_ledger, cutoff=cutoff))
+        return total
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def _rows(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        try:
+            return list(await self._read.execute_fetchall(sql, tuple(params)))
+        except sqlite3.Error as exc:
+            raise StorageError(f"read failed: {exc}") from exc
+
+    async def get_decision(self, decision_id: str) -> DecisionRecord | None:
+        """A recorded decision, or None."""
+        rows = await self._rows(
+            f"SELECT {', '.join(DECISION_COLUMNS)} FROM model_routing_decisions "
+            "WHERE decision_id = ?", (decision_id,))
+        if not rows:
+            return None
+        d = dict(zip(DECISION_COLUMNS, rows[0], strict=True))
+        d.update(status=DecisionStatus(d["status"]), reason_code=ReasonCode(d["reason_code"]),
+                 objective=Objective(d["objective"]), dry_run=bool(d["dry_run"]))
+        return DecisionRecord(**d)
+
+    async def load_ledger_entries(self) -> list[LedgerEntry]:
+        """Every persisted ledger row, in the order written."""
+        rows = await self._rows(
+            f"SELECT {', '.join(LEDGER_COLUMNS)} FROM budget_ledger ORDER BY id")
+        return [LedgerEntry(EntryKind(r[0]), r[1], r[2], BudgetPeriod(r[3]), *r[4:])
+                for r in rows]
+
+    async def ledger_totals(self) -> list[LedgerTotal]:
+        """Sums of persisted rows per scope, period, period start and kind."""
+        rows = await self._rows(
+            "SELECT scope, period, period_start, kind, SUM(amount_micros) FROM budget_ledger "
+            "GROUP BY scope, period, period_start, kind ORDER BY scope, period, period_start, kind")
+        return [LedgerTotal(r[0], BudgetPeriod(r[1]), r[2], EntryKind(r[3]), r[4]) for r in rows]
+
+    async def routing_stats(self, since: float, label_keys: Sequence[str] = ()) -> RoutingStats:
+        """The routing matrix over non-dry-run decisions made since a time."""
+        return await routing_stats(self._rows, since, label_keys)
+
+
+async def _prune_decisions(conn: aiosqlite.Connection, *, cutoff: float, limit: int) -> int:
+    rows = await conn.execute_fetchall(
+        "SELECT decision_id FROM model_routing_decisions WHERE decided_at < ? "
+        "ORDER BY decided_at LIMIT ?", (cutoff, limit))
+    keys = [(r[0],) for r in rows]
+    for table in ("model_selections", "decision_outcomes", "model_routing_decisions"):
+        await conn.executemany(f"DELETE FROM {table} WHERE decision_id = ?", keys)
+    return len(keys)
+
+
+async def _prune_ledger(conn: aiosqlite.Connection, *, cutoff: float) -> int:
+    # Only reservations already closed (released, expired or settled) lose rows, so a restore
+    # never sees a closing row without the reserve row it closes.
+    cursor = await conn.execute(
+        "DELETE FROM budget_ledger WHERE period_end <= ? AND reservation_id IN "
+        "(SELECT reservation_id FROM budget_ledger WHERE kind <> 'reserve')", (cutoff,))
+    return int(cursor.rowcount)

@@ -1,0 +1,75 @@
+"""The routing matrix queries over the audit tables (SQLite dialect, JSON1 for labels)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from routing_sidecar.ports import ModelLabelCell, ModelTaskCell, ProviderCell, RoutingStats
+
+Rows = Callable[[str, Sequence[object]], Awaitable[list[Any]]]
+
+# Routed, non-dry-run decisions in the window, with the outcome's actual cost when reported.
+_WINDOW = """
+FROM model_routing_decisions d
+LEFT JOIN decision_outcomes o ON o.decision_id = d.decision_id
+WHERE d.decided_at >= ? AND d.dry_run = 0 AND d.chosen_model IS NOT NULL
+"""
+
+_BY_MODEL_TASK = f"""
+SELECT d.chosen_model, d.task_type, COUNT(*), SUM(d.estimated_cost_micros),
+       COALESCE(SUM(o.actual_cost_micros), 0)
+{_WINDOW}
+GROUP BY d.chosen_model, d.task_type ORDER BY d.chosen_model, d.task_type
+"""
+
+_BY_MODEL_LABEL = """
+SELECT d.chosen_model, j.key, CAST(j.value AS TEXT), COUNT(*), SUM(d.estimated_cost_micros),
+       COALESCE(SUM(o.actual_cost_micros), 0)
+FROM model_routing_decisions d
+JOIN json_each(d.labels_json) j
+LEFT JOIN decision_outcomes o ON o.decision_id = d.decision_id
+WHERE d.decided_at >= ? AND d.dry_run = 0 AND d.chosen_model IS NOT NULL AND j.key IN ({keys})
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+
+# A fallback decision is one whose reported outcome took more than one attempt.
+_DECISIONS_BY_PROVIDER = f"""
+SELECT d.chosen_provider, COUNT(*),
+       SUM((SELECT COUNT(*) FROM model_selections s WHERE s.decision_id = d.decision_id) > 1)
+{_WINDOW}
+GROUP BY d.chosen_provider
+"""
+
+# Attempts count against the provider that served them, which after a fallback is not the
+# provider first chosen.
+_ATTEMPTS_BY_PROVIDER = """
+SELECT s.provider, COUNT(*), SUM(s.status <> 'SUCCESS'), SUM(s.input_tokens),
+       SUM(s.output_tokens), SUM(s.actual_cost_micros)
+FROM model_selections s
+JOIN model_routing_decisions d ON d.decision_id = s.decision_id
+WHERE d.decided_at >= ? AND d.dry_run = 0
+GROUP BY s.provider
+"""
+
+
+async def routing_stats(rows: Rows, since: float, label_keys: Sequence[str]) -> RoutingStats:
+    """Per (model, task type), per (model, label) and per provider cells since a time."""
+    by_task = tuple(ModelTaskCell(*r) for r in await rows(_BY_MODEL_TASK, (since,)))
+    by_label: tuple[ModelLabelCell, ...] = ()
+    keys = tuple(dict.fromkeys(label_keys))
+    if keys:
+        sql = _BY_MODEL_LABEL.format(keys=", ".join("?" * len(keys)))
+        by_label = tuple(ModelLabelCell(*r) for r in await rows(sql, (since, *keys)))
+    cells: dict[str, dict[str, int]] = {}
+    for provider, decisions, fallbacks in await rows(_DECISIONS_BY_PROVIDER, (since,)):
+        cells.setdefault(provider, {}).update(decisions=decisions, fallback_decisions=fallbacks)
+    for provider, attempts, failed, tokens_in, tokens_out, spend in await rows(
+        _ATTEMPTS_BY_PROVIDER, (since,)
+    ):
+        cells.setdefault(provider, {}).update(
+            attempts=attempts, failed_attempts=failed, input_tokens=tokens_in,
+            output_tokens=tokens_out, spend_micros=spend,
+        )
+    by_provider = tuple(ProviderCell(p, **c) for p, c in sorted(cells.items()))
+    return RoutingStats(since, by_task, by_label, by_provider)

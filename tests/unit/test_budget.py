@@ -1,0 +1,353 @@
+"""Ledger arithmetic, calendar periods, scope rules and restore, all pure and synchronous."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from routing_sidecar import errors
+from routing_sidecar.config import load_config
+from routing_sidecar.core.budget import (
+    BudgetRule,
+    EntryKind,
+    Ledger,
+    LedgerEntry,
+    period_bounds,
+    rules_from_config,
+    scopes_for,
+)
+from routing_sidecar.domain import BudgetPeriod, BudgetState, ModelSpec, OnExceed, Rejection, Task
+from tests.conftest import DEFAULT_CONFIG
+
+DAY, WEEK, MONTH, TASK = (BudgetPeriod.DAY, BudgetPeriod.WEEK, BudgetPeriod.MONTH,
+                          BudgetPeriod.TASK)
+GPT5 = ModelSpec("gpt-5", "openai", 3, 1_250_000, 10_000_000, 400_000, 60, 0.91)
+HAIKU = ModelSpec("claude-haiku-4-5", "anthropic", 1, 1_000_000, 5_000_000, 200_000, 150, 0.72)
+ALPHA = {"project": "alpha", "worker": "w1"}
+BETA = {"project": "beta"}
+T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC).timestamp()  # a Tuesday
+TTL = 900.0
+
+
+def ts(*args: int, tz: timezone | ZoneInfo = UTC) -> float:
+    return datetime(*args, tzinfo=tz).timestamp()
+
+
+def ledger(*rules: BudgetRule, tz: timezone | ZoneInfo = UTC) -> Ledger:
+    return Ledger(rules, tz)
+
+
+def reserve(led: Ledger, rid: str, amount: int, labels: dict[str, str] | None = None,
+            model: ModelSpec = GPT5, now: float = T0, policy: str = "code"):  # type: ignore[no-untyped-def]
+    return led.reserve(rid, labels if labels is not None else ALPHA, model, policy, amount, now,
+                       now + TTL)
+
+
+def by_scope(led: Ledger, now: float = T0) -> dict[tuple[str, BudgetPeriod], tuple[int, int]]:
+    return {(s.scope, s.period): (s.spent_micros, s.reserved_micros) for s in led.status(now)}
+
+
+# -- periods ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("period", "start", "end"), [
+    (DAY, (2026, 3, 10), (2026, 3, 11)),
+    (WEEK, (2026, 3, 9), (2026, 3, 16)),       # ISO week: Monday to Monday
+    (MONTH, (2026, 3, 1), (2026, 4, 1)),
+])
+def test_period_bounds_utc(period: BudgetPeriod, start: tuple[int, int, int],
+                           end: tuple[int, int, int]) -> None:
+    assert period_bounds(period, T0, UTC) == (ts(*start), ts(*end))
+
+
+def test_period_bounds_december_rolls_into_january() -> None:
+    now = ts(2026, 12, 31, 23, 59)
+    assert period_bounds(MONTH, now, UTC) == (ts(2026, 12, 1), ts(2027, 1, 1))
+    assert period_bounds(WEEK, now, UTC) == (ts(2026, 12, 28), ts(2027, 1, 4))
+    assert period_bounds(DAY, ts(2027, 1, 1), UTC) == (ts(2027, 1, 1), ts(2027, 1, 2))
+
+
+def test_period_bounds_in_a_non_utc_zone_follow_local_midnight() -> None:
+    ist = timezone(timedelta(hours=5, minutes=30))
+    # 20:00 UTC on March 31 is already April 1 in India.
+    now = ts(2026, 3, 31, 20, 0)
+    assert period_bounds(DAY, now, ist) == (ts(2026, 4, 1, tz=ist), ts(2026, 4, 2, tz=ist))
+    assert period_bounds(MONTH, now, ist) == (ts(2026, 4, 1, tz=ist), ts(2026, 5, 1, tz=ist))
+    assert period_bounds(MONTH, now, UTC) == (ts(2026, 3, 1), ts(2026, 4, 1))
+
+
+def test_period_bounds_across_dst_use_real_day_length() -> None:
+    ny = ZoneInfo("America/New_York")
+    start, end = period_bounds(DAY, ts(2026, 3, 8, 12, tz=ny), ny)  # spring forward
+    assert end - start == 23 * 3600
+    start, end = period_bounds(WEEK, ts(2026, 10, 28, tz=ny), ny)   # holds Nov 1 fall back
+    assert end - start == 7 * 86400 + 3600
+
+
+def test_task_period_has_no_calendar_bounds() -> None:
+    with pytest.raises(ValueError, match="task"):
+        period_bounds(TASK, T0, UTC)
+
+
+# -- rules and scopes -----------------------------------------------------------------------
+
+def test_rules_from_shipped_config() -> None:
+    rules = rules_from_config(load_config(DEFAULT_CONFIG))
+    assert rules == (
+        BudgetRule("global", DAY, 50_000_000, 0.8, OnExceed.DOWNGRADE),
+        BudgetRule("project:alpha", MONTH, 300_000_000, 0.8, OnExceed.REJECT),
+        BudgetRule("task", TASK, 1_000_000, 0.8, OnExceed.REJECT),
+    )
+
+
+def test_scopes_for_names_every_scope_a_decision_touches() -> None:
+    assert scopes_for(ALPHA, GPT5, "code") == (
+        "global", "project:alpha", "provider:openai", "model:gpt-5", "policy:code", "worker:w1")
+    assert scopes_for({}, HAIKU, "ops") == (
+        "global", "provider:anthropic", "model:claude-haiku-4-5", "policy:ops")
+
+
+# -- reserve / settle / release / expire / rollback -----------------------------------------
+
+def test_reserve_then_settle_moves_the_actual_amount_to_spent() -> None:
+    led = ledger(BudgetRule("global", DAY, 1_000), BudgetRule("project:alpha", MONTH, 5_000))
+    r = reserve(led, "r1", 300)
+    assert r.ok
+    assert {(e.kind, e.scope, e.amount_micros) for e in r.entries} == {
+        (EntryKind.RESERVE, "global", 300), (EntryKind.RESERVE, "project:alpha", 300)}
+    assert by_scope(led) == {("global", DAY): (0, 300), ("project:alpha", MONTH): (0, 300)}
+    change = led.settle("r1", 250, T0 + 5)
+    assert by_scope(led) == {("global", DAY): (250, 0), ("project:alpha", MONTH): (250, 0)}
+    assert sorted((e.kind, e.amount_micros) for e in change.entries) == [
+        (EntryKind.RELEASE, -300), (EntryKind.RELEASE, -300),
+        (EntryKind.SETTLE, 250), (EntryKind.SETTLE, 250)]
+
+
+def test_settle_is_idempotent_and_ignores_unknown_ids() -> None:
+    led = ledger(BudgetRule("global", DAY, 1_000))
+    reserve(led, "r1", 300)
+    assert led.settle("r1", 200, T0).entries
+    assert led.settle("r1", 200, T0).entries == ()
+    assert led.settle("nope", 200, T0).entries == ()
+    assert by_scope(led) == {("global", DAY): (200, 0)}
+
+
+def test_release_expire_and_rollback_free_the_reservation() -> None:
+    led = ledger(BudgetRule("global", DAY, 1_000))
+    reserve(led, "a", 100)
+    reserve(led, "b", 200)
+    reserve(led, "c", 400, now=T0 + 600)
+    assert [e.amount_micros for e in led.release("a", T0 + 1)] == [-100]
+    assert led.release("a", T0 + 1) == []
+    led.rollback("c")  # its reserve rows never committed: nothing to persist
+    assert by_scope(led) == {("global", DAY): (0, 200)}
+    assert led.expire(T0 + TTL - 1) == []
+    expired = led.expire(T0 + TTL)
+    assert [(e.kind, e.reservation_id, e.amount_micros) for e in expired] == [
+        (EntryKind.EXPIRE, "b", -200)]
+    assert by_scope(led) == {("global", DAY): (0, 0)}
+
+
+def test_a_late_outcome_still_charges_an_expired_reservation() -> None:
+    led = ledger(BudgetRule("global", DAY, 1_000))
+    reserve(led, "slow", 100)
+    led.expire(T0 + TTL)
+    change = led.settle("slow", 120, T0 + TTL + 60)
+    assert [(e.kind, e.amount_micros) for e in change.entries] == [(EntryKind.SETTLE, 120)]
+    assert by_scope(led) == {("global", DAY): (120, 0)}
+
+
+def test_settle_lands_in_the_period_it_was_reserved_in() -> None:
+    led = ledger(BudgetRule("global", DAY, 1_000))
+    late = ts(2026, 3, 10, 23, 59)
+    reserve(led, "r1", 300, now=late)
+    next_day = ts(2026, 3, 11, 0, 5)
+    led.settle("r1", 280, next_day)
+    assert by_scope(led, late) == {("global", DAY): (280, 0)}
+    status = led.status(next_day)[0]
+    assert (status.spent_micros, status.reserved_micros) == (0, 0)
+    assert (status.period_start, status.period_end) == (ts(2026, 3, 11), ts(2026, 3, 12))
+
+
+def test_duplicate_and_negative_reservations_are_refused() -> None:
+    led = ledger(BudgetRule("global", DAY, 1_000))
+    reserve(led, "r1", 1)
+    with pytest.raises(errors.AlreadyExists):
+        reserve(led, "r1", 1)
+    with pytest.raises(errors.InvalidArgument, match="amount_micros"):
+        reserve(led, "r2", -1)
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+def test_check_names_the_first_rule_broken_in_config_order() -> None:
+    led = ledger(BudgetRule("global", DAY, 10_000), BudgetRule("project:alpha", MONTH, 500),
+                 BudgetRule("provider:openai", WEEK, 400))
+    block = led.check(ALPHA, GPT5, "code", 600, T0)
+    assert block is not None
+    assert (block.scope, block.period) == ("project:alpha", MONTH)
+    assert block.reason == "budget project:alpha/month exhausted"
+    assert led.check(BETA, GPT5, "code", 600, T0).scope == "provider:openai"  # type: ignore[union-attr]
+    assert led.check(BETA, HAIKU, "code", 600, T0) is None
+
+
+def test_task_rule_compares_the_amount_alone() -> None:
+    led = ledger(BudgetRule("task", TASK, 1_000))
+    assert led.check(ALPHA, GPT5, "code", 1_000, T0) is None
+    for i in range(5):  # many tasks at the limit are fine: nothing accumulates
+        assert reserve(led, f"r{i}", 1_000).ok
+    result = reserve(led, "big", 1_001)
+    assert not result.ok and result.entries == ()
+    assert result.block is not None and result.block.period is TASK
+    assert "per-task limit" in result.block.reason
+
+
+def test_project_wildcard_limits_each_project_separately_and_exact_scope_overrides() -> None:
+    led = ledger(BudgetRule("project:*", MONTH, 1_000), BudgetRule("project:alpha", MONTH, 3_000))
+    assert reserve(led, "a1", 2_500).ok                       # alpha has its own 3000
+    assert reserve(led, "b1", 900, labels=BETA).ok
+    assert not reserve(led, "b2", 200, labels=BETA).ok        # beta's 1000 from project:*
+    assert reserve(led, "g1", 1_000, labels={"project": "gamma"}).ok
+    assert reserve(led, "x", 5_000, labels={}).ok             # no project: no project budget
+    got = {(s.scope, s.limit_micros, s.spent_micros + s.reserved_micros) for s in led.status(T0)}
+    assert got == {("project:alpha", 3_000, 2_500), ("project:beta", 1_000, 900),
+                   ("project:gamma", 1_000, 1_000)}
+    assert [s.scope for s in led.status(T0, ["project:b*"])] == ["project:beta"]
+
+
+def test_a_free_call_is_never_blocked() -> None:
+    led = ledger(BudgetRule("global", DAY, 100))
+    reserve(led, "r1", 100)
+    led.settle("r1", 150, T0)  # the real call cost more than the limit
+    assert led.check(ALPHA, GPT5, "code", 1, T0) is not None
+    assert led.check(ALPHA, GPT5, "code", 0, T0) is None
+
+
+def test_two_hundred_reservations_against_a_limit_that_fits_fifty() -> None:
+    led = ledger(BudgetRule("global", DAY, 50 * 7_777), BudgetRule("task", TASK, 10_000))
+    results = [reserve(led, f"r{i}", 7_777) for i in range(200)]
+    assert sum(r.ok for r in results) == 50
+    assert all(r.ok for r in results[:50])
+    status = led.status(T0, ["global"])[0]
+    assert (status.reserved_micros, status.remaining_micros) == (50 * 7_777, 0)
+    assert status.state is BudgetState.EXCEEDED
+
+
+# -- alerts ----------------------------------------------------------------------------------
+
+def test_alert_crossing_is_reported_once_per_period() -> None:
+    led = ledger(BudgetRule("global", DAY, 1_000, alert_at=0.8))
+    assert reserve(led, "r1", 700).alerts == ()
+    alerts = reserve(led, "r2", 150).alerts
+    assert [(a.scope, a.state, a.used_micros) for a in alerts] == [
+        ("global", BudgetState.ALERT, 850)]
+    assert led.status(T0)[0].state is BudgetState.ALERT
+    led.release("r2", T0)
+    assert reserve(led, "r3", 120).alerts == ()               # crossed again: already told
+    exceeded = reserve(led, "r4", 180).alerts
+    assert [a.state for a in exceeded] == [BudgetState.EXCEEDED]
+    tomorrow = T0 + 86_400
+    again = reserve(led, "r5", 900, now=tomorrow).alerts      # a new period alerts anew
+    assert [(a.state, a.period_start) for a in again] == [
+        (BudgetState.ALERT, ts(2026, 3, 11))]
+
+
+def test_an_overrun_at_settle_raises_an_alert() -> None:
+    led = ledger(BudgetRule("global", DAY, 1_000, alert_at=0.5))
+    reserve(led, "r1", 100)
+    change = led.settle("r1", 1_200, T0)
+    assert [a.state for a in change.alerts] == [BudgetState.ALERT, BudgetState.EXCEEDED]
+
+
+# -- persistence: rows, restore, revert -------------------------------------------------------
+
+RULES = (BudgetRule("global", DAY, 4_000_000, 0.5), BudgetRule("project:*", MONTH, 3_000_000),
+         BudgetRule("provider:openai", WEEK, 5_000_000), BudgetRule("task", TASK, 90_000))
+
+
+def churn(led: Ledger, seed: int = 7) -> list[LedgerEntry]:
+    """A seeded mix of every mutation over two days; returns every row they asked to persist."""
+    rng = random.Random(seed)
+    rows: list[LedgerEntry] = []
+    now, ids = T0, []
+    for i in range(400):
+        now += rng.uniform(0, 400)
+        op = rng.random()
+        if op < 0.5 or not ids:
+            labels = rng.choice([ALPHA, BETA, {}, {"project": "gamma", "worker": "w2"}])
+            r = reserve(led, f"r{i}", rng.randint(0, 100_000), labels,
+                        rng.choice([GPT5, HAIKU]), now)
+            rows += r.entries
+            ids += [f"r{i}"] if r.ok else []
+        elif op < 0.8:
+            rows += led.settle(ids.pop(rng.randrange(len(ids))), rng.randint(0, 120_000),
+                               now).entries
+        elif op < 0.9:
+            rows += led.release(ids.pop(rng.randrange(len(ids))), now)
+        else:
+            rows += led.expire(now)
+    return rows
+
+
+def test_summing_the_rows_reproduces_the_totals() -> None:
+    led = ledger(*RULES)
+    rows = churn(led)
+    sums: dict[tuple[str, BudgetPeriod, float], list[int]] = defaultdict(lambda: [0, 0])
+    for e in rows:
+        sums[e.bucket][0 if e.kind is EntryKind.SETTLE else 1] += e.amount_micros
+    for status in led.status(T0) + led.status(T0 + 86_400):
+        assert sums.get((status.scope, status.period, status.period_start), [0, 0]) == [
+            status.spent_micros, status.reserved_micros]
+
+
+def test_restore_from_entries_reproduces_status_exactly() -> None:
+    led = ledger(*RULES)
+    rows = churn(led)
+    again = ledger(*RULES)
+    again.restore(rows)
+    for now in (T0, T0 + 86_400, T0 + 40 * 86_400):
+        assert again.status(now) == led.status(now)
+    # Open reservations came back too: settling one works and expiring the rest matches.
+    assert again.expire(T0 + 3 * 86_400) == led.expire(T0 + 3 * 86_400)
+    assert again.status(T0 + 86_400) == led.status(T0 + 86_400)
+
+
+def test_restore_does_not_re_alert_thresholds_already_passed() -> None:
+    led = ledger(BudgetRule("global", DAY, 1_000, 0.5))
+    rows = list(reserve(led, "r1", 600).entries)
+    again = ledger(BudgetRule("global", DAY, 1_000, 0.5))
+    again.restore(rows)
+    assert reserve(again, "r2", 100).alerts == ()
+    assert [a.state for a in reserve(again, "r3", 300).alerts] == [BudgetState.EXCEEDED]
+
+
+def test_revert_undoes_a_settle_whose_commit_failed() -> None:
+    led = ledger(BudgetRule("global", DAY, 1_000))
+    reserve(led, "r1", 300)
+    before = led.status(T0)
+    change = led.settle("r1", 280, T0)
+    led.revert(change.entries)
+    assert led.status(T0) == before
+    assert led.settle("r1", 290, T0).entries  # reopened: the retry settles it
+    assert by_scope(led) == {("global", DAY): (290, 0)}
+
+
+def test_as_filter_rejects_with_the_budget_reason() -> None:
+    led = ledger(BudgetRule("project:alpha", MONTH, 100))
+    budget_filter = led.as_filter("code", T0)
+    task = Task(task_id="t", task_type="fix_bug", labels=ALPHA)
+    assert budget_filter(task, GPT5, 100) is None
+    assert budget_filter(task, GPT5, 101) == (
+        Rejection.BUDGET, "budget project:alpha/month exhausted")
+
+
+def test_statuses_for_covers_the_scopes_one_decision_touches() -> None:
+    led = ledger(*RULES)
+    reserve(led, "r1", 50_000)
+    got = [(s.scope, s.period, s.reserved_micros) for s in led.statuses_for(ALPHA, GPT5, "code",
+                                                                            T0)]
+    assert got == [("global", DAY, 50_000), ("project:alpha", MONTH, 50_000),
+                   ("provider:openai", WEEK, 50_000), ("task", TASK, 0)]

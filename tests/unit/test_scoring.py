@@ -1,0 +1,83 @@
+"""Weights table, normalisation, context penalty and rounding."""
+
+from __future__ import annotations
+
+import pytest
+
+from routing_sidecar.core.scoring import (
+    WEIGHTS,
+    Weights,
+    context_penalty,
+    normalised_cost,
+    score,
+    weights_for,
+)
+from routing_sidecar.domain import Objective
+
+
+@pytest.mark.parametrize(
+    ("objective", "expected"),
+    [
+        (Objective.COST_SPEED, Weights(0.6, 0.3, 0.1)),
+        (Objective.BALANCED, Weights(0.35, 0.15, 0.5)),
+        (Objective.QUALITY, Weights(0.1, 0.1, 0.8)),
+        (Objective.AUTO, Weights(0.35, 0.15, 0.5)),
+    ],
+)
+def test_weights_table(objective: Objective, expected: Weights) -> None:
+    assert weights_for(objective) == expected
+
+
+def test_every_weight_row_sums_to_one() -> None:
+    for w in WEIGHTS.values():
+        assert w.cost + w.speed + w.quality == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("cost", "min_cost", "expected"),
+    [
+        (100, 100, 1.0),
+        (1_000, 100, 0.1),
+        (100_000, 100, 0.001),  # orders of magnitude matter, not the linear gap
+        (0, 0, 1.0),  # a free model is the cheapest
+        (500, 0, 0.0),
+    ],
+)
+def test_normalised_cost(cost: int, min_cost: int, expected: float) -> None:
+    assert normalised_cost(cost, min_cost) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("fill", "expected"),
+    [(0.0, 0.0), (0.5, 0.0), (0.8, 0.0), (0.9, 0.15), (0.95, 0.225), (1.0, 0.3), (1.2, 0.3)],
+)
+def test_context_penalty(fill: float, expected: float) -> None:
+    assert context_penalty(fill) == pytest.approx(expected)
+
+
+BAL = WEIGHTS[Objective.BALANCED]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # cheapest, fastest, quality 0.8: 0.35 + 0.15 + 0.4
+        ((100, 100, 50.0, 50.0, 0.8, 0.1), 0.9),
+        # 10x the cost, half the speed: 0.035 + 0.075 + 0.4
+        ((1_000, 100, 25.0, 50.0, 0.8, 0.1), 0.51),
+        # same, 90% of the window used: minus 0.15
+        ((1_000, 100, 25.0, 50.0, 0.8, 0.9), 0.36),
+        # quality outside 0..1 is clamped
+        ((100, 100, 50.0, 50.0, 1.7, 0.0), 1.0),
+        ((100, 100, 50.0, 50.0, -1.0, 0.0), 0.5),
+        # rounded to 4 decimals: 0.35/3 + 0.15 + 0.5 * 0.7
+        ((300, 100, 50.0, 50.0, 0.7, 0.0), 0.6167),
+    ],
+)
+def test_score(args: tuple[int, int, float, float, float, float], expected: float) -> None:
+    cost, min_cost, tps, max_tps, quality, fill = args
+    assert score(cost, min_cost, tps, max_tps, quality, fill, BAL) == expected
+
+
+def test_score_zero_speed_set_does_not_divide_by_zero() -> None:
+    assert score(100, 100, 0.0, 0.0, 0.5, 0.0, BAL) == 0.75
