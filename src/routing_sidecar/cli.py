@@ -1,4 +1,4 @@
-"""`routing-sidecar serve | validate | route`: the command line."""
+"""`routing-sidecar serve | validate | route | budgets | report`: the command line."""
 
 from __future__ import annotations
 
@@ -45,6 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--exclude", action="append", default=[])
     r.add_argument("--dry-run", action="store_true")
     r.add_argument("--json", action="store_true")
+    b = sub.add_parser("budgets", help="budget scopes: limit, spent, reserved, state")
+    b.add_argument("--target", default=DEFAULT_TARGET)
+    b.add_argument("--scope", action="append", default=[], help="scope or glob, repeatable")
+    b.add_argument("--json", action="store_true")
+    rep = sub.add_parser("report", help="decisions and spend by model, task type and provider")
+    rep.add_argument("--target", default=DEFAULT_TARGET)
+    rep.add_argument("--hours", type=int, default=24)
+    rep.add_argument("--label-key", action="append", default=[], help="break down by label")
+    rep.add_argument("--json", action="store_true")
     return p
 
 
@@ -89,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(serve(args.config, args.listen))
         if args.command == "validate":
             return _validate(args.path)
+        if args.command == "budgets":
+            msg = client.budgets(args.target, args.scope)
+            print(client.to_json(msg) if args.json else client.render_budgets(msg))
+            return 0
+        if args.command == "report":
+            rep = client.stats(args.target, args.hours, args.label_key)
+            print(client.to_json(rep) if args.json else client.render_stats(rep))
+            return 0
         return _route(args)
     except ConfigError as exc:
         print(exc.message, file=sys.stderr)

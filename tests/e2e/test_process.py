@@ -120,3 +120,20 @@ def test_sighup_reload_keeps_running_config_when_new_one_is_bad(
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
     assert "config reload refused" in (proc.stderr.read().decode() if proc.stderr else "")
+
+
+def test_cli_budgets_and_report(running: tuple[str, subprocess.Popen[bytes]]) -> None:
+    target, _ = running
+    routed = cli("route", "--target", target, "--task-type", "fix_bug", "--label",
+                 "project=alpha", "--label", "layer=api", "--json")
+    assert routed.returncode == 0, routed.stderr
+    table = cli("budgets", "--target", target)
+    assert table.returncode == 0, table.stderr
+    assert "project:alpha" in table.stdout and "global" in table.stdout
+    as_json = json.loads(cli("budgets", "--target", target, "--scope", "global", "--json").stdout)
+    assert [b["scope"] for b in as_json["budgets"]] == ["global"]
+    assert int(as_json["budgets"][0]["reserved_micros"]) > 0
+    report = cli("report", "--target", target, "--hours", "1", "--label-key", "layer")
+    assert report.returncode == 0, report.stderr
+    model = json.loads(routed.stdout)["model"]
+    assert model in report.stdout and "label:layer" in report.stdout

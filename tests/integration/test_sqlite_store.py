@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC
 from pathlib import Path
@@ -222,9 +223,13 @@ def test_kill_9_loses_nothing_that_was_acknowledged(db_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", KILLER, str(db_path)], cwd=root,
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
+    watchdog = threading.Timer(60, proc.kill)  # a stuck child ends the test, not the run
+    watchdog.start()
     acked = [proc.stdout.readline().strip() for _ in range(500)]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    watchdog.cancel()
+    assert all(acked), "the child stopped acknowledging"
     stored = {r[0] for r in peek(db_path, "SELECT decision_id FROM model_routing_decisions")}
     assert set(acked) <= stored
 

@@ -23,6 +23,7 @@ from routing_sidecar.core.budget_rules import (
     LedgerChange,
     LedgerEntry,
     ReserveResult,
+    RuleBook,
     period_bounds,
     rules_from_config,
     scopes_for,
@@ -43,7 +44,6 @@ __all__ = [
 
 TASK = BudgetPeriod.TASK
 CostFilter = Callable[[Task, ModelSpec, int], tuple[Rejection, str] | None]
-_Governed = list[tuple[int, BudgetRule, str]]  # (rule index, rule, concrete scope key)
 
 
 class _Line:
@@ -76,14 +76,14 @@ class Ledger:
         self._alerted: set[tuple[BudgetRule, str, float, BudgetState]] = set()
         self._seen: set[str] = set()
         self._bounds: dict[BudgetPeriod, tuple[float, float]] = {}
-        self._set_rules(rules)
+        self._book = RuleBook(rules)
 
     # -- queries ---------------------------------------------------------------------------
 
     def check(self, labels: Mapping[str, str], model: ModelSpec, policy: str,
               amount_micros: int, now: float) -> BudgetBlock | None:
         """The first rule (in config order) the amount would break, else None."""
-        for _, rule, key in self._governed(labels, model, policy):
+        for rule, key in self._book.governed(labels, model, policy):
             if self._over(rule, key, amount_micros, now):
                 return BudgetBlock.of(rule, key, amount_micros)
         return None
@@ -98,16 +98,16 @@ class Ledger:
     def statuses_for(self, labels: Mapping[str, str], model: ModelSpec, policy: str,
                      now: float) -> list[BudgetStatus]:
         """Standing of every budget one decision falls under."""
-        return [self._status(r, key, now) for _, r, key in self._governed(labels, model, policy)]
+        return [self._status(r, key, now) for r, key in self._book.governed(labels, model, policy)]
 
     def status(self, now: float, scopes: Collection[str] = ()) -> list[BudgetStatus]:
         """Every rule for every concrete scope seen; `scopes` filters by key or glob."""
         out = []
-        for rule in self._rules:
+        for rule in self._book.rules:
             keys = [rule.scope]
             if "*" in rule.scope:
                 keys = sorted(k for k in self._seen
-                              if any(r is rule for _, r in self._rules_for(k)))
+                              if any(r is rule for r in self._book.for_key(k)))
             out += [self._status(rule, k, now) for k in keys
                     if not scopes or any(fnmatchcase(k, s) for s in scopes)]
         return out
@@ -121,12 +121,12 @@ class Ledger:
             raise errors.InvalidArgument("amount_micros", "must not be negative")
         if reservation_id in self._open or reservation_id in self._expired:
             raise errors.AlreadyExists(f"reservation {reservation_id!r} already exists")
-        governed = self._governed(labels, model, policy)
-        for _, rule, key in governed:
+        governed = self._book.governed(labels, model, policy)
+        for rule, key in governed:
             if self._over(rule, key, amount_micros, now):
                 return ReserveResult(block=BudgetBlock.of(rule, key, amount_micros))
         buckets: list[Bucket] = []
-        for _, rule, key in governed:
+        for rule, key in governed:
             if rule.period is not TASK:
                 start, end = self._current(rule.period, now)
                 buckets.append((key, rule.period, start))
@@ -232,37 +232,10 @@ class Ledger:
 
     def replace_rules(self, rules: Sequence[BudgetRule]) -> None:
         """Swap in reloaded rules, keeping every total and reservation."""
-        self._set_rules(rules)
+        self._book = RuleBook(rules)
         self._mark_alerted()
 
     # -- internals -------------------------------------------------------------------------
-
-    def _set_rules(self, rules: Sequence[BudgetRule]) -> None:
-        self._rules = tuple(rules)
-        self._task_rules = [(i, r) for i, r in enumerate(self._rules) if r.period is TASK]
-        self._governing: dict[str, tuple[tuple[int, BudgetRule], ...]] = {}
-
-    def _rules_for(self, key: str) -> tuple[tuple[int, BudgetRule], ...]:
-        """Periodic rules governing a concrete key; per period an exact scope beats a pattern."""
-        cached = self._governing.get(key)
-        if cached is None:
-            chosen: dict[BudgetPeriod, BudgetRule] = {}
-            for r in self._rules:
-                if r.period is TASK or not r.matches(key):
-                    continue
-                current = chosen.get(r.period)
-                if current is None or (r.scope == key and current.scope != key):
-                    chosen[r.period] = r
-            cached = tuple((i, r) for i, r in enumerate(self._rules) if chosen.get(r.period) is r)
-            self._governing[key] = cached
-        return cached
-
-    def _governed(self, labels: Mapping[str, str], model: ModelSpec, policy: str) -> _Governed:
-        out: _Governed = [(i, r, "task") for i, r in self._task_rules]
-        for key in scopes_for(labels, model, policy):
-            out += [(i, r, key) for i, r in self._rules_for(key)]
-        out.sort(key=lambda item: item[0])
-        return out
 
     def _current(self, period: BudgetPeriod, now: float) -> tuple[float, float]:
         bounds = self._bounds.get(period)
@@ -314,7 +287,7 @@ class Ledger:
         for bucket, was in before.items():
             key, period, start = bucket
             used = self._used(bucket)
-            for _, rule in self._rules_for(key):
+            for rule in self._book.for_key(key):
                 for state, mark in rule.thresholds() if rule.period is period else ():
                     tag = (rule, key, start, state)
                     if was < mark <= used and tag not in self._alerted:
@@ -325,7 +298,7 @@ class Ledger:
     def _mark_alerted(self) -> None:
         """Count thresholds already passed as reported, so a restart or reload does not re-alert."""
         for (key, period, start), line in self._lines.items():
-            for _, rule in self._rules_for(key):
+            for rule in self._book.for_key(key):
                 for state, mark in rule.thresholds() if rule.period is period else ():
                     if 0 < mark <= line.spent + line.reserved:
                         self._alerted.add((rule, key, start, state))

@@ -6,7 +6,7 @@ Pure: no I/O and no clock; `now` and the time zone are passed in. Money is integ
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from enum import StrEnum
@@ -177,3 +177,37 @@ def scopes_for(labels: Mapping[str, str], model: ModelSpec, policy: str) -> tupl
     if worker := labels.get("worker"):
         keys.append(f"worker:{worker}")
     return tuple(keys)
+
+
+class RuleBook:
+    """Which rules govern which concrete scope keys; per period an exact scope beats a pattern."""
+
+    def __init__(self, rules: Sequence[BudgetRule]) -> None:
+        self.rules = tuple(rules)
+        self._index = {id(r): i for i, r in enumerate(self.rules)}
+        self._task = [r for r in self.rules if r.period is BudgetPeriod.TASK]
+        self._cache: dict[str, tuple[BudgetRule, ...]] = {}
+
+    def for_key(self, key: str) -> tuple[BudgetRule, ...]:
+        """The periodic rules governing a key (at most one per period), in config order."""
+        cached = self._cache.get(key)
+        if cached is None:
+            chosen: dict[BudgetPeriod, BudgetRule] = {}
+            for r in self.rules:
+                if r.period is BudgetPeriod.TASK or not r.matches(key):
+                    continue
+                current = chosen.get(r.period)
+                if current is None or (r.scope == key and current.scope != key):
+                    chosen[r.period] = r
+            cached = tuple(r for r in self.rules if chosen.get(r.period) is r)
+            self._cache[key] = cached
+        return cached
+
+    def governed(self, labels: Mapping[str, str], model: ModelSpec,
+                 policy: str) -> list[tuple[BudgetRule, str]]:
+        """(rule, concrete key) for every budget a decision falls under, in config order."""
+        out = [(r, "task") for r in self._task]
+        for key in scopes_for(labels, model, policy):
+            out += [(r, key) for r in self.for_key(key)]
+        out.sort(key=lambda pair: self._index[id(pair[0])])
+        return out

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
+from typing import Generic, TypeVar
 
 from routing_sidecar.config import RouterConfig
 from routing_sidecar.domain import Match, ModelSpec, Policy, Rule, ShapeRule, Task, TierRules
 from routing_sidecar.errors import ConfigError
 
 _GLOB_CHARS = frozenset("*?[")
-# Task types come from callers, so the per-type rule cache is bounded to stay small under
+# Task types come from callers, so each per-type match cache is bounded to stay small under
 # a flood of distinct types; past the bound, lookups simply fall back to a full scan.
-_RULE_CACHE_MAX = 4096
+_TYPE_CACHE_MAX = 4096
 _DEFAULT_TIERS = TierRules()
+T = TypeVar("T")
 
 
 @lru_cache(maxsize=1024)
@@ -82,26 +84,22 @@ class Catalog:
     shapes: tuple[ShapeRule, ...]
     tiers: TierRules
     default_policy: str
-    _rule_matchers: tuple[CompiledMatch, ...] = field(init=False, repr=False, compare=False)
-    _shape_matchers: tuple[CompiledMatch, ...] = field(init=False, repr=False, compare=False)
+    _rule_index: _FirstMatch[Rule] = field(init=False, repr=False, compare=False)
+    _shape_index: _FirstMatch[ShapeRule] = field(init=False, repr=False, compare=False)
     _candidates: Mapping[str, tuple[ModelSpec, ...]] = field(
         init=False, repr=False, compare=False
     )
-    # task_type -> indices of rules whose type condition holds; memoisation only, never
-    # changes an answer, so selection stays a pure function of its inputs.
-    _rules_by_type: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problems = list(_problems(self))
         if problems:
             raise ConfigError("<catalog>", problems)
         setattr_ = object.__setattr__
-        setattr_(self, "_rule_matchers", tuple(CompiledMatch.of(r.match) for r in self.rules))
-        setattr_(self, "_shape_matchers", tuple(CompiledMatch.of(s.match) for s in self.shapes))
+        setattr_(self, "_rule_index", _FirstMatch(self.rules, [r.match for r in self.rules]))
+        setattr_(self, "_shape_index", _FirstMatch(self.shapes, [s.match for s in self.shapes]))
         setattr_(self, "_candidates", MappingProxyType({
             name: tuple(self.models[m] for m in pol.models) for name, pol in self.policies.items()
         }))
-        setattr_(self, "_rules_by_type", {})
 
     @classmethod
     def from_config(cls, cfg: RouterConfig) -> Catalog:
@@ -145,24 +143,37 @@ class Catalog:
 
     def first_rule(self, task: Task) -> Rule | None:
         """Return the first rule matching the task, or None."""
-        indices = self._rules_by_type.get(task.task_type)
-        if indices is None:
-            indices = tuple(
-                i for i, m in enumerate(self._rule_matchers) if m.type_matches(task.task_type)
-            )
-            if len(self._rules_by_type) < _RULE_CACHE_MAX:
-                self._rules_by_type[task.task_type] = indices
-        matchers = self._rule_matchers
-        for i in indices:
-            if matchers[i].rest_matches(task):
-                return self.rules[i]
-        return None
+        return self._rule_index.first(task)
 
     def first_shape(self, task: Task) -> ShapeRule | None:
         """Return the first task-shape rule matching the task, or None."""
-        for shape, matcher in zip(self.shapes, self._shape_matchers, strict=True):
-            if matcher.matches(task):
-                return shape
+        return self._shape_index.first(task)
+
+
+class _FirstMatch(Generic[T]):
+    """Items in order with compiled matches; finds the first item whose match holds."""
+
+    __slots__ = ("_by_type", "_items", "_matchers")
+
+    def __init__(self, items: Sequence[T], matches: Sequence[Match]) -> None:
+        self._items = tuple(items)
+        self._matchers = tuple(CompiledMatch.of(m) for m in matches)
+        # task_type -> indices whose type condition holds. Memoisation only: it never changes
+        # an answer, so selection stays a pure function of its inputs.
+        self._by_type: dict[str, tuple[int, ...]] = {}
+
+    def first(self, task: Task) -> T | None:
+        """Return the first item whose match holds for the task, or None."""
+        kind = task.task_type
+        indices = self._by_type.get(kind)
+        if indices is None:
+            indices = tuple(i for i, m in enumerate(self._matchers) if m.type_matches(kind))
+            if len(self._by_type) < _TYPE_CACHE_MAX:
+                self._by_type[kind] = indices
+        matchers = self._matchers
+        for i in indices:
+            if matchers[i].rest_matches(task):
+                return self._items[i]
         return None
 
 

@@ -82,3 +82,68 @@ def render_decision(d: pb.Decision) -> str:
             f"{a.reason if a.reason.startswith(a.rejection) else f'{a.rejection}: {a.reason}'}"
         )
     return "\n".join(lines)
+
+
+def budgets(target: str, scopes: list[str], timeout_s: float = 5.0) -> pb.BudgetStatusList:
+    """Call GetBudgetStatus on a running sidecar."""
+    with grpc.insecure_channel(target) as channel:
+        result: pb.BudgetStatusList = pb_grpc.RouterStub(channel).GetBudgetStatus(
+            pb.BudgetQuery(scopes=scopes), timeout=timeout_s
+        )
+        return result
+
+
+def stats(
+    target: str, hours: int, label_keys: list[str], timeout_s: float = 10.0
+) -> pb.RoutingStats:
+    """Call GetRoutingStats on a running sidecar."""
+    with grpc.insecure_channel(target) as channel:
+        result: pb.RoutingStats = pb_grpc.RouterStub(channel).GetRoutingStats(
+            pb.StatsQuery(hours=hours, label_keys=label_keys), timeout=timeout_s
+        )
+        return result
+
+
+def render_budgets(msg: pb.BudgetStatusList) -> str:
+    """A table of budget scopes, one row each."""
+    lines = [
+        f"{'scope':<24} {'period':<6} {'limit':>12} {'spent':>12} {'reserved':>12} "
+        f"{'remaining':>12} {'state':<8} period ends"
+    ]
+    for b in msg.budgets:
+        period = pb.BudgetPeriod.Name(b.period).removeprefix("BUDGET_PERIOD_").lower()
+        state = pb.BudgetState.Name(b.state).removeprefix("BUDGET_STATE_")
+        ends = b.period_end.ToJsonString() if b.HasField("period_end") else "-"
+        lines.append(
+            f"{b.scope:<24} {period:<6} {_usd(b.limit_micros):>12} {_usd(b.spent_micros):>12} "
+            f"{_usd(b.reserved_micros):>12} {_usd(b.remaining_micros):>12} {state:<8} {ends}"
+        )
+    return "\n".join(lines) if msg.budgets else "no budgets configured"
+
+
+def render_stats(msg: pb.RoutingStats) -> str:
+    """The model x dimension matrix and the per-provider table."""
+    lines = [
+        f"window {msg.window_start.ToJsonString()} .. {msg.window_end.ToJsonString()}",
+        "",
+        f"{'model':<22} {'dimension':<16} {'value':<22} {'decisions':>9} {'est $/dec':>11} "
+        f"{'actual $/dec':>12}",
+    ]
+    for c in msg.cells:
+        lines.append(
+            f"{c.model:<22} {c.dimension:<16} {c.value:<22} {c.decisions:>9} "
+            f"{_usd(c.estimated_cost_micros_per_decision):>11} "
+            f"{_usd(c.actual_cost_micros_per_decision):>12}"
+        )
+    lines += [
+        "",
+        f"{'provider':<12} {'decisions':>9} {'fallback':>8} {'errors':>7} {'in tok':>10} "
+        f"{'out tok':>10} {'spend':>12} {'$/Mtok':>10}",
+    ]
+    for p in msg.providers:
+        lines.append(
+            f"{p.provider:<12} {p.decisions:>9} {p.fallback_rate:>8.1%} {p.error_rate:>7.1%} "
+            f"{p.input_tokens:>10} {p.output_tokens:>10} {_usd(p.spend_micros):>12} "
+            f"{p.blended_cost_micros_per_mtok / 1e6:>10.4f}"
+        )
+    return "\n".join(lines)

@@ -93,8 +93,8 @@ async def _connect(path: str, synchronous: Synchronous, busy_timeout_ms: int, *,
 class SqliteStore:
     """LedgerStore and AuditLog on one SQLite file."""
 
-    def __init__(self, path: str, read: aiosqlite.Connection, writer: GroupWriter,
-                 write: aiosqlite.Connection, retention_days: int, clock: Clock) -> None:
+    def __init__(self, path: str, write: aiosqlite.Connection, read: aiosqlite.Connection,
+                 writer: GroupWriter, retention_days: int, clock: Clock) -> None:
         self.path = path
         self._read = read
         self._write = write
@@ -128,7 +128,7 @@ class SqliteStore:
             raise
         writer = GroupWriter(write, max_batch=max_batch)
         writer.start()
-        return cls(path, read, writer, write, retention_days, clock)
+        return cls(path, write, read, writer, retention_days, clock)
 
     async def close(self) -> None:
         """Commit everything queued, then close both connections; idempotent."""

@@ -108,6 +108,8 @@ class GroupWriter:
     async def _enqueue(self, item: Job | Exclusive) -> Any:
         if self._closing or self._task is None:
             raise StorageError("the store is closed")
+        if self._task.done():
+            raise StorageError("the store writer stopped")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         self._wake.set()

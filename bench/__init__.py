@@ -1,0 +1,1 @@
+"""Benchmark harness: Route RPC vs a no-op gRPC service, core selection, cold start, memory."""

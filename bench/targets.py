@@ -1,0 +1,108 @@
+"""The servers under test: named sidecar variants and the no-op baseline, as subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.procs import REPO, ROUTER_SERVICE, free_port, sidecar_executable, spawn, wait_serving
+
+BASE_CONFIG = REPO / "config" / "router.yaml"
+# Budgets are scaled up so that a long run never exhausts them: every decision still
+# reserves on every scope, but the ledger's answers (and so the work) stay the same.
+BUDGET_HEADROOM = 1000
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named sidecar configuration, benchmarked against the same no-op baseline."""
+
+    name: str
+    description: str
+    # RouteRequest fields to override on every request sent to this variant.
+    request: Mapping[str, Any] = field(default_factory=dict)
+    # Edits to the parsed config/router.yaml copy, in place.
+    config: Callable[[dict[str, Any]], None] | None = None
+    # Extra environment variables for the sidecar process (e.g. tracing exporters).
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+# Add variants here (e.g. tracing on/off through `env`, redis store through `config`);
+# `python -m bench.run --variants NAME,...` picks some, --quick runs only the first.
+VARIANTS: tuple[Variant, ...] = (
+    Variant("sidecar", "store and budgets on, dry_run=false"),
+    Variant("sidecar-dry", "dry_run=true: decides and audits, reserves nothing",
+            request={"dry_run": True}),
+)
+
+
+@dataclass(frozen=True)
+class Running:
+    """A server started by the harness."""
+
+    name: str
+    address: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    startup_s: float
+
+
+def write_config(variant: Variant, store_path: Path, out: Path) -> Path:
+    """A copy of config/router.yaml with the store in `store_path` and the variant's edits."""
+    raw: dict[str, Any] = yaml.safe_load(BASE_CONFIG.read_text())
+    raw.setdefault("store", {})["path"] = str(store_path)
+    raw.setdefault("server", {})["grace_period_s"] = 1
+    for budget in raw.get("budgets", []):
+        if budget.get("scope") != "task":
+            budget["limit_usd"] = budget["limit_usd"] * BUDGET_HEADROOM
+    if variant.config:
+        variant.config(raw)
+    out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return out
+
+
+def sidecar_argv(config: Path, port: int) -> list[str]:
+    """Command line of a sidecar on 127.0.0.1:port."""
+    return [sidecar_executable(), "serve", "--config", str(config),
+            "--listen", f"127.0.0.1:{port}"]
+
+
+def noop_argv(port: int, decision_file: Path | None) -> list[str]:
+    """Command line of the no-op Router on 127.0.0.1:port."""
+    argv = [sys.executable, "-m", "bench.noop_server", "--port", str(port)]
+    return argv + (["--decision-file", str(decision_file)] if decision_file else [])
+
+
+def start(
+    stack: contextlib.ExitStack, name: str, argv_for: Callable[[int], list[str]], workdir: Path,
+    env: Mapping[str, str] | None = None,
+) -> Running:
+    """Spawn a server (stopped when `stack` closes) and wait until it reports SERVING."""
+    port = free_port()
+    log = workdir / f"{name}.log"
+    proc = stack.enter_context(spawn(argv_for(port), log, env))
+    address = f"127.0.0.1:{port}"
+    waited = wait_serving(address, proc, log, ROUTER_SERVICE)
+    return Running(name, address, proc, log, waited)
+
+
+def start_sidecar(
+    stack: contextlib.ExitStack, variant: Variant, workdir: Path, store_dir: Path
+) -> Running:
+    """Start one sidecar variant with its own config copy and SQLite file."""
+    config = write_config(variant, store_dir / f"{variant.name}.db",
+                          workdir / f"{variant.name}.yaml")
+    return start(stack, variant.name, lambda port: sidecar_argv(config, port), workdir,
+                 variant.env)
+
+
+def start_noop(stack: contextlib.ExitStack, decision_file: Path | None, workdir: Path) -> Running:
+    """Start the no-op baseline answering the Decision in `decision_file`."""
+    return start(stack, "noop", lambda port: noop_argv(port, decision_file), workdir)
