@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Protocol
 
 from routing_sidecar import domain
@@ -38,6 +38,22 @@ class SystemClock:
 
 def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _alternative(a: domain.Alternative) -> dict[str, object]:
+    # Built by hand: dataclasses.asdict deep-copies and costs more than the decision itself.
+    return {
+        "model": a.model, "provider": a.provider, "tier": a.tier, "score": a.score,
+        "estimated_cost_micros": a.estimated_cost_micros, "rejection": a.rejection.value,
+        "reason": a.reason, "estimated_quality": a.estimated_quality, "slot_id": a.slot_id,
+    }
+
+
+def _fallback(f: domain.Fallback) -> dict[str, object]:
+    return {
+        "model": f.model, "provider": f.provider, "tier": f.tier,
+        "estimated_cost_micros": f.estimated_cost_micros, "slot_id": f.slot_id,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +97,8 @@ class DecisionRecord:
             tier=chosen.tier if chosen else None,
             policy=sel.policy, objective=sel.objective,
             estimated_cost_micros=sel.estimated_cost_micros, reason=sel.reason,
-            alternatives_json=_json([asdict(a) for a in sel.alternatives]),
-            fallbacks_json=_json([asdict(f) for f in sel.fallbacks]),
+            alternatives_json=_json([_alternative(a) for a in sel.alternatives]),
+            fallbacks_json=_json([_fallback(f) for f in sel.fallbacks]),
             labels_json=_json(dict(sorted(task.labels.items()))),
             dry_run=decision.dry_run, decided_at=decision.decided_at,
             config_hash=config_hash, trace_id=trace_id, span_id=span_id,

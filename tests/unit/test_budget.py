@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import textwrap
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -10,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from routing_sidecar import errors
-from routing_sidecar.config import load_config
+from routing_sidecar.config import load_config, parse_config
 from routing_sidecar.core.budget import (
     BudgetRule,
     EntryKind,
@@ -94,13 +95,25 @@ def test_task_period_has_no_calendar_bounds() -> None:
 
 # -- rules and scopes -----------------------------------------------------------------------
 
-def test_rules_from_shipped_config() -> None:
-    rules = rules_from_config(load_config(DEFAULT_CONFIG))
-    assert rules == (
-        BudgetRule("global", DAY, 50_000_000, 0.8, OnExceed.DOWNGRADE),
-        BudgetRule("project:alpha", MONTH, 300_000_000, 0.8, OnExceed.REJECT),
-        BudgetRule("task", TASK, 1_000_000, 0.8, OnExceed.REJECT),
+def test_rules_from_config_defaults_periods_and_converts_to_micros() -> None:
+    cfg = parse_config(textwrap.dedent("""
+        models:
+          m: {provider: p, tier: 1, input_per_mtok: 1, output_per_mtok: 2,
+              context_window: 1000, tokens_per_s: 10, quality: 0.5}
+        policies: {normal: {models: [m]}}
+        default_policy: normal
+        budgets:
+          - {scope: global, period: day, limit_usd: 50, alert_at: 0.9, on_exceed: downgrade}
+          - {scope: "project:*", limit_usd: 300.000001}
+          - {scope: task, limit_usd: 1.10}
+    """))
+    assert rules_from_config(cfg) == (
+        BudgetRule("global", DAY, 50_000_000, 0.9, OnExceed.DOWNGRADE),
+        BudgetRule("project:*", MONTH, 300_000_001, 0.8, OnExceed.REJECT),
+        BudgetRule("task", TASK, 1_100_000, 0.8, OnExceed.REJECT),
     )
+    assert len(rules_from_config(load_config(DEFAULT_CONFIG))) == len(
+        load_config(DEFAULT_CONFIG).budgets)
 
 
 def test_scopes_for_names_every_scope_a_decision_touches() -> None:

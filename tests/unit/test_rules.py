@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 
 from routing_sidecar.core.catalog import Catalog
-from routing_sidecar.core.rules import matches, percentile, resolve_objective, resolve_policy
-from routing_sidecar.domain import Match, Objective, Policy, Rule, ShapeRule, Task
+from routing_sidecar.core.rules import (
+    matches,
+    percentile,
+    reservation_reason,
+    resolve_objective,
+    resolve_policy,
+    tier_ceiling,
+)
+from routing_sidecar.domain import Match, Objective, Policy, Rule, ShapeRule, Task, TierRules
 from routing_sidecar.errors import ConfigError, InvalidArgument
 from tests.unit.conftest import spec
 
@@ -194,3 +201,31 @@ def test_catalog_refuses_inconsistent_input(
     with pytest.raises(ConfigError) as err:
         Catalog.build([spec("m1")], policies, rules, (), default_policy=default)
     assert problem in err.value.problems
+
+
+@pytest.mark.parametrize(
+    ("t", "cheapest", "threshold", "ceiling"),
+    [
+        (task(priority=50), 1, None, 1),
+        (task(priority=50), 2, None, 2),  # never below the cheapest capable tier
+        (task(priority=94), 1, 12.0, 1),
+        (task(priority=95), 1, 12.0, None),
+        (task(ev=12.5), 1, 12.0, None),
+        (task(ev=12.0), 1, 12.0, 1),
+        (task(ev=1e9), 1, None, 1),
+    ],
+)
+def test_tier_ceiling(t: Task, cheapest: int, threshold: float | None, ceiling: int | None) -> None:
+    assert tier_ceiling(t, TierRules(), cheapest, threshold) == ceiling
+
+
+@pytest.mark.parametrize(
+    ("t", "threshold", "reason"),
+    [
+        (task(ev=0.4), 12.0, "ev 0.40 not above recent P90 12.00 and priority 50 < 95"),
+        (task(ev=0.4), None, "ev 0.40 but too few recent EVs for a P90 and priority 50 < 95"),
+        (task(priority=7), 12.0, "no ev given and priority 7 < 95"),
+    ],
+)
+def test_reservation_reason(t: Task, threshold: float | None, reason: str) -> None:
+    assert reservation_reason(t, TierRules(), threshold) == reason

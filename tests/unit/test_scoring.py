@@ -8,6 +8,7 @@ from routing_sidecar.core.scoring import (
     WEIGHTS,
     Weights,
     context_penalty,
+    fallback_chain,
     normalised_cost,
     score,
     weights_for,
@@ -81,3 +82,18 @@ def test_score(args: tuple[int, int, float, float, float, float], expected: floa
 
 def test_score_zero_speed_set_does_not_divide_by_zero() -> None:
     assert score(100, 100, 0.0, 0.0, 0.5, 0.0, BAL) == 0.75
+
+
+@pytest.mark.parametrize(
+    ("ranked", "size", "chain"),
+    [
+        (["a:1", "a:2", "b:1", "c:1"], 2, [("b:1", True), ("c:1", True)]),
+        (["a:1", "a:2", "b:1", "c:1"], 3, [("b:1", True), ("c:1", True), ("a:2", False)]),
+        (["a:1", "a:2", "b:1", "b:2"], 3, [("b:1", True), ("a:2", False), ("b:2", False)]),
+        (["a:1", "a:2"], 0, []),
+        (["a:1"], 2, []),
+        ([], 2, []),
+    ],
+)
+def test_fallback_chain(ranked: list[str], size: int, chain: list[tuple[str, bool]]) -> None:
+    assert fallback_chain(ranked, lambda s: s.split(":")[0], size) == chain

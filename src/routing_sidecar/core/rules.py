@@ -1,4 +1,4 @@
-"""Task -> policy and task -> objective resolution, plus the percentile used for EV claims."""
+"""Task -> policy, objective and tier ceiling, plus the percentile behind EV claims."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 
 from routing_sidecar.core.catalog import Catalog, CompiledMatch
-from routing_sidecar.domain import Match, Objective, Policy, Task
+from routing_sidecar.domain import Match, Objective, Policy, Task, TierRules
 from routing_sidecar.errors import InvalidArgument
 
 
@@ -36,6 +36,31 @@ def resolve_objective(task: Task, policy: Policy, catalog: Catalog) -> Objective
         return policy.objective
     shape = catalog.first_shape(task)
     return shape.objective if shape is not None else Objective.BALANCED
+
+
+def tier_ceiling(
+    task: Task, tiers: TierRules, cheapest_tier: int, ev_threshold: float | None
+) -> int | None:
+    """Return the highest tier the task may use, or None when it claims every tier."""
+    ev = task.ev
+    if task.priority >= tiers.priority_override or (
+        ev is not None and ev_threshold is not None and ev > ev_threshold
+    ):
+        return None
+    # Never below the cheapest capable tier: a task some model can do must stay routable.
+    return max(tiers.reserve_above, cheapest_tier)
+
+
+def reservation_reason(task: Task, tiers: TierRules, ev_threshold: float | None) -> str:
+    """Say why the task could not claim reserved tiers (neither ev nor priority sufficed)."""
+    pct = f"P{tiers.ev_percentile:g}"
+    if task.ev is None:
+        why = "no ev given"
+    elif ev_threshold is None:
+        why = f"ev {task.ev:.2f} but too few recent EVs for a {pct}"
+    else:
+        why = f"ev {task.ev:.2f} not above recent {pct} {ev_threshold:.2f}"
+    return f"{why} and priority {task.priority} < {tiers.priority_override}"
 
 
 def percentile(values: Sequence[float], pct: float) -> float | None:

@@ -1,10 +1,11 @@
-"""Scores candidates by the objective's weights over normalised cost, speed and quality."""
+"""Scores candidates by the objective's weights; builds the provider-diverse fallback chain."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TypeVar
 
 from routing_sidecar.domain import Objective
 
@@ -33,6 +34,7 @@ WEIGHTS: Mapping[Objective, Weights] = MappingProxyType({
 CONTEXT_PENALTY_START = 0.8
 CONTEXT_PENALTY_MAX = 0.3
 SCORE_DIGITS = 4
+T = TypeVar("T")
 
 
 def weights_for(objective: Objective) -> Weights:
@@ -73,3 +75,23 @@ def score(
     if fill > CONTEXT_PENALTY_START:
         raw -= context_penalty(fill)
     return round(raw, SCORE_DIGITS)
+
+
+def fallback_chain(
+    ranked: Sequence[T], provider: Callable[[T], str], size: int
+) -> list[tuple[T, bool]]:
+    """Pick up to size fallbacks after ranked[0], each as (item, on a new provider?).
+
+    Greedy: the best remaining item whose provider is not yet used by the chosen one or the
+    chain, so one provider's outage cannot take out the whole chain; when every remaining
+    item's provider is used, the best remaining regardless.
+    """
+    rest = list(ranked[1:])
+    used = {provider(ranked[0])} if ranked else set()
+    chain: list[tuple[T, bool]] = []
+    while rest and len(chain) < size:
+        at = next((i for i, item in enumerate(rest) if provider(item) not in used), None)
+        pick = rest.pop(0 if at is None else at)
+        used.add(provider(pick))
+        chain.append((pick, at is not None))
+    return chain

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from routing_sidecar.core.catalog import Catalog
-from routing_sidecar.core.rules import resolve_objective, resolve_policy
-from routing_sidecar.core.scoring import WEIGHTS, score
+from routing_sidecar.core.rules import (
+    reservation_reason,
+    resolve_objective,
+    resolve_policy,
+    tier_ceiling,
+)
+from routing_sidecar.core.scoring import WEIGHTS, fallback_chain, score
 from routing_sidecar.domain import (
     MICROS_PER_USD,
     Alternative,
@@ -76,7 +82,8 @@ def select(task: Task, catalog: Catalog, signals: Signals = _NO_SIGNALS) -> Sele
     policy = resolve_policy(task, catalog)
     objective = resolve_objective(task, policy, catalog)
     output = estimate_output_tokens(task, policy)
-    floor = _max_floor(task.requires.min_quality, policy.quality_floor)
+    floors = (task.requires.min_quality, policy.quality_floor)
+    floor = max((f for f in floors if f is not None), default=None)
     cands, alive = _stage_a(task, catalog.candidates(policy), output, floor, signals)
     # The ceiling is fixed before cost and slot checks, so neither can promote a task.
     alive, reserved = _reserve_tiers(task, alive, catalog.tiers, signals.ev_threshold)
@@ -89,9 +96,10 @@ def select(task: Task, catalog: Catalog, signals: Signals = _NO_SIGNALS) -> Sele
     if not alive:
         return _blocked(task, policy, objective, cands)
     _score(alive, task.estimated_input_tokens + output, objective)
-    _rank(alive)
+    # Best score first; ties go to the idlest slot, then to the policy's configured order.
+    alive.sort(key=lambda c: (-c.score, c.slot.utilisation if c.slot else 0.0, c.index))
     top = alive[0]
-    chain = _fallback_chain(alive, policy.fallbacks)
+    chain = fallback_chain(alive, lambda c: c.model.provider, policy.fallbacks)
     _mark(cands, top, chain)
     alts = _alternatives(cands)
     fallbacks = tuple([
@@ -103,7 +111,7 @@ def select(task: Task, catalog: Catalog, signals: Signals = _NO_SIGNALS) -> Sele
     filtered = len(cands) - len(alive) - reserved
     reason = (
         f"{m.name} ({m.provider}, tier {m.tier}) for {task.task_type} under policy "
-        f"{policy.name}, objective {objective}: best score {_sc(top.score)} at est. "
+        f"{policy.name}, objective {objective}: best score {top.score:.4g} at est. "
         f"{_usd(top.cost)}{_tally(reserved, filtered)}."
     )
     return Selection(DecisionStatus.ROUTED, ReasonCode.SELECTED, policy.name, objective,
@@ -139,12 +147,6 @@ def _stage_a(
     return cands, alive
 
 
-def _max_floor(a: float | None, b: float | None) -> float | None:
-    if a is None:
-        return b
-    return a if b is None else max(a, b)
-
-
 def _capable(
     task: Task, c: _Cand, tokens: int, floor: float | None, signals: Signals
 ) -> Verdict:
@@ -173,32 +175,22 @@ def _capable(
 def _reserve_tiers(
     task: Task, alive: list[_Cand], tiers: TierRules, ev_threshold: float | None
 ) -> tuple[list[_Cand], int]:
-    """Drop tiers above max(reserve_above, cheapest capable) unless the task claims them."""
+    """Drop candidates above the task's tier ceiling; return the kept and how many fell."""
     if not alive:
         return alive, 0
-    ceiling = max(tiers.reserve_above, min([c.model.tier for c in alive]))
-    kept = [c for c in alive if c.model.tier <= ceiling]
-    ev = task.ev
-    if len(kept) == len(alive) or task.priority >= tiers.priority_override or (
-        ev is not None and ev_threshold is not None and ev > ev_threshold
-    ):
+    ceiling = tier_ceiling(task, tiers, min([c.model.tier for c in alive]), ev_threshold)
+    if ceiling is None:
         return alive, 0
-    pct = f"P{tiers.ev_percentile:g}"
-    if ev is None:
-        why = "no ev given"
-    elif ev_threshold is None:
-        why = f"ev {ev:.2f} but too few recent EVs for a {pct}"
-    else:
-        why = f"ev {ev:.2f} not above recent {pct} {ev_threshold:.2f}"
-    why = f"{why} and priority {task.priority} < {tiers.priority_override}"
-    verdicts: dict[int, Verdict] = {}  # one message per tier, shared by its models
+    kept = [c for c in alive if c.model.tier <= ceiling]
+    if len(kept) == len(alive):
+        return alive, 0
+    why = reservation_reason(task, tiers, ev_threshold)
+    # One message per reserved tier (at most a few), shared by all of that tier's models.
+    verdicts = {t: (Rejection.TIER_RESERVED, f"tier {t} reserved: {why}")
+                for t in {c.model.tier for c in alive} if t > ceiling}
     for c in alive:
-        tier = c.model.tier
-        if tier > ceiling:
-            verdict = verdicts.get(tier)
-            if verdict is None:
-                verdict = verdicts[tier] = (Rejection.TIER_RESERVED, f"tier {tier} reserved: {why}")
-            c.drop(verdict)
+        if c.model.tier > ceiling:
+            c.drop(verdicts[c.model.tier])
     return kept, len(alive) - len(kept)
 
 
@@ -247,28 +239,6 @@ def _score(alive: list[_Cand], tokens: int, objective: Objective) -> None:
                         tokens / m.context_window, weights)
 
 
-def _rank(alive: list[_Cand]) -> None:
-    """Best score first; ties go to the idlest slot, then to the policy's configured order."""
-    alive.sort(key=lambda c: (-c.score, c.slot.utilisation if c.slot else 0.0, c.index))
-
-
-def _fallback_chain(ranked: list[_Cand], size: int) -> list[tuple[_Cand, bool]]:
-    """Greedy chain of (candidate, new provider?): an unused provider first, else next best."""
-    rest = ranked[1:]
-    used = {ranked[0].model.provider}
-    chain: list[tuple[_Cand, bool]] = []
-    while rest and len(chain) < size:
-        pick, fresh = rest[0], False
-        for c in rest:
-            if c.model.provider not in used:
-                pick, fresh = c, True
-                break
-        rest.remove(pick)
-        used.add(pick.model.provider)
-        chain.append((pick, fresh))
-    return chain
-
-
 def _mark(cands: Sequence[_Cand], top: _Cand, chain: Sequence[tuple[_Cand, bool]]) -> None:
     """Give the chosen, the fallbacks and the outscored survivors their rejection and why."""
     top.rejection, top.reason = Rejection.CHOSEN, "chosen: best score"
@@ -301,17 +271,15 @@ def _blocked(task: Task, policy: Policy, objective: Objective, cands: list[_Cand
     where = f"{task.task_type} under policy {policy.name}"
     if waiting:
         status, code = DecisionStatus.AWAIT_SLOT, ReasonCode.AWAITING_SLOT
-        reason = f"{where} awaits a slot: {_names(waiting)} could run it but no slot is free"
+        names = ", ".join(waiting[:3]) + (f" and {len(waiting) - 3} more" * (len(waiting) > 3))
+        reason = f"{where} awaits a slot: {names} could run it but no slot is free"
     elif any(c.budget for c in cands):
         status, code = DecisionStatus.REJECTED, ReasonCode.BUDGET_EXHAUSTED
         reason = f"no model for {where} fits the budget"
     else:
         status, code = DecisionStatus.REJECTED, ReasonCode.NO_CAPABLE_MODEL
         reason = f"no capable model for {where}"
-    counts: dict[Rejection, int] = {}
-    for c in cands:
-        if c.rejection is not None:
-            counts[c.rejection] = counts.get(c.rejection, 0) + 1
+    counts = Counter(c.rejection for c in cands if c.rejection is not None)
     dropped = ", ".join(f"{n} {r}" for r, n in counts.items())
     return Selection(status, code, policy.name, objective, f"{reason} (dropped: {dropped}).",
                      _alternatives(cands))
@@ -325,15 +293,6 @@ def _tally(reserved: int, filtered: int) -> str:
     if filtered:
         parts.append(f"{filtered} filtered")
     return f"; {', '.join(parts)}" if parts else ""
-
-
-def _names(names: Sequence[str], shown: int = 3) -> str:
-    more = len(names) - shown
-    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
-
-
-def _sc(value: float) -> str:
-    return f"{value:.4g}"
 
 
 def _usd(micros: int) -> str:

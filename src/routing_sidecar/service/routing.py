@@ -11,7 +11,7 @@ from routing_sidecar.core.budget_rules import LedgerEntry
 from routing_sidecar.core.catalog import Catalog
 from routing_sidecar.core.rules import resolve_policy
 from routing_sidecar.core.selection import Signals, select
-from routing_sidecar.errors import InvalidArgument, StorageError
+from routing_sidecar.errors import Internal, InvalidArgument, StorageError
 from routing_sidecar.ports import AuditLog, Clock, DecisionRecord
 from routing_sidecar.service.budgets import apply_on_exceed, log_alerts
 from routing_sidecar.service.ev import EvWindow
@@ -84,6 +84,10 @@ class RoutingService:
                     decision_id, task.labels, model, policy, chosen.estimated_cost_micros,
                     now, now + self.reservation_ttl_s,
                 )
+                if not result.ok:
+                    # Unreachable while check and reserve share one synchronous step; if that
+                    # ever breaks, fail loudly rather than answer with an unreserved decision.
+                    raise Internal("budget reservation failed after the budget check passed")
                 entries = result.entries
                 log_alerts(result.alerts)
             budgets = tuple(self.ledger.statuses_for(task.labels, model, policy, now))
