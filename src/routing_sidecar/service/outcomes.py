@@ -22,6 +22,9 @@ class OutcomeAck:
     actual_cost_micros: int
     duplicate: bool
     budgets: tuple[domain.BudgetStatus, ...] = ()
+    # What observers need to describe the outcome: the audited decision and each attempt row.
+    decision: DecisionRecord | None = None
+    attempts: tuple[AttemptRecord, ...] = ()
 
 
 def check_attempts(outcome: domain.Outcome, catalog: Catalog) -> tuple[domain.Attempt, ...]:
@@ -99,7 +102,10 @@ class OutcomeService:
         if change:
             log_alerts(change.alerts)
         budgets = self._budgets(record, catalog, now)
-        return OutcomeAck(record.decision_id, actual, duplicate=not fresh, budgets=budgets)
+        return OutcomeAck(
+            record.decision_id, actual, duplicate=not fresh, budgets=budgets,
+            decision=record, attempts=tuple(rows),
+        )
 
     def _budgets(
         self, record: DecisionRecord, catalog: Catalog, now: float

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from routing_sidecar import domain
 from routing_sidecar.core.budget import Ledger
@@ -31,6 +32,17 @@ def check_task(task: domain.Task, catalog: Catalog) -> None:
         raise InvalidArgument("policy", f"unknown policy {task.policy!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class TraceIds:
+    """W3C trace and span ids (hex) of the span a decision was made in; empty when untraced."""
+
+    trace_id: str = ""
+    span_id: str = ""
+
+
+NO_TRACE = TraceIds()
+
+
 class RoutingService:
     """Decides tasks, holds their budget, and audits every decision before answering."""
 
@@ -56,7 +68,7 @@ class RoutingService:
         self.ev_window = EvWindow(tiers.ev_window, tiers.ev_percentile, tiers.ev_min_samples)
 
     def decide(
-        self, task: domain.Task
+        self, task: domain.Task, trace: TraceIds = NO_TRACE
     ) -> tuple[domain.Decision, DecisionRecord, tuple[LedgerEntry, ...]]:
         """Decide and reserve synchronously: no await, so no other request interleaves."""
         check_task(task, self.catalog)
@@ -99,12 +111,17 @@ class RoutingService:
             dry_run=task.dry_run,
             budgets=budgets,
         )
-        record = DecisionRecord.from_decision(decision, task, self.config_hash)
+        record = DecisionRecord.from_decision(
+            decision, task, self.config_hash, trace.trace_id, trace.span_id
+        )
         return decision, record, entries
 
-    async def route(self, task: domain.Task) -> domain.Decision:
-        """Decide one task; acknowledged only once its audit row and reservation commit."""
-        decision, record, entries = self.decide(task)
+    async def route(self, task: domain.Task, trace: TraceIds = NO_TRACE) -> domain.Decision:
+        """Decide one task; acknowledged only once its audit row and reservation commit.
+
+        `trace` names the caller's span so ReportOutcome can attach attempt spans to it later.
+        """
+        decision, record, entries = self.decide(task, trace)
         try:
             await self._audit.record_decision(record, entries)
         except StorageError:
