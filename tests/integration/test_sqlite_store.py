@@ -131,8 +131,9 @@ async def test_synchronous_is_configurable(db_path: Path, mode: str, value: int)
     store = await SqliteStore.open(str(db_path), retention_days=30, clock=FixedClock(),
                                    synchronous=mode)  # type: ignore[arg-type]
 
-    async def read_pragma(conn):  # type: ignore[no-untyped-def]
-        return next(iter(await conn.execute_fetchall("PRAGMA synchronous")))[0]
+    def read_pragma(conn: sqlite3.Connection) -> int:
+        value: int = conn.execute("PRAGMA synchronous").fetchone()[0]
+        return value
 
     assert await store.writer.run(read_pragma) == value
     await store.close()

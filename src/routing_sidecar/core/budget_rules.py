@@ -179,6 +179,9 @@ def scopes_for(labels: Mapping[str, str], model: ModelSpec, policy: str) -> tupl
     return tuple(keys)
 
 
+GOVERNED_CACHE_MAX = 65_536
+
+
 class RuleBook:
     """Which rules govern which concrete scope keys; per period an exact scope beats a pattern."""
 
@@ -187,6 +190,9 @@ class RuleBook:
         self._index = {id(r): i for i, r in enumerate(self.rules)}
         self._task = [r for r in self.rules if r.period is BudgetPeriod.TASK]
         self._cache: dict[str, tuple[BudgetRule, ...]] = {}
+        self._governed: dict[
+            tuple[str | None, str | None, str, str, str], tuple[tuple[BudgetRule, str], ...]
+        ] = {}
 
     def for_key(self, key: str) -> tuple[BudgetRule, ...]:
         """The periodic rules governing a key (at most one per period), in config order."""
@@ -204,10 +210,19 @@ class RuleBook:
         return cached
 
     def governed(self, labels: Mapping[str, str], model: ModelSpec,
-                 policy: str) -> list[tuple[BudgetRule, str]]:
+                 policy: str) -> tuple[tuple[BudgetRule, str], ...]:
         """(rule, concrete key) for every budget a decision falls under, in config order."""
+        # Only these four inputs shape the answer, and Route asks several times per decision.
+        memo_key = (labels.get("project"), labels.get("worker"), model.name, model.provider,
+                    policy)
+        cached = self._governed.get(memo_key)
+        if cached is not None:
+            return cached
         out = [(r, "task") for r in self._task]
         for key in scopes_for(labels, model, policy):
             out += [(r, key) for r in self.for_key(key)]
         out.sort(key=lambda pair: self._index[id(pair[0])])
-        return out
+        if len(self._governed) >= GOVERNED_CACHE_MAX:
+            self._governed.clear()
+        self._governed[memo_key] = result = tuple(out)
+        return result

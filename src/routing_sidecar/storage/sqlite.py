@@ -6,8 +6,10 @@ reads use a second, read-only connection, which WAL lets run beside the writer.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from functools import partial
 from pathlib import Path
@@ -65,24 +67,15 @@ def _ledger_writes(rows: Sequence[LedgerEntry]) -> tuple[Write, ...]:
     return tuple(Write(INSERT_LEDGER, _params(r, LEDGER_COLUMNS)) for r in rows)
 
 
-async def _connect(path: str, synchronous: Synchronous, busy_timeout_ms: int, *,
-                   read_only: bool) -> aiosqlite.Connection:
-    # isolation_level=None: transactions are begun and committed explicitly by the writer.
+async def _connect(path: str, busy_timeout_ms: int) -> aiosqlite.Connection:
+    """A connection for migrations and reads; the writer has its own (see _writer_conn)."""
+    # isolation_level=None: transactions are begun and committed explicitly.
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        if read_only:
-            await conn.execute("PRAGMA query_only = ON")
-        else:
-            rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
-            if str(rows[0][0]).lower() != "wal":
-                raise StorageError(f"{path}: cannot switch to WAL (journal_mode={rows[0][0]})")
-            # NORMAL in WAL mode fsyncs at checkpoints, not at every commit. A committed
-            # transaction's WAL frames have been write()n, so they sit in the OS page cache and
-            # survive kill -9 of this process; only an OS crash or power loss can drop the last
-            # commits. FULL also fsyncs the WAL on every commit to survive power loss, at a
-            # latency cost that group commit spreads over the batch.
-            await conn.execute(f"PRAGMA synchronous = {synchronous}")
+        rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
+        if str(rows[0][0]).lower() != "wal":
+            raise StorageError(f"{path}: cannot switch to WAL (journal_mode={rows[0][0]})")
         await conn.execute("PRAGMA foreign_keys = ON")
     except BaseException:
         await conn.close()
@@ -90,14 +83,31 @@ async def _connect(path: str, synchronous: Synchronous, busy_timeout_ms: int, *,
     return conn
 
 
+def _writer_conn(path: str, synchronous: Synchronous, busy_timeout_ms: int) -> sqlite3.Connection:
+    """The write connection, opened and then used only on the writer's thread."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        # NORMAL in WAL mode fsyncs at checkpoints, not at every commit. A committed
+        # transaction's WAL frames have been write()n, so they sit in the OS page cache and
+        # survive kill -9 of this process; only an OS crash or power loss can drop the last
+        # commits. FULL also fsyncs the WAL on every commit to survive power loss, at a
+        # latency cost that group commit spreads over the batch.
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 class SqliteStore:
     """LedgerStore and AuditLog on one SQLite file."""
 
-    def __init__(self, path: str, write: aiosqlite.Connection, read: aiosqlite.Connection,
+    def __init__(self, path: str, read: aiosqlite.Connection,
                  writer: GroupWriter, retention_days: int, clock: Clock) -> None:
         self.path = path
         self._read = read
-        self._write = write
         self.writer = writer
         self._retention_s = retention_days * DAY_S
         self._clock = clock
@@ -114,21 +124,28 @@ class SqliteStore:
             raise StorageError(f"SQLite {sqlite3.sqlite_version} is too old; need 3.38 or later")
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            write = await _connect(path, synchronous, busy_timeout_ms, read_only=False)
+            read = await _connect(path, busy_timeout_ms)
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"{path}: cannot open the store: {exc}") from exc
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        loop = asyncio.get_running_loop()
         try:
-            await migrate(write)
-            read = await _connect(path, synchronous, busy_timeout_ms, read_only=True)
+            await migrate(read)
+            await read.execute("PRAGMA query_only = ON")
+            write = await loop.run_in_executor(
+                executor, _writer_conn, path, synchronous, busy_timeout_ms
+            )
         except sqlite3.Error as exc:
-            await write.close()
+            await read.close()
+            executor.shutdown()
             raise StorageError(f"{path}: cannot prepare the store: {exc}") from exc
         except BaseException:
-            await write.close()
+            await read.close()
+            executor.shutdown()
             raise
-        writer = GroupWriter(write, max_batch=max_batch)
+        writer = GroupWriter(write, executor, max_batch=max_batch)
         writer.start()
-        return cls(path, write, read, writer, retention_days, clock)
+        return cls(path, read, writer, retention_days, clock)
 
     async def close(self) -> None:
         """Commit everything queued, then close both connections; idempotent."""
@@ -138,7 +155,6 @@ class SqliteStore:
         try:
             await self.writer.close()
         finally:
-            await self._write.close()
             await self._read.close()
 
     # -- writes ----------------------------------------------------------------------------
@@ -236,20 +252,20 @@ class SqliteStore:
         return await routing_stats(self._rows, since, label_keys)
 
 
-async def _prune_decisions(conn: aiosqlite.Connection, *, cutoff: float, limit: int) -> int:
-    rows = await conn.execute_fetchall(
+def _prune_decisions(conn: sqlite3.Connection, *, cutoff: float, limit: int) -> int:
+    rows = conn.execute(
         "SELECT decision_id FROM model_routing_decisions WHERE decided_at < ? "
-        "ORDER BY decided_at LIMIT ?", (cutoff, limit))
+        "ORDER BY decided_at LIMIT ?", (cutoff, limit)).fetchall()
     keys = [(r[0],) for r in rows]
     for table in ("model_selections", "decision_outcomes", "model_routing_decisions"):
-        await conn.executemany(f"DELETE FROM {table} WHERE decision_id = ?", keys)
+        conn.executemany(f"DELETE FROM {table} WHERE decision_id = ?", keys)
     return len(keys)
 
 
-async def _prune_ledger(conn: aiosqlite.Connection, *, cutoff: float) -> int:
+def _prune_ledger(conn: sqlite3.Connection, *, cutoff: float) -> int:
     # Only reservations already closed (released, expired or settled) lose rows, so a restore
     # never sees a closing row without the reserve row it closes.
-    cursor = await conn.execute(
+    cursor = conn.execute(
         "DELETE FROM budget_ledger WHERE period_end <= ? AND reservation_id IN "
         "(SELECT reservation_id FROM budget_ledger WHERE kind <> 'reserve')", (cutoff,))
     return int(cursor.rowcount)

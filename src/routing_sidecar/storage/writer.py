@@ -2,28 +2,30 @@
 
 Callers `await submit(job)`; the writer takes everything queued (up to `max_batch` jobs), runs
 it in ONE transaction with one `executemany` per distinct statement, commits, and only then
-resolves each caller's future. While a batch commits, new jobs queue up and form the next
-batch, so the commit cost is shared by however many requests arrived meanwhile, with no timer.
-A failed batch is rolled back and every future in it fails with StorageError: nothing in it
-was acknowledged. A job whose caller went away (cancelled) is still written, because the
-in-memory ledger already counts it and disk must agree with memory.
+resolves each caller's future. The whole transaction is one call on the writer's own thread
+(a stdlib sqlite3 connection behind a one-thread executor): a thread hop per statement, as
+aiosqlite would make, cost more than the statements themselves. While a batch commits, new
+jobs queue up and form the next batch, so the commit cost is shared by however many requests
+arrived meanwhile, with no timer. A failed batch is rolled back and every future in it fails
+with StorageError: nothing in it was acknowledged. A job whose caller went away (cancelled) is
+still written, because the in-memory ledger already counts it and disk must agree with memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
-
-import aiosqlite
 
 from routing_sidecar.errors import StorageError
 
 T = TypeVar("T")
-Exclusive = Callable[[aiosqlite.Connection], Awaitable[Any]]
+Exclusive = Callable[[sqlite3.Connection], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +59,11 @@ _Item = tuple[Job | Exclusive, "asyncio.Future[Any]"]
 class GroupWriter:
     """Owns the write connection; batches jobs into shared transactions."""
 
-    def __init__(self, conn: aiosqlite.Connection, *, max_batch: int = 512) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, executor: ThreadPoolExecutor, *, max_batch: int = 512
+    ) -> None:
         self._conn = conn
+        self._executor = executor
         self._max_batch = max_batch
         self._queue: deque[_Item] = deque()
         self._wake = asyncio.Event()
@@ -92,18 +97,23 @@ class GroupWriter:
         """Queue a job; return after its batch commits: True, or False if `once` skipped it."""
         return bool(await self._enqueue(job))
 
-    async def run(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        """Run `fn` alone in its own transaction between batches; return its result."""
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` alone, on the writer thread, in its own transaction; return its result."""
         result: T = await self._enqueue(fn)
         return result
 
     async def close(self) -> None:
-        """Commit everything already queued, then stop; later submits fail."""
+        """Commit everything already queued, then stop and close the connection."""
         self._closing = True
         self._wake.set()
         if self._task is not None:
             await self._task
             self._task = None
+        await self._in_thread(self._conn.close)
+        self._executor.shutdown(wait=True)
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _enqueue(self, item: Job | Exclusive) -> Any:
         if self._closing or self._task is None:
@@ -145,21 +155,13 @@ class GroupWriter:
 
     async def _commit_jobs(self, batch: list[tuple[Job, asyncio.Future[Any]]]) -> None:
         try:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            accepted = await self._accepted([job for job, _ in batch])
-            grouped: dict[str, list[tuple[object, ...]]] = {}
-            for (job, _), ok in zip(batch, accepted, strict=True):
-                for w in job.writes if ok else ():
-                    grouped.setdefault(w.sql, []).append(w.params)
-            for sql, rows in grouped.items():
-                await self._conn.executemany(sql, rows)
-            await self._conn.execute("COMMIT")
+            accepted = await self._in_thread(self._write_batch, [job for job, _ in batch])
         except asyncio.CancelledError:
             for _, future in batch:
                 _fail(future, "the store writer stopped")
             raise
         except Exception as exc:
-            await self._rollback()
+            self._failed_batches += 1
             for _, future in batch:
                 _fail(future, f"write batch of {len(batch)} jobs failed: {exc}")
             return
@@ -169,7 +171,25 @@ class GroupWriter:
             if not future.done():
                 future.set_result(ok)
 
-    async def _accepted(self, jobs: list[Job]) -> list[bool]:
+    def _write_batch(self, jobs: list[Job]) -> list[bool]:
+        """On the writer thread: one transaction for the whole batch."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            accepted = self._accepted(jobs)
+            grouped: dict[str, list[tuple[object, ...]]] = {}
+            for job, ok in zip(jobs, accepted, strict=True):
+                for w in job.writes if ok else ():
+                    grouped.setdefault(w.sql, []).append(w.params)
+            for sql, rows in grouped.items():
+                conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        return accepted
+
+    def _accepted(self, jobs: list[Job]) -> list[bool]:
         """Which jobs run: a `Once` key already stored, or claimed earlier in the batch, skips."""
         wanted: dict[tuple[str, str], set[str]] = {}
         for job in jobs:
@@ -178,9 +198,9 @@ class GroupWriter:
         taken: set[tuple[str, str, str]] = set()
         for (table, column), keys in wanted.items():
             marks = ",".join("?" * len(keys))
-            rows = await self._conn.execute_fetchall(
+            rows = self._conn.execute(
                 f"SELECT {column} FROM {table} WHERE {column} IN ({marks})", tuple(keys)
-            )
+            ).fetchall()
             taken.update((table, column, row[0]) for row in rows)
         accepted = []
         for job in jobs:
@@ -190,27 +210,36 @@ class GroupWriter:
                 taken.add(tag)
         return accepted
 
+    def _exclusive(self, fn: Exclusive) -> Any:
+        """On the writer thread: `fn` in a transaction of its own."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(self._conn)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            _rollback(self._conn)
+            raise
+        return result
+
     async def _run_exclusive(self, fn: Exclusive, future: asyncio.Future[Any]) -> None:
         try:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            result = await fn(self._conn)
-            await self._conn.execute("COMMIT")
+            result = await self._in_thread(self._exclusive, fn)
         except asyncio.CancelledError:
             _fail(future, "the store writer stopped")
             raise
         except Exception as exc:
-            await self._rollback()
+            self._failed_batches += 1
             _fail(future, f"write failed: {exc}")
             return
         self._commits += 1
         if not future.done():
             future.set_result(result)
 
-    async def _rollback(self) -> None:
-        self._failed_batches += 1
-        # The batch already failed; its error is the one worth reporting, not the rollback's.
-        with contextlib.suppress(Exception):
-            await self._conn.rollback()
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # The batch already failed; its error is the one worth reporting, not the rollback's.
+    with contextlib.suppress(Exception):
+        conn.rollback()
 
 
 def _fail(future: asyncio.Future[Any], message: str) -> None:
