@@ -153,9 +153,29 @@ def verdicts(res: Results) -> list[str]:
         for q in ("p50", "p99"):
             out.append(f"Route {q} {s.target} c={s.concurrency}: {r[q]:.2f}x no-op "
                        f"(target <= {RATIO_TARGET}x): {_ok(r[q] <= RATIO_TARGET)}")
+    out += pair_verdicts(res)
     for c in res.core[:1]:
         out.append(f"core select() p99 ({c.label}): {c.p99_us:.1f} µs "
                    f"(target < {CORE_P99_TARGET_US:.0f} µs): {_ok(c.p99_us < CORE_P99_TARGET_US)}")
+    return out
+
+
+def pair_verdicts(res: Results) -> list[str]:
+    """Variants judged against another variant of the same run (e.g. tracing on / off)."""
+    out = []
+    by_key = {(s.target, s.concurrency): s for s in res.rpc}
+    for v in res.variants:
+        if v.compare_to is None:
+            continue
+        for (target, conc), s in sorted(by_key.items(), key=lambda kv: kv[0][1]):
+            other = by_key.get((v.compare_to, conc))
+            if target != v.name or other is None:
+                continue
+            r = ratios(s, other)
+            for q in ("p50", "p99"):
+                out.append(f"Route {q} {v.name} / {v.compare_to} c={conc}: {r[q]:.2f}x "
+                           f"(target <= {v.compare_target}x): {_ok(r[q] <= v.compare_target)}")
+            out.append(f"Route req/s {v.name} / {v.compare_to} c={conc}: {r['rps']:.2f}x")
     return out
 
 

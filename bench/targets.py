@@ -32,6 +32,17 @@ class Variant:
     config: Callable[[dict[str, Any]], None] | None = None
     # Extra environment variables for the sidecar process (e.g. tracing exporters).
     env: Mapping[str, str] = field(default_factory=dict)
+    # Start a no-op OTLP/gRPC receiver process and point OTEL_EXPORTER_OTLP_ENDPOINT at it.
+    otlp_sink: bool = False
+    # Judge this variant against another one (not only the no-op): ratio target for p50/p99.
+    compare_to: str | None = None
+    compare_target: float = 1.15
+
+
+def _traced(raw: dict[str, Any]) -> None:
+    # Endpoint from OTEL_EXPORTER_OTLP_ENDPOINT (the harness's receiver); the SDK's defaults
+    # otherwise: parent-based always-on sampling, batch span processor.
+    raw.setdefault("telemetry", {})["exporter"] = "otlp_grpc"
 
 
 # Add variants here (e.g. tracing on/off through `env`, redis store through `config`);
@@ -40,6 +51,10 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("sidecar", "store and budgets on, dry_run=false"),
     Variant("sidecar-dry", "dry_run=true: decides and audits, reserves nothing",
             request={"dry_run": True}),
+    Variant("sidecar-traced", "as `sidecar` with tracing on: a server span per Route with the "
+            "decision's attributes and an event per rejected candidate, batch-exported over "
+            "OTLP/gRPC to a no-op receiver process (`bench/otlp_sink.py`)",
+            config=_traced, otlp_sink=True, compare_to="sidecar"),
 )
 
 
@@ -59,6 +74,8 @@ def write_config(variant: Variant, store_path: Path, out: Path) -> Path:
     raw: dict[str, Any] = yaml.safe_load(BASE_CONFIG.read_text())
     raw.setdefault("store", {})["path"] = str(store_path)
     raw.setdefault("server", {})["grace_period_s"] = 1
+    # Metrics stay on in every variant, each on a port of its own.
+    raw.setdefault("telemetry", {})["admin_listen"] = "127.0.0.1:0"
     for budget in raw.get("budgets", []):
         if budget.get("scope") != "task":
             budget["limit_usd"] = budget["limit_usd"] * BUDGET_HEADROOM
@@ -99,8 +116,21 @@ def start_sidecar(
     """Start one sidecar variant with its own config copy and SQLite file."""
     config = write_config(variant, store_dir / f"{variant.name}.db",
                           workdir / f"{variant.name}.yaml")
-    return start(stack, variant.name, lambda port: sidecar_argv(config, port), workdir,
-                 variant.env)
+    env = dict(variant.env)
+    if variant.otlp_sink:
+        sink = start_otlp_sink(stack, f"{variant.name}-otlp-sink", workdir)
+        env.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://{sink.address}")
+    return start(stack, variant.name, lambda port: sidecar_argv(config, port), workdir, env)
+
+
+def start_otlp_sink(stack: contextlib.ExitStack, name: str, workdir: Path) -> Running:
+    """Start a no-op OTLP/gRPC receiver (stopped when `stack` closes)."""
+    port = free_port()
+    log = workdir / f"{name}.log"
+    argv = [sys.executable, "-m", "bench.otlp_sink", "--port", str(port)]
+    proc = stack.enter_context(spawn(argv, log))
+    address = f"127.0.0.1:{port}"
+    return Running(name, address, proc, log, wait_serving(address, proc, log, ""))
 
 
 def start_noop(stack: contextlib.ExitStack, decision_file: Path | None, workdir: Path) -> Running:

@@ -32,6 +32,8 @@ def config_dict(tmp_path: Path) -> dict:  # type: ignore[type-arg]
     raw["store"]["path"] = str(tmp_path / "routing.db")
     raw["server"]["listen"] = "127.0.0.1:0"
     raw["server"]["grace_period_s"] = 2
+    # Telemetry off unless a test turns it on; /metrics on a port of its own (0: any free one).
+    raw["telemetry"] = {"exporter": "none", "admin_listen": "127.0.0.1:0"}
     return raw
 
 

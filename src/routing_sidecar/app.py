@@ -5,19 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import signal
 from zoneinfo import ZoneInfo
 
+from routing_sidecar import logs, telemetry
 from routing_sidecar.config import RouterConfig, config_hash, load_config
 from routing_sidecar.core.budget import Ledger
 from routing_sidecar.core.budget_rules import rules_from_config
 from routing_sidecar.core.catalog import Catalog
-from routing_sidecar.errors import ConfigError
+from routing_sidecar.core.health import HealthBook
+from routing_sidecar.core.learning import QualityBook
+from routing_sidecar.errors import ConfigError, StorageError
+from routing_sidecar.grpc_api.observe import Observer
 from routing_sidecar.grpc_api.server import SidecarServer
 from routing_sidecar.grpc_api.servicer import RouterServicer
 from routing_sidecar.ports import Clock, SystemClock
+from routing_sidecar.service.learning import LEARNED_BOOKS, Learner
 from routing_sidecar.service.outcomes import OutcomeService
-from routing_sidecar.service.routing import RoutingService
+from routing_sidecar.service.routing import RoutingService, new_decision_id
 from routing_sidecar.service.upkeep import Upkeep
 from routing_sidecar.storage import SqliteStore
 
@@ -34,14 +40,18 @@ class Sidecar:
         config_path: str | None = None,
         listen: str | None = None,
         clock: Clock | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.clock = clock or SystemClock()
+        self._rng = rng or random.Random()  # exploration draws; the core takes randomness here
         self._listen = listen or cfg.server.listen
         self.store: SqliteStore | None = None
         self.server: SidecarServer | None = None
         self._upkeep_task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self.telemetry: telemetry.Telemetry | None = None
 
     @property
     def address(self) -> str:
@@ -49,9 +59,16 @@ class Sidecar:
         assert self.server is not None, "sidecar not started"
         return self.server.address
 
+    @property
+    def admin_address(self) -> str | None:
+        """HOST:PORT serving Prometheus /metrics (port as bound), or None when turned off."""
+        return self.telemetry.admin_address if self.telemetry else None
+
     async def start(self) -> None:
         """Open the store, rebuild the ledger from it, and start serving."""
         cfg = self.cfg
+        # First, so a busy admin port stops the start before anything else is opened.
+        tel = self.telemetry = telemetry.setup(cfg.telemetry)
         store = await SqliteStore.open(
             cfg.store.path, retention_days=cfg.store.retention_days, clock=self.clock
         )
@@ -60,24 +77,52 @@ class Sidecar:
         ledger.restore(await store.load_ledger_entries())
         digest = config_hash(cfg)
         await store.record_config(digest, cfg.model_dump_json(), self.clock.now())
+        learner = await self._learner(cfg, store)
         self.routing = RoutingService(
-            Catalog.from_config(cfg), self.clock, ledger, store,
+            Catalog.from_config(cfg), self.clock, ledger, store, learner,
             config_hash=digest, reservation_ttl_s=cfg.ledger.reservation_ttl_s,
+            new_id=lambda: logs.bind_decision(new_decision_id()),  # logs name the decision
         )
-        self.outcomes = OutcomeService(lambda: self.routing.catalog, ledger, store, self.clock)
+        self.outcomes = OutcomeService(
+            lambda: self.routing.catalog, ledger, store, self.clock, learner
+        )
         self.upkeep = Upkeep(
-            ledger, store, store, self.clock,
+            ledger, store, store, self.clock, learner,
             interval_s=min(30.0, cfg.ledger.reservation_ttl_s / 4),
             retention_days=cfg.store.retention_days,
         )
-        servicer = RouterServicer(self.routing, self.outcomes, store, self.clock)
-        self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes)
+        self.observer = Observer(
+            tel.tracer(), tel.meter(), self.clock, tracing=tel.tracing,
+            budgets=lambda: self.routing.ledger.status(self.clock.now()),
+            providers=lambda: (m.provider for m in self.routing.catalog.models.values()),
+            loop=asyncio.get_running_loop(),
+        )
+        servicer = RouterServicer(self.routing, self.outcomes, store, self.clock, self.observer)
+        self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes,
+                                    tel.tracer_provider)
         self._upkeep_task = asyncio.create_task(self.upkeep.run(), name="upkeep")
         await self.server.start()
-        log.info("sidecar started", extra={"address": self.address, "config_hash": digest})
+        log.info("sidecar started", extra={
+            "address": self.address, "config_hash": digest, "metrics": self.admin_address,
+        })
+
+    async def _learner(self, cfg: RouterConfig, store: SqliteStore) -> Learner:
+        """Health and learned quality, resumed from the store's last snapshot."""
+        catalog_quality = {name: m.quality for name, m in cfg.models.items()}
+        learner = Learner(
+            HealthBook(cfg.health),
+            QualityBook(cfg.learning, lambda name: catalog_quality.get(name, 0.5)),
+            cfg.critical_lane_set(),
+            self._rng,
+        )
+        learner.load({book: await store.load_learned(book) for book in LEARNED_BOOKS})
+        return learner
 
     async def stop(self) -> None:
         """Drain in-flight RPCs within the grace period, then flush and close the store."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self.server is not None:
             await self.server.stop(self.cfg.server.grace_period_s)
         if self._upkeep_task is not None:
@@ -85,7 +130,13 @@ class Sidecar:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._upkeep_task
         if self.store is not None:
+            try:
+                await self.upkeep.save_learned()
+            except StorageError:  # closing must go on; the store keeps its older snapshot
+                log.exception("could not save learned state at shutdown")
             await self.store.close()
+        if self.telemetry is not None:  # last: flushes the spans and metrics of the drain too
+            await asyncio.to_thread(self.telemetry.shutdown)
         log.info("sidecar stopped")
 
     async def reload(self) -> bool:
@@ -98,8 +149,10 @@ class Sidecar:
             log.error("config reload refused", extra={"problems": exc.problems})
             return False
         old = self.cfg
-        if (cfg.server, cfg.store, cfg.ledger) != (old.server, old.store, old.ledger):
-            log.warning("server, store and ledger settings change only on restart")
+        if (cfg.server, cfg.store, cfg.ledger, cfg.telemetry) != (
+            old.server, old.store, old.ledger, old.telemetry
+        ):
+            log.warning("server, store, ledger and telemetry settings change only on restart")
         self.routing.catalog = Catalog.from_config(cfg)
         self.routing.ledger.replace_rules(rules_from_config(cfg))
         self.routing.config_hash = config_hash(cfg)

@@ -55,6 +55,35 @@ class LedgerConfig(_Strict):
     timezone: str = "UTC"
 
 
+class TelemetryConfig(_Strict):
+    """OpenTelemetry traces and metrics; the standard OTEL_* variables fill what is left unset.
+
+    `exporter` unset means: OTEL_TRACES_EXPORTER (otlp | console | none) with
+    OTEL_EXPORTER_OTLP_PROTOCOL (grpc | http/protobuf), else none. `endpoint`, `insecure`,
+    `sample_ratio`, `service_name` and `metric_export_interval_s` unset leave the SDK to read
+    OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_INSECURE, OTEL_TRACES_SAMPLER(_ARG),
+    OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES and OTEL_METRIC_EXPORT_INTERVAL. Headers
+    (credentials) come only from OTEL_EXPORTER_OTLP_HEADERS, never from this file.
+    """
+
+    exporter: Literal["otlp_grpc", "otlp_http", "console", "none"] | None = None
+    endpoint: Annotated[str, Field(min_length=1)] | None = None
+    insecure: bool | None = None
+    sample_ratio: Fraction | None = None
+    service_name: Annotated[str, Field(min_length=1)] | None = None
+    # Prometheus text at http://HOST:PORT/metrics; "" turns it off, port 0 picks a free one.
+    admin_listen: str = "127.0.0.1:9464"
+    metric_export_interval_s: Annotated[float, Field(gt=0)] | None = None
+
+    @field_validator("admin_listen")
+    @classmethod
+    def _admin_shape(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if v and (not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535):
+            raise ValueError("expected HOST:PORT, or \"\" to turn the admin port off")
+        return v
+
+
 class ModelConfig(_Strict):
     """One catalog entry as written in YAML; prices in USD per million tokens."""
 
@@ -151,12 +180,70 @@ class TierConfig(_Strict):
     ev_min_samples: Annotated[int, Field(ge=1)] = 20
 
 
+class BreakerConfig(_Strict):
+    """When a model's or provider's circuit opens and how long it stays open."""
+
+    consecutive_failures: Annotated[int, Field(ge=1)] = 5
+    error_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
+    min_volume: Annotated[float, Field(ge=1)] = 10.0
+    cooldown_s: Annotated[float, Field(gt=0)] = 30.0
+    max_cooldown_s: Annotated[float, Field(gt=0)] = 300.0
+    probe_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+
+
+class DetectionConfig(_Strict):
+    """Thresholds of the per-provider and per-lane detection states."""
+
+    elevated_fallback_rate: Annotated[float, Field(gt=0, le=1)] = 0.1
+    degraded_error_rate: Annotated[float, Field(gt=0, le=1)] = 0.25
+    idle_after_s: Annotated[float, Field(gt=0)] = 900.0
+    min_volume: Annotated[float, Field(ge=1)] = 5.0
+
+
+class DemotionConfig(_Strict):
+    """How much slow or failing models lose in scoring, scaled by how much evidence there is."""
+
+    error_weight: Annotated[float, Field(ge=0)] = 0.5
+    slowness_weight: Annotated[float, Field(ge=0)] = 0.2
+    evidence: Annotated[float, Field(gt=0)] = 10.0
+    max_penalty: Annotated[float, Field(ge=0, le=1)] = 0.5
+
+
+class HealthConfig(_Strict):
+    """Per-model and per-provider health: EWMAs, decaying windows, breakers, detection."""
+
+    ewma_alpha: Annotated[float, Field(gt=0, le=1)] = 0.2
+    window_s: Annotated[float, Field(gt=0)] = 300.0
+    breaker: BreakerConfig = BreakerConfig()
+    detection: DetectionConfig = DetectionConfig()
+    demotion: DemotionConfig = DemotionConfig()
+
+
+class ExplorationConfig(_Strict):
+    """Bounded exploration of models not yet proven for a task type."""
+
+    enabled: bool = True
+    max_share: Fraction = 0.1
+    min_samples_to_prove: Annotated[float, Field(ge=0)] = 5.0
+
+
+class LearningConfig(_Strict):
+    """Learned quality per (task type, model): prior, forgetting, confidence, exploration."""
+
+    prior_strength: Annotated[float, Field(ge=0)] = 20.0
+    forget: Annotated[float, Field(gt=0, le=1)] = 0.995
+    confidence: Annotated[float, Field(ge=0.5, lt=1)] = 0.8
+    max_task_types: Annotated[int, Field(ge=1)] = 4096
+    exploration: ExplorationConfig = ExplorationConfig()
+
+
 class RouterConfig(_Strict):
     """The whole configuration file."""
 
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
     ledger: LedgerConfig = LedgerConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     models: Annotated[dict[str, ModelConfig], Field(min_length=1)]
     policies: Annotated[dict[str, PolicyConfig], Field(min_length=1)]
     rules: list[RuleConfig] = []
@@ -164,6 +251,9 @@ class RouterConfig(_Strict):
     default_policy: str
     budgets: list[BudgetConfig] = []
     tiers: TierConfig = TierConfig()
+    health: HealthConfig = HealthConfig()
+    learning: LearningConfig = LearningConfig()
+    critical_lanes: list[str] = []
 
     def model_specs(self) -> tuple[domain.ModelSpec, ...]:
         """The catalog as domain types, prices in micro-USD."""
@@ -183,6 +273,10 @@ class RouterConfig(_Strict):
             domain.ShapeRule(_match(s.match), domain.Objective(s.objective))
             for s in self.task_shapes
         )
+
+    def critical_lane_set(self) -> frozenset[str]:
+        """Lanes (the `lane` label) on which only models proven above the floor are used."""
+        return frozenset(self.critical_lanes)
 
     def tier_rules(self) -> domain.TierRules:
         """Tier reservation settings as a domain type."""
@@ -264,6 +358,10 @@ def _cross_check(cfg: RouterConfig) -> Iterator[str]:
     if cfg.default_policy not in cfg.policies:
         yield f"default_policy: unknown policy {cfg.default_policy!r}"
     yield from _check_budgets(cfg, providers)
+    breaker = cfg.health.breaker
+    if breaker.cooldown_s > breaker.max_cooldown_s:
+        yield (f"health.breaker.cooldown_s: {breaker.cooldown_s:g} is above max_cooldown_s "
+               f"{breaker.max_cooldown_s:g}")
     for name, m in cfg.models.items():
         if m.output_per_mtok == 0 and m.input_per_mtok == 0 and m.origin == "hosted":
             yield f"models.{name}: a hosted model needs a price (origin: local for free models)"

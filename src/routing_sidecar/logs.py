@@ -1,4 +1,8 @@
-"""Logging setup: JSON lines when not on a terminal, readable lines when on one."""
+"""Logging setup: JSON lines when not on a terminal, readable lines when on one.
+
+Every record handled here carries the current span's trace_id and span_id and the decision_id
+of the request it was logged for, when there are such.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,37 @@ import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
+
+from opentelemetry import trace
 
 # Attributes every LogRecord has; anything else was passed with extra= and is structured data.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+# The decision the current request is about; set when its id is made (Route) or read (outcome).
+_DECISION_ID: ContextVar[str] = ContextVar("decision_id", default="")
+
+
+def bind_decision(decision_id: str) -> str:
+    """Tag this request's later log records with `decision_id`; returns it unchanged."""
+    _DECISION_ID.set(decision_id)
+    return decision_id
+
+
+class ContextFilter(logging.Filter):
+    """Adds trace_id and span_id of the current span, and the current decision_id."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Annotate the record (never drops it)."""
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid and not hasattr(record, "trace_id"):
+            record.trace_id = trace.format_trace_id(ctx.trace_id)
+            record.span_id = trace.format_span_id(ctx.span_id)
+        decision_id = _DECISION_ID.get()
+        if decision_id and not hasattr(record, "decision_id"):
+            record.decision_id = decision_id
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,6 +76,7 @@ def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ContextFilter())
     handler.setFormatter(
         JsonFormatter() if json_lines else TextFormatter("%(asctime)s %(levelname)s %(message)s")
     )

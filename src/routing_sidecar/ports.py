@@ -144,6 +144,22 @@ class OutcomeRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class PerformanceRecord:
+    """One (task type, model, hour) window of `model_performance`, added to what is there."""
+
+    task_type: str
+    model: str
+    window_start: float
+    decisions: int = 0
+    successes: int = 0
+    failures: int = 0
+    quality_sum: float = 0.0
+    quality_count: int = 0
+    latency_sum_s: float = 0.0
+    cost_sum_micros: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ModelTaskCell:
     """Routed decisions of one model for one task type, with their costs."""
 
@@ -230,8 +246,17 @@ class AuditLog(Protocol):
         ...
 
     async def record_outcome(self, decision_id: str, attempts: Sequence[AttemptRecord],
-                             outcome: OutcomeRecord, ledger_rows: Sequence[LedgerEntry]) -> bool:
+                             outcome: OutcomeRecord, ledger_rows: Sequence[LedgerEntry],
+                             performance: Sequence[PerformanceRecord] = ()) -> bool:
         """Persist an outcome once; False (nothing written) when one is already recorded."""
+        ...
+
+    async def save_learned(self, book: str, state_json: str, at: float) -> None:
+        """Replace the snapshot of one learned book."""
+        ...
+
+    async def load_learned(self, book: str) -> str | None:
+        """The last snapshot of a learned book, or None."""
         ...
 
     async def record_config(self, config_hash: str, config_json: str, loaded_at: float) -> None:

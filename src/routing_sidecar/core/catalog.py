@@ -101,6 +101,10 @@ class Catalog:
             name: tuple(self.models[m] for m in pol.models) for name, pol in self.policies.items()
         }))
 
+    def providers(self) -> tuple[str, ...]:
+        """Every provider in the catalog, sorted."""
+        return tuple(sorted({m.provider for m in self.models.values()}))
+
     @classmethod
     def from_config(cls, cfg: RouterConfig) -> Catalog:
         """Build the catalog from a validated configuration."""

@@ -65,8 +65,12 @@ def score(
     quality: float,
     fill: float,
     weights: Weights,
+    penalty: float = 0.0,
 ) -> float:
-    """Score one candidate against the set's cheapest cost and top speed, to 4 decimals."""
+    """Score one candidate against the set's cheapest cost and top speed, to 4 decimals.
+
+    `penalty` (health demotion, 0 for a healthy model) is subtracted before rounding.
+    """
     # Inlined normalisation: this runs once per candidate on every route.
     cost_norm = 1.0 if cost_micros <= min_cost_micros else min_cost_micros / cost_micros
     speed_norm = tokens_per_s / max_tokens_per_s if max_tokens_per_s > 0 else 1.0
@@ -74,7 +78,7 @@ def score(
     raw = weights.cost * cost_norm + weights.speed * speed_norm + weights.quality * q
     if fill > CONTEXT_PENALTY_START:
         raw -= context_penalty(fill)
-    return round(raw, SCORE_DIGITS)
+    return round(raw - penalty, SCORE_DIGITS)
 
 
 def fallback_chain(

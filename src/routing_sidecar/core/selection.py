@@ -32,6 +32,8 @@ from routing_sidecar.domain import (
 
 CandidateFilter = Callable[[Task, ModelSpec, int], tuple[Rejection, str] | None]
 Verdict = tuple[Rejection, str] | None
+# (task, model, floor) -> why the model does not clear the quality floor, None when it does.
+QualityCheck = Callable[[Task, ModelSpec, float], tuple[Rejection, str] | None]
 DEFAULT_OUTPUT_TOKENS = 1024
 
 
@@ -43,6 +45,11 @@ class Signals:
     capability_filters: tuple[CandidateFilter, ...] = ()
     cost_filters: tuple[CandidateFilter, ...] = ()
     quality: Callable[[str, ModelSpec], float] | None = None
+    # (task_type, model) -> amount subtracted from the score: health demotion.
+    penalty: Callable[[str, ModelSpec], float] | None = None
+    # Replaces the plain `estimated quality < floor` test when a floor applies (learned
+    # quality with confidence, critical lanes, exploration).
+    quality_check: QualityCheck | None = None
 
 
 _NO_SIGNALS = Signals()
@@ -95,7 +102,8 @@ def select(task: Task, catalog: Catalog, signals: Signals = _NO_SIGNALS) -> Sele
         alive = [c for c in alive if not c.drop(_slotted(c, best))]
     if not alive:
         return _blocked(task, policy, objective, cands)
-    _score(alive, task.estimated_input_tokens + output, objective)
+    _score(alive, task.estimated_input_tokens + output, objective, task.task_type,
+           signals.penalty)
     # Best score first; ties go to the idlest slot, then to the policy's configured order.
     alive.sort(key=lambda c: (-c.score, c.slot.utilisation if c.slot else 0.0, c.index))
     top = alive[0]
@@ -129,6 +137,7 @@ def _stage_a(
     excluded, req = task.exclude_models, task.requires
     caps, min_tier = req.capabilities, req.min_tier
     slow = bool(signals.capability_filters)
+    checked = floor is not None and signals.quality_check is not None
     cands: list[_Cand] = []
     alive: list[_Cand] = []
     for i, m in enumerate(models):
@@ -138,7 +147,7 @@ def _stage_a(
         # Cheap inline test first; the full check (which words the reason) only on a hit.
         if slow or m.tier < min_tier or tokens > m.context_window or m.name in excluded or (
             caps and not caps <= m.capabilities
-        ) or (floor is not None and c.quality < floor):
+        ) or checked or (floor is not None and c.quality < floor):
             verdict = _capable(task, c, tokens, floor, signals)
             if verdict is not None:
                 c.rejection, c.reason = verdict
@@ -163,13 +172,15 @@ def _capable(
         return Rejection.CONTEXT_WINDOW, (
             f"needs {tokens} tokens (input + output), context window is {m.context_window}"
         )
-    if floor is not None and c.quality < floor:
+    check = signals.quality_check
+    if floor is not None and check is None and c.quality < floor:
         return Rejection.QUALITY, f"estimated quality {c.quality:.2f} below floor {floor:.2f}"
     for f in signals.capability_filters:
         verdict = f(task, m, c.cost)
         if verdict is not None:
             return verdict
-    return None
+    # Last, so a model already out (circuit open, ...) spends no exploration draw.
+    return check(task, m, floor) if floor is not None and check is not None else None
 
 
 def _reserve_tiers(
@@ -226,7 +237,10 @@ def _slotted(c: _Cand, best: dict[str, Slot | None]) -> Verdict:
     return (Rejection.NO_SLOT, "every offered slot is full") if c.slot is None else None
 
 
-def _score(alive: list[_Cand], tokens: int, objective: Objective) -> None:
+def _score(
+    alive: list[_Cand], tokens: int, objective: Objective, kind: str,
+    penalty: Callable[[str, ModelSpec], float] | None,
+) -> None:
     """Score survivors, normalising cost and speed within the surviving set."""
     weights = WEIGHTS[objective]
     min_cost, max_speed = alive[0].cost, 0.0
@@ -236,7 +250,8 @@ def _score(alive: list[_Cand], tokens: int, objective: Objective) -> None:
     for c in alive:
         m = c.model
         c.score = score(c.cost, min_cost, m.tokens_per_s, max_speed, c.quality,
-                        tokens / m.context_window, weights)
+                        tokens / m.context_window, weights,
+                        0.0 if penalty is None else penalty(kind, m))
 
 
 def _mark(cands: Sequence[_Cand], top: _Cand, chain: Sequence[tuple[_Cand, bool]]) -> None:

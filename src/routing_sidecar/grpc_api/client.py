@@ -138,12 +138,41 @@ def render_stats(msg: pb.RoutingStats) -> str:
     lines += [
         "",
         f"{'provider':<12} {'decisions':>9} {'fallback':>8} {'errors':>7} {'in tok':>10} "
-        f"{'out tok':>10} {'spend':>12} {'$/Mtok':>10}",
+        f"{'out tok':>10} {'spend':>12} {'$/Mtok':>10}  state",
     ]
     for p in msg.providers:
         lines.append(
             f"{p.provider:<12} {p.decisions:>9} {p.fallback_rate:>8.1%} {p.error_rate:>7.1%} "
             f"{p.input_tokens:>10} {p.output_tokens:>10} {_usd(p.spend_micros):>12} "
-            f"{p.blended_cost_micros_per_mtok / 1e6:>10.4f}"
+            f"{p.blended_cost_micros_per_mtok / 1e6:>10.4f}  {p.detection_state or '-'}"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + _render_health(msg) + _render_learned(msg))
+
+
+def _render_health(msg: pb.RoutingStats) -> list[str]:
+    if not msg.health:
+        return []
+    lines = [
+        "",
+        f"{'health':<30} {'volume':>7} {'success':>8} {'fallback':>8} {'latency s':>9} "
+        f"{'tok/s':>7}  breaker / state",
+    ]
+    for h in msg.health:
+        until = f" until {h.open_until.ToJsonString()}" if h.HasField("open_until") else ""
+        lines.append(
+            f"{h.scope + ':' + h.name:<30} {h.volume:>7.1f} {h.success_rate:>8.1%} "
+            f"{h.fallback_rate:>8.1%} {h.latency_ewma_s:>9.2f} {h.tokens_per_s:>7.0f}  "
+            f"{h.breaker}{until}" + (f" / {h.detection_state}" if h.detection_state else "")
+        )
+    return lines
+
+
+def _render_learned(msg: pb.RoutingStats) -> list[str]:
+    if not msg.learned:
+        return []
+    lines = ["", f"{'task type':<24} {'model':<24} {'mean':>6} {'lower':>6} {'samples':>8}"]
+    lines += [
+        f"{q.task_type:<24} {q.model:<24} {q.mean:>6.3f} {q.lower_bound:>6.3f} {q.samples:>8.1f}"
+        for q in msg.learned
+    ]
+    return lines

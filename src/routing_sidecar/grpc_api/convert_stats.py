@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from routing_sidecar import ports
+from routing_sidecar.core.health import Detection, HealthStats
 from routing_sidecar.grpc_api.convert import budget_to_pb, timestamp
+from routing_sidecar.service.learning import LearnerReport
 from routing_sidecar.service.outcomes import OutcomeAck
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 
@@ -26,8 +30,24 @@ def _provider(p: ports.ProviderCell) -> pb.ProviderStats:
     )
 
 
-def stats_to_pb(stats: ports.RoutingStats, until: float) -> pb.RoutingStats:
-    """The dashboard matrix and per-provider totals."""
+def _health(h: HealthStats, detection: Mapping[str, Detection]) -> pb.HealthRow:
+    row = pb.HealthRow(
+        scope=h.scope.value, name=h.name, volume=h.volume, success_rate=h.success_rate,
+        transient_rate=h.transient_rate, permanent_rate=h.permanent_rate,
+        timeout_rate=h.timeout_rate, rate_limited_rate=h.rate_limited_rate,
+        fallback_rate=h.fallback_rate, latency_ewma_s=h.latency_ewma_s or 0.0,
+        tokens_per_s=h.tokens_per_s or 0.0, breaker=h.breaker.value,
+        detection_state=(d.value if (d := detection.get(f"{h.scope.value}:{h.name}")) else ""),
+    )
+    if h.open_until is not None:
+        row.open_until.CopyFrom(timestamp(h.open_until))
+    return row
+
+
+def stats_to_pb(
+    stats: ports.RoutingStats, until: float, report: LearnerReport | None = None
+) -> pb.RoutingStats:
+    """The dashboard matrix, per-provider totals, live health and learned quality."""
     cells = [
         pb.MatrixCell(
             model=c.model, dimension="task_type", value=c.task_type, decisions=c.decisions,
@@ -45,7 +65,28 @@ def stats_to_pb(stats: ports.RoutingStats, until: float) -> pb.RoutingStats:
         )
         for c in stats.by_model_label
     ]
-    msg = pb.RoutingStats(cells=cells, providers=[_provider(p) for p in stats.by_provider])
+    report = report or LearnerReport()
+    providers = [_provider(p) for p in stats.by_provider]
+    seen = {p.provider for p in providers}
+    # Providers with no traffic in the window are listed too: "idle" is worth seeing.
+    providers += [
+        pb.ProviderStats(provider=key.removeprefix("provider:"))
+        for key in sorted(report.detection)
+        if key.startswith("provider:") and key.removeprefix("provider:") not in seen
+    ]
+    for p in providers:
+        state = report.detection.get(f"provider:{p.provider}")
+        p.detection_state = state.value if state else ""
+    msg = pb.RoutingStats(
+        cells=cells,
+        providers=providers,
+        health=[_health(h, report.detection) for h in report.health],
+        learned=[
+            pb.LearnedQuality(task_type=q.task_type, model=q.model, mean=q.mean,
+                              lower_bound=q.lower_bound, samples=q.samples)
+            for q in report.learned
+        ],
+    )
     msg.window_start.CopyFrom(timestamp(stats.since))
     msg.window_end.CopyFrom(timestamp(until))
     return msg

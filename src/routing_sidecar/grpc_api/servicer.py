@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from routing_sidecar import logs
 from routing_sidecar.errors import InvalidArgument
-from routing_sidecar.grpc_api import convert, convert_outcome, convert_stats
+from routing_sidecar.grpc_api import convert, convert_outcome, convert_stats, observe
 from routing_sidecar.grpc_api.status import streaming, unary
 from routing_sidecar.ports import AuditLog, Clock
 from routing_sidecar.service.outcomes import OutcomeService
@@ -19,18 +21,22 @@ class RouterServicer(pb_grpc.RouterServicer):
     """Implements routing_sidecar.v1.Router over a RoutingService."""
 
     def __init__(
-        self, service: RoutingService, outcomes: OutcomeService, audit: AuditLog, clock: Clock
+        self, service: RoutingService, outcomes: OutcomeService, audit: AuditLog, clock: Clock,
+        observer: observe.Observer | None = None,
     ) -> None:
         self._service = service
         self._outcomes = outcomes
         self._audit = audit
         self._clock = clock
+        self._observe = observer or observe.disabled(clock)
 
     @unary
     async def Route(self, request: pb.RouteRequest, context: Any) -> pb.Decision:
         """Decide one task."""
+        started = time.perf_counter()
         task = convert.task_from_pb(request)
-        decision = await self._service.route(task)
+        decision = await self._service.route(task, self._observe.trace_ids())
+        self._observe.decided(task, decision, time.perf_counter() - started)
         return convert.decision_to_pb(decision)
 
     @streaming
@@ -40,12 +46,15 @@ class RouterServicer(pb_grpc.RouterServicer):
         """Decide a stream of tasks, answering in order."""
         index = 0
         async for request in request_iterator:
-            try:
-                task = convert.task_from_pb(request)
-                decision = await self._service.route(task)
-            except InvalidArgument as exc:
-                field = f"stream message {index}: {exc.field}"
-                raise InvalidArgument(field, _problem(exc)) from None
+            with self._observe.decision_span():
+                started = time.perf_counter()
+                try:
+                    task = convert.task_from_pb(request)
+                    decision = await self._service.route(task, self._observe.trace_ids())
+                except InvalidArgument as exc:
+                    field = f"stream message {index}: {exc.field}"
+                    raise InvalidArgument(field, _problem(exc)) from None
+                self._observe.decided(task, decision, time.perf_counter() - started)
             yield convert.decision_to_pb(decision)
             index += 1
 
@@ -54,7 +63,10 @@ class RouterServicer(pb_grpc.RouterServicer):
     async def ReportOutcome(self, request: pb.Outcome, context: Any) -> pb.OutcomeAck:
         """Record what happened to a decision and settle its reservation."""
         outcome = convert_outcome.outcome_from_pb(request)
-        return convert_stats.ack_to_pb(await self._outcomes.report(outcome))
+        logs.bind_decision(outcome.decision_id)
+        ack = await self._outcomes.report(outcome)
+        self._observe.reported(ack)
+        return convert_stats.ack_to_pb(ack)
 
     @unary
     async def GetBudgetStatus(self, request: pb.BudgetQuery, context: Any) -> pb.BudgetStatusList:
@@ -74,7 +86,8 @@ class RouterServicer(pb_grpc.RouterServicer):
         now = self._clock.now()
         since = now - (request.hours or 24) * 3600.0
         stats = await self._audit.routing_stats(since, tuple(request.label_keys))
-        return convert_stats.stats_to_pb(stats, now)
+        report = self._service.learner.report(now, self._service.catalog.providers())
+        return convert_stats.stats_to_pb(stats, now, report)
 
 
 def _problem(exc: InvalidArgument) -> str:

@@ -6,6 +6,8 @@ import dataclasses
 import logging
 from collections.abc import Iterable
 
+from opentelemetry import trace
+
 from routing_sidecar import domain
 from routing_sidecar.core.budget import Ledger
 from routing_sidecar.core.budget_rules import BudgetAlert
@@ -15,20 +17,25 @@ from routing_sidecar.domain import OnExceed, ReasonCode, Rejection, Selection
 
 log = logging.getLogger(__name__)
 
+# The span event a threshold crossing adds to the span it happened in (Route, ReportOutcome).
+BUDGET_ALERT_EVENT = "routing.budget.alert"
+
 
 def log_alerts(alerts: Iterable[BudgetAlert]) -> None:
-    """One structured warning per threshold crossing."""
+    """One structured warning per threshold crossing, and an event on the current span."""
     for a in alerts:
-        log.warning(
-            "budget threshold crossed",
-            extra={
-                "scope": a.scope,
-                "period": a.period.value,
-                "state": a.state.value,
-                "used_micros": a.used_micros,
-                "limit_micros": a.rule.limit_micros,
-            },
-        )
+        fields: dict[str, str | int] = {
+            "scope": a.scope,
+            "period": a.period.value,
+            "state": a.state.value,
+            "used_micros": a.used_micros,
+            "limit_micros": a.rule.limit_micros,
+        }
+        log.warning("budget threshold crossed", extra=fields)
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(BUDGET_ALERT_EVENT,
+                           {f"routing.budget.{k}": v for k, v in fields.items()})
 
 
 def apply_on_exceed(

@@ -10,8 +10,18 @@ from routing_sidecar import domain
 from routing_sidecar.core.budget import Ledger
 from routing_sidecar.core.catalog import Catalog
 from routing_sidecar.errors import InvalidArgument, NotFound, StorageError
-from routing_sidecar.ports import AttemptRecord, AuditLog, Clock, DecisionRecord, OutcomeRecord
+from routing_sidecar.ports import (
+    AttemptRecord,
+    AuditLog,
+    Clock,
+    DecisionRecord,
+    OutcomeRecord,
+    PerformanceRecord,
+)
 from routing_sidecar.service.budgets import log_alerts
+from routing_sidecar.service.learning import Learner
+
+HOUR_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,14 +68,39 @@ def _estimates(record: DecisionRecord) -> dict[str, int]:
     return est
 
 
+def _performance(
+    task_type: str, rows: list[AttemptRecord], outcome: domain.Outcome, now: float
+) -> list[PerformanceRecord]:
+    """The hourly (task type, model) window rows one outcome adds to."""
+    window = now - now % HOUR_S
+    out = []
+    for i, a in enumerate(rows):
+        final = i == len(rows) - 1
+        graded = final and outcome.quality is not None
+        ok = a.status is domain.AttemptStatus.SUCCESS
+        out.append(PerformanceRecord(
+            task_type, a.model, window, decisions=int(final), successes=int(ok),
+            failures=int(not ok), quality_sum=(outcome.quality or 0.0) if graded else 0.0,
+            quality_count=int(graded), latency_sum_s=a.duration_s,
+            cost_sum_micros=a.actual_cost_micros,
+        ))
+    return out
+
+
 class OutcomeService:
     """Turns reported outcomes into audit rows and settled budgets."""
 
     def __init__(
-        self, catalog: Callable[[], Catalog], ledger: Ledger, audit: AuditLog, clock: Clock
+        self,
+        catalog: Callable[[], Catalog],
+        ledger: Ledger,
+        audit: AuditLog,
+        clock: Clock,
+        learner: Learner,
     ) -> None:
         self._catalog = catalog
         self._ledger = ledger
+        self._learner = learner
         self._audit = audit
         self._clock = clock
 
@@ -94,13 +129,21 @@ class OutcomeService:
         )
         entries = change.entries if change else ()
         result = OutcomeRecord(record.decision_id, outcome.success, outcome.quality, actual, now)
+        performance = _performance(record.task_type, rows, outcome, now)
         try:
-            fresh = await self._audit.record_outcome(record.decision_id, rows, result, entries)
+            fresh = await self._audit.record_outcome(
+                record.decision_id, rows, result, entries, performance
+            )
         except StorageError:
             self._ledger.revert(entries)
             raise
         if change:
             log_alerts(change.alerts)
+        if fresh:
+            self._learner.observe(
+                record.task_type, json.loads(record.labels_json), attempts,
+                outcome.success, outcome.quality, now,
+            )
         budgets = self._budgets(record, catalog, now)
         return OutcomeAck(
             record.decision_id, actual, duplicate=not fresh, budgets=budgets,

@@ -16,6 +16,7 @@ from routing_sidecar.errors import Internal, InvalidArgument, StorageError
 from routing_sidecar.ports import AuditLog, Clock, DecisionRecord
 from routing_sidecar.service.budgets import apply_on_exceed, log_alerts
 from routing_sidecar.service.ev import EvWindow
+from routing_sidecar.service.learning import Learner
 
 
 def new_decision_id() -> str:
@@ -52,6 +53,7 @@ class RoutingService:
         clock: Clock,
         ledger: Ledger,
         audit: AuditLog,
+        learner: Learner,
         *,
         config_hash: str = "",
         reservation_ttl_s: float = 900.0,
@@ -59,6 +61,7 @@ class RoutingService:
     ) -> None:
         self.catalog = catalog
         self.ledger = ledger
+        self.learner = learner
         self.config_hash = config_hash
         self.reservation_ttl_s = reservation_ttl_s
         self._audit = audit
@@ -73,18 +76,7 @@ class RoutingService:
         """Decide and reserve synchronously: no await, so no other request interleaves."""
         check_task(task, self.catalog)
         now = self._clock.now()
-        policy = resolve_policy(task, self.catalog).name
-        signals = Signals(
-            ev_threshold=self.ev_window.threshold(),
-            cost_filters=(self.ledger.as_filter(policy, now),),
-        )
-        selection = select(task, self.catalog, signals)
-        selection = apply_on_exceed(
-            task, self.catalog, signals, self.ledger, policy, now, selection
-        )
-        # The task's own EV joins the window after it is judged, so it never raises its own bar.
-        if task.ev is not None:
-            self.ev_window.add(task.ev)
+        selection, policy = self._select(task, now)
         decision_id = self._new_id()
         entries: tuple[LedgerEntry, ...] = ()
         budgets: tuple[domain.BudgetStatus, ...] = ()
@@ -92,16 +84,7 @@ class RoutingService:
         if chosen is not None:
             model = self.catalog.models[chosen.model]
             if not task.dry_run:
-                result = self.ledger.reserve(
-                    decision_id, task.labels, model, policy, chosen.estimated_cost_micros,
-                    now, now + self.reservation_ttl_s,
-                )
-                if not result.ok:
-                    # Unreachable while check and reserve share one synchronous step; if that
-                    # ever breaks, fail loudly rather than answer with an unreserved decision.
-                    raise Internal("budget reservation failed after the budget check passed")
-                entries = result.entries
-                log_alerts(result.alerts)
+                entries = self._reserve(decision_id, task, model, policy, chosen, now)
             budgets = tuple(self.ledger.statuses_for(task.labels, model, policy, now))
         decision = domain.Decision(
             decision_id=decision_id,
@@ -115,6 +98,48 @@ class RoutingService:
             decision, task, self.config_hash, trace.trace_id, trace.span_id
         )
         return decision, record, entries
+
+    def _select(self, task: domain.Task, now: float) -> tuple[domain.Selection, str]:
+        """Run the core with budgets, breakers and learned quality; returns it and the policy."""
+        policy = resolve_policy(task, self.catalog)
+        gate = self.learner.gate(task, policy)
+        health = self.learner.health
+        signals = Signals(
+            ev_threshold=self.ev_window.threshold(),
+            capability_filters=(health.as_filter(now),),
+            cost_filters=(self.ledger.as_filter(policy.name, now),),
+            quality=self.learner.quality.quality,
+            penalty=health.penalty_fn(now),
+            quality_check=gate,
+        )
+        selection = select(task, self.catalog, signals)
+        selection = apply_on_exceed(
+            task, self.catalog, signals, self.ledger, policy.name, now, selection
+        )
+        selection = gate.annotate(selection)
+        chosen = selection.chosen
+        self.learner.after_decision(
+            task, selection, gate, self.catalog.models[chosen.model] if chosen else None, now
+        )
+        # The task's own EV joins the window after it is judged, so it never raises its own bar.
+        if task.ev is not None:
+            self.ev_window.add(task.ev)
+        return selection, policy.name
+
+    def _reserve(
+        self, decision_id: str, task: domain.Task, model: domain.ModelSpec, policy: str,
+        chosen: domain.Alternative, now: float,
+    ) -> tuple[LedgerEntry, ...]:
+        result = self.ledger.reserve(
+            decision_id, task.labels, model, policy, chosen.estimated_cost_micros,
+            now, now + self.reservation_ttl_s,
+        )
+        if not result.ok:
+            # Unreachable while check and reserve share one synchronous step; if that ever
+            # breaks, fail loudly rather than answer with an unreserved decision.
+            raise Internal("budget reservation failed after the budget check passed")
+        log_alerts(result.alerts)
+        return result.entries
 
     async def route(self, task: domain.Task, trace: TraceIds = NO_TRACE) -> domain.Decision:
         """Decide one task; acknowledged only once its audit row and reservation commit.

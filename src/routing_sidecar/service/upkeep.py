@@ -8,13 +8,14 @@ import logging
 from routing_sidecar.core.budget import Ledger
 from routing_sidecar.errors import StorageError
 from routing_sidecar.ports import AuditLog, Clock, LedgerStore
+from routing_sidecar.service.learning import Learner
 
 log = logging.getLogger(__name__)
 DAY_S = 86_400.0
 
 
 class Upkeep:
-    """Runs expiry every few seconds and retention pruning about hourly."""
+    """Runs expiry and learned-state snapshots every few seconds, retention pruning hourly."""
 
     def __init__(
         self,
@@ -22,6 +23,7 @@ class Upkeep:
         ledger_store: LedgerStore,
         audit: AuditLog,
         clock: Clock,
+        learner: Learner,
         *,
         interval_s: float,
         retention_days: int,
@@ -31,6 +33,7 @@ class Upkeep:
         self._ledger_store = ledger_store
         self._audit = audit
         self._clock = clock
+        self._learner = learner
         self.interval_s = interval_s
         self.retention_days = retention_days
         self._prune_every_s = prune_every_s
@@ -57,11 +60,18 @@ class Upkeep:
             log.info("old decisions pruned", extra={"rows": removed})
         return removed
 
+    async def save_learned(self) -> None:
+        """Snapshot health and learned quality, so a restart resumes from them."""
+        now = self._clock.now()
+        for book, state in self._learner.dump().items():
+            await self._audit.save_learned(book, state, now)
+
     async def run(self) -> None:
         """Loop until cancelled; a failing round is logged and retried next round."""
         while True:
             try:
                 await self.expire_once()
+                await self.save_learned()
                 if self._clock.monotonic() - self._last_prune >= self._prune_every_s:
                     self._last_prune = self._clock.monotonic()
                     await self.prune_once()

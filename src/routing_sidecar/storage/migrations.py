@@ -101,7 +101,17 @@ CREATE TABLE IF NOT EXISTS routing_policies (
 ) STRICT;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# Snapshots of the online estimators (provider health, learned quality), one row per book, so
+# a restart resumes from what was learned; model_performance keeps the windowed history.
+_V2 = """
+CREATE TABLE IF NOT EXISTS learned_state (
+    book                  TEXT PRIMARY KEY,
+    state_json            TEXT NOT NULL,
+    updated_at            REAL NOT NULL
+) STRICT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -26,6 +26,7 @@ from routing_sidecar.ports import (
     DecisionRecord,
     LedgerTotal,
     OutcomeRecord,
+    PerformanceRecord,
     RoutingStats,
 )
 from routing_sidecar.storage.migrations import migrate
@@ -57,6 +58,24 @@ INSERT_OUTCOME = _insert("decision_outcomes", OUTCOME_COLUMNS)
 INSERT_LEDGER = _insert("budget_ledger", LEDGER_COLUMNS)
 INSERT_CONFIG = _insert("routing_policies", ("config_hash", "config_json", "loaded_at"),
                         " ON CONFLICT (config_hash) DO NOTHING")
+
+
+PERFORMANCE_COLUMNS = _columns(PerformanceRecord)
+UPSERT_PERFORMANCE = (
+    f"INSERT INTO model_performance ({', '.join(PERFORMANCE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(PERFORMANCE_COLUMNS))}) "
+    "ON CONFLICT (task_type, model, window_start) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = {c} + excluded.{c}"
+        for c in PERFORMANCE_COLUMNS
+        if c not in ("task_type", "model", "window_start")
+    )
+)
+UPSERT_LEARNED = (
+    "INSERT INTO learned_state (book, state_json, updated_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (book) DO UPDATE SET state_json = excluded.state_json, "
+    "updated_at = excluded.updated_at"
+)
 
 
 def _params(record: object, columns: Sequence[str]) -> tuple[object, ...]:
@@ -167,7 +186,8 @@ class SqliteStore:
 
     async def record_outcome(self, decision_id: str, attempts: Sequence[AttemptRecord],
                              outcome: OutcomeRecord,
-                             ledger_rows: Sequence[LedgerEntry] = ()) -> bool:
+                             ledger_rows: Sequence[LedgerEntry] = (),
+                             performance: Sequence[PerformanceRecord] = ()) -> bool:
         """Persist an outcome once; False (nothing written) when one is already recorded.
 
         The check runs inside the writer's transaction, so two concurrent reports of the same
@@ -181,10 +201,20 @@ class SqliteStore:
             Write(INSERT_OUTCOME, _params(outcome, OUTCOME_COLUMNS)),
             *(Write(INSERT_SELECTION, _params(a, SELECTION_COLUMNS)) for a in attempts),
             *_ledger_writes(ledger_rows),
+            *(Write(UPSERT_PERFORMANCE, _params(p, PERFORMANCE_COLUMNS)) for p in performance),
         )
         return await self.writer.submit(
             Job(writes, once=Once("decision_outcomes", "decision_id", decision_id))
         )
+
+    async def save_learned(self, book: str, state_json: str, at: float) -> None:
+        """Replace the snapshot of one learned book (health, quality)."""
+        await self.writer.submit(Job((Write(UPSERT_LEARNED, (book, state_json, at)),)))
+
+    async def load_learned(self, book: str) -> str | None:
+        """The last snapshot of a learned book, or None."""
+        rows = await self._rows("SELECT state_json FROM learned_state WHERE book = ?", (book,))
+        return str(rows[0][0]) if rows else None
 
     async def record_ledger(self, rows: Sequence[LedgerEntry]) -> None:
         """Persist ledger rows (expiry, release); return once committed."""

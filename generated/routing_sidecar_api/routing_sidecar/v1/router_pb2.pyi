@@ -811,6 +811,107 @@ class ProviderStats(_message.Message):
 Global___ProviderStats: _TypeAlias = ProviderStats  # noqa: Y015
 
 @_typing.final
+class HealthRow(_message.Message):
+    """HealthRow is the live health of one model, provider or lane, over a decaying window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VOLUME_FIELD_NUMBER: _builtins.int
+    SUCCESS_RATE_FIELD_NUMBER: _builtins.int
+    TRANSIENT_RATE_FIELD_NUMBER: _builtins.int
+    PERMANENT_RATE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_RATE_FIELD_NUMBER: _builtins.int
+    RATE_LIMITED_RATE_FIELD_NUMBER: _builtins.int
+    FALLBACK_RATE_FIELD_NUMBER: _builtins.int
+    LATENCY_EWMA_S_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_S_FIELD_NUMBER: _builtins.int
+    BREAKER_FIELD_NUMBER: _builtins.int
+    OPEN_UNTIL_FIELD_NUMBER: _builtins.int
+    DETECTION_STATE_FIELD_NUMBER: _builtins.int
+    scope: _builtins.str
+    """"model", "provider" or "lane"."""
+    name: _builtins.str
+    volume: _builtins.float
+    """Decayed number of attempts in the window."""
+    success_rate: _builtins.float
+    transient_rate: _builtins.float
+    permanent_rate: _builtins.float
+    timeout_rate: _builtins.float
+    rate_limited_rate: _builtins.float
+    fallback_rate: _builtins.float
+    latency_ewma_s: _builtins.float
+    """EWMA of successful attempts' latency; 0 when none yet."""
+    tokens_per_s: _builtins.float
+    breaker: _builtins.str
+    """closed | open | half_open"""
+    detection_state: _builtins.str
+    """healthy | elevated_fallback | degraded | idle; empty for models."""
+    @_builtins.property
+    def open_until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        scope: _builtins.str = ...,
+        name: _builtins.str = ...,
+        volume: _builtins.float = ...,
+        success_rate: _builtins.float = ...,
+        transient_rate: _builtins.float = ...,
+        permanent_rate: _builtins.float = ...,
+        timeout_rate: _builtins.float = ...,
+        rate_limited_rate: _builtins.float = ...,
+        fallback_rate: _builtins.float = ...,
+        latency_ewma_s: _builtins.float = ...,
+        tokens_per_s: _builtins.float = ...,
+        breaker: _builtins.str = ...,
+        open_until: _timestamp_pb2.Timestamp | None = ...,
+        detection_state: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["open_until", b"open_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker", b"breaker", "detection_state", b"detection_state", "fallback_rate", b"fallback_rate", "latency_ewma_s", b"latency_ewma_s", "name", b"name", "open_until", b"open_until", "permanent_rate", b"permanent_rate", "rate_limited_rate", b"rate_limited_rate", "scope", b"scope", "success_rate", b"success_rate", "timeout_rate", b"timeout_rate", "tokens_per_s", b"tokens_per_s", "transient_rate", b"transient_rate", "volume", b"volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HealthRow: _TypeAlias = HealthRow  # noqa: Y015
+
+@_typing.final
+class LearnedQuality(_message.Message):
+    """LearnedQuality is the current estimate of one model on one task type."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_TYPE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MEAN_FIELD_NUMBER: _builtins.int
+    LOWER_BOUND_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    task_type: _builtins.str
+    model: _builtins.str
+    mean: _builtins.float
+    lower_bound: _builtins.float
+    """The lower confidence bound compared with quality floors."""
+    samples: _builtins.float
+    """Effective (decayed) number of observations."""
+    def __init__(
+        self,
+        *,
+        task_type: _builtins.str = ...,
+        model: _builtins.str = ...,
+        mean: _builtins.float = ...,
+        lower_bound: _builtins.float = ...,
+        samples: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lower_bound", b"lower_bound", "mean", b"mean", "model", b"model", "samples", b"samples", "task_type", b"task_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LearnedQuality: _TypeAlias = LearnedQuality  # noqa: Y015
+
+@_typing.final
 class RoutingStats(_message.Message):
     """RoutingStats answers GetRoutingStats."""
 
@@ -820,6 +921,8 @@ class RoutingStats(_message.Message):
     WINDOW_END_FIELD_NUMBER: _builtins.int
     CELLS_FIELD_NUMBER: _builtins.int
     PROVIDERS_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    LEARNED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def window_start(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -828,6 +931,10 @@ class RoutingStats(_message.Message):
     def cells(self) -> _containers.RepeatedCompositeFieldContainer[Global___MatrixCell]: ...
     @_builtins.property
     def providers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProviderStats]: ...
+    @_builtins.property
+    def health(self) -> _containers.RepeatedCompositeFieldContainer[Global___HealthRow]: ...
+    @_builtins.property
+    def learned(self) -> _containers.RepeatedCompositeFieldContainer[Global___LearnedQuality]: ...
     def __init__(
         self,
         *,
@@ -835,10 +942,12 @@ class RoutingStats(_message.Message):
         window_end: _timestamp_pb2.Timestamp | None = ...,
         cells: _abc.Iterable[Global___MatrixCell] | None = ...,
         providers: _abc.Iterable[Global___ProviderStats] | None = ...,
+        health: _abc.Iterable[Global___HealthRow] | None = ...,
+        learned: _abc.Iterable[Global___LearnedQuality] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "providers", b"providers", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "health", b"health", "learned", b"learned", "providers", b"providers", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,445 @@
+"""What the Router RPCs tell OpenTelemetry: span attributes, events, attempt spans, metrics.
+
+Only the OpenTelemetry API is used here; `routing_sidecar.telemetry` decides where any of it
+goes (and whether spans are made at all). Names and labels are documented in
+docs/telemetry.md: keep that table in step with the constants below.
+
+Never recorded: prompt text (the contract carries none), label values other than
+`project`, request metadata, credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+    format_span_id,
+    format_trace_id,
+)
+from opentelemetry.util.types import AttributeValue
+
+from routing_sidecar import domain
+from routing_sidecar.ports import AttemptRecord, Clock, DecisionRecord
+from routing_sidecar.service.outcomes import OutcomeAck
+from routing_sidecar.service.routing import NO_TRACE, TraceIds
+
+T = TypeVar("T")
+
+# GenAI semantic conventions (https://opentelemetry.io/docs/specs/semconv/gen-ai/).
+GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_PROVIDER_NAME = "gen_ai.provider.name"
+GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_TOKEN_TYPE = "gen_ai.token.type"  # noqa: S105 - an attribute name
+ERROR_TYPE = "error.type"
+# The orchestrator reports calls, not their kind; "chat" is the GenAI conventions' default.
+OPERATION = "chat"
+
+# Route span attributes and the rejected-candidate event.
+DECISION_ID = "routing.decision.id"
+TASK_ID = "routing.task.id"
+TASK_TYPE = "routing.task.type"
+POLICY = "routing.policy"
+OBJECTIVE = "routing.objective"
+STATUS = "routing.status"
+REASON_CODE = "routing.reason_code"
+REASON = "routing.reason"
+DRY_RUN = "routing.dry_run"
+ESTIMATED_COST = "routing.estimated_cost_micros"
+CANDIDATES = "routing.candidates"
+REJECTED = "routing.rejected"
+FALLBACKS = "routing.fallbacks"
+FALLBACK_MODELS = "routing.fallback.models"
+TIER = "routing.tier"
+SLOT_ID = "routing.slot_id"
+PROJECT = "routing.project"
+REJECTED_EVENT = "routing.candidate.rejected"
+REJECTION = "routing.rejection"
+REJECTION_REASON = "routing.rejection.reason"
+# ReportOutcome span and attempt spans.
+ATTEMPTS = "routing.attempts"
+ACTUAL_COST = "routing.actual_cost_micros"
+DUPLICATE = "routing.duplicate"
+ATTEMPT_INDEX = "routing.attempt.index"
+ATTEMPT_STATUS = "routing.attempt.status"
+ATTEMPT_COST = "routing.attempt.cost_micros"
+ATTEMPT_ESTIMATED_COST = "routing.attempt.estimated_cost_micros"
+ATTEMPT_FALLBACK = "routing.attempt.fallback"
+
+# Candidates that were kept: everything else is a rejection worth an event.
+_KEPT = frozenset({domain.Rejection.CHOSEN, domain.Rejection.FALLBACK})
+# Decision latency is sub-millisecond to a few milliseconds: the default buckets are too coarse.
+LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                     0.25, 0.5, 1.0, 2.5)
+# The GenAI conventions' advised buckets.
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
+                 16777216, 67108864)
+OPERATION_BUCKETS_S = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24,
+                       20.48, 40.96, 81.92)
+DETECTION_STATES = ("healthy", "elevated_fallback", "degraded", "idle")
+BREAKER_STATES = ("closed", "open", "half_open")
+# Observable gauges read the ledger and health on the event loop at most this often.
+SNAPSHOT_TTL_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderHealth:
+    """One provider's breaker and detection state, as the provider gauges report it."""
+
+    provider: str
+    detection: str = "healthy"  # healthy | elevated_fallback | degraded | idle
+    breaker: str = "closed"  # closed | open | half_open
+
+
+ProviderHealthSource = Callable[[], Iterable[ProviderHealth]]
+BudgetSource = Callable[[], Sequence[domain.BudgetStatus]]
+
+
+def trace_ids_of(span: Span) -> TraceIds:
+    """The span's ids when it is sampled (so attempt spans can join its trace), else none."""
+    ctx = span.get_span_context()
+    if not ctx.is_valid or not ctx.trace_flags.sampled:
+        return NO_TRACE
+    return TraceIds(format_trace_id(ctx.trace_id), format_span_id(ctx.span_id))
+
+
+def parent_context(record: DecisionRecord) -> Context | None:
+    """A context whose span is the decision's stored span, remote; None without stored ids."""
+    if not record.trace_id or not record.span_id:
+        return None
+    try:
+        ctx = SpanContext(int(record.trace_id, 16), int(record.span_id, 16), is_remote=True,
+                          trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    except ValueError:
+        return None
+    return trace.set_span_in_context(NonRecordingSpan(ctx)) if ctx.is_valid else None
+
+
+def _project(labels_json: str) -> str:
+    try:
+        value = json.loads(labels_json).get("project", "")
+    except (ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
+
+
+class Observer:
+    """Records decisions and outcomes as span attributes, events, spans and metrics."""
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        meter: Meter,
+        clock: Clock,
+        *,
+        tracing: bool = True,
+        budgets: BudgetSource | None = None,
+        providers: Callable[[], Iterable[str]] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._tracer = tracer
+        self._clock = clock
+        self.tracing = tracing
+        self._budgets = budgets or (lambda: ())
+        self._providers = providers or (lambda: ())
+        # Where the ledger and health live: observable callbacks read them on this loop.
+        self._loop = loop
+        self._loop_thread = threading.get_ident() if loop is not None else None
+        self._health: ProviderHealthSource = self._all_healthy
+        self._snapshots: dict[str, tuple[float, tuple[Any, ...]]] = {}
+        self._snapshot_lock = threading.Lock()
+        self._decisions = meter.create_counter(
+            "routing.decisions", "{decision}", "Decisions by model, provider, policy and status")
+        self._latency = meter.create_histogram(
+            "routing.decision.duration", "s",
+            "Server time to decide, reserve and audit one task",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S)
+        self._fallbacks = meter.create_counter(
+            "routing.fallbacks", "{fallback}",
+            "Reported attempts that moved on from a failed model to the next one")
+        self._spend = meter.create_counter(
+            "routing.spend", "usd", "Actual spend of reported attempts")
+        self._tokens = meter.create_counter(
+            "routing.tokens", "{token}", "Tokens of reported attempts")
+        self._token_usage = meter.create_histogram(
+            "gen_ai.client.token.usage", "{token}", "Tokens per reported attempt",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS)
+        self._op_duration = meter.create_histogram(
+            "gen_ai.client.operation.duration", "s", "Duration of reported attempts",
+            explicit_bucket_boundaries_advisory=OPERATION_BUCKETS_S)
+        meter.create_observable_gauge(
+            "routing.budget.utilisation", [self._observe_utilisation], "1",
+            "(spent + reserved) / limit of each budget scope in its current period")
+        meter.create_observable_gauge(
+            "routing.budget.remaining", [self._observe_remaining], "usd",
+            "Headroom left in each budget scope's current period")
+        meter.create_observable_gauge(
+            "routing.budget.state", [self._observe_budget_state], "1",
+            "1 for the scope's current state (ok, alert, exceeded), 0 for the others")
+        meter.create_observable_gauge(
+            "routing.provider.detection_state", [self._observe_detection], "1",
+            "1 for the provider's detection state, 0 for the others")
+        meter.create_observable_gauge(
+            "routing.provider.breaker_state", [self._observe_breaker], "1",
+            "1 for the provider's circuit breaker state, 0 for the others")
+
+    # -- Route -----------------------------------------------------------------------------
+
+    def trace_ids(self) -> TraceIds:
+        """Ids of the current span, for the decision's audit row."""
+        return trace_ids_of(trace.get_current_span()) if self.tracing else NO_TRACE
+
+    @contextlib.contextmanager
+    def decision_span(self) -> Iterator[None]:
+        """A child span per decision of a RouteStream (a no-op when the stream is untraced)."""
+        if not self.tracing or not trace.get_current_span().is_recording():
+            yield
+            return
+        with self._tracer.start_as_current_span("routing.decide"):
+            yield
+
+    def decided(self, task: domain.Task, decision: domain.Decision, elapsed_s: float) -> None:
+        """Count and time a decision; describe it on the current span when that records."""
+        sel = decision.selection
+        chosen = sel.chosen
+        labels: dict[str, str] = {"policy": sel.policy, "status": sel.status.value.lower()}
+        if chosen is not None:
+            labels["model"] = chosen.model
+            labels["provider"] = chosen.provider
+        self._decisions.add(1, labels)
+        self._latency.record(elapsed_s, labels)
+        if self.tracing:
+            span = trace.get_current_span()
+            if span.is_recording():
+                describe_decision(span, task, decision)
+
+    # -- ReportOutcome ---------------------------------------------------------------------
+
+    def reported(self, ack: OutcomeAck) -> None:
+        """Attempt spans under the decision's span, then spend, tokens and fallbacks."""
+        if self.tracing:
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attributes({
+                    DECISION_ID: ack.decision_id, ATTEMPTS: len(ack.attempts),
+                    ACTUAL_COST: ack.actual_cost_micros, DUPLICATE: ack.duplicate,
+                })
+        if ack.duplicate or ack.decision is None:
+            return  # a repeat changed nothing, so it records nothing
+        record = ack.decision
+        if self.tracing:
+            self._attempt_spans(record, ack.attempts)
+        project = _project(record.labels_json)
+        previous: AttemptRecord | None = None
+        for a in ack.attempts:
+            self._attempt_metrics(a, project, previous)
+            previous = a
+
+    def _attempt_spans(self, record: DecisionRecord, attempts: Sequence[AttemptRecord]) -> None:
+        parent = parent_context(record)  # None: under this ReportOutcome span instead
+        here = trace.get_current_span().get_span_context()
+        links = [Link(here)] if parent is not None and here.is_valid else None
+        # Attempts without started_at are laid end to end, the last one ending now.
+        cursor = self._clock.now()
+        starts: list[float] = []
+        for a in reversed(attempts):
+            start = a.started_at if a.started_at is not None else cursor - a.duration_s
+            starts.append(start)
+            cursor = start
+        for a, start in zip(attempts, reversed(starts), strict=True):
+            attrs: dict[str, AttributeValue] = {
+                GEN_AI_OPERATION_NAME: OPERATION,
+                GEN_AI_REQUEST_MODEL: a.model,
+                GEN_AI_PROVIDER_NAME: a.provider,
+                GEN_AI_USAGE_INPUT_TOKENS: a.input_tokens,
+                GEN_AI_USAGE_OUTPUT_TOKENS: a.output_tokens,
+                DECISION_ID: record.decision_id,
+                ATTEMPT_INDEX: a.attempt_index,
+                ATTEMPT_STATUS: a.status.value,
+                ATTEMPT_COST: a.actual_cost_micros,
+                ATTEMPT_ESTIMATED_COST: a.estimated_cost_micros,
+                ATTEMPT_FALLBACK: a.model != record.chosen_model,
+            }
+            failed = a.status is not domain.AttemptStatus.SUCCESS
+            if failed:
+                attrs[ERROR_TYPE] = _error_type(a)
+            start_ns = int(start * 1e9)
+            span = self._tracer.start_span(
+                f"{OPERATION} {a.model}", context=parent, kind=SpanKind.CLIENT,
+                attributes=attrs, links=links, start_time=start_ns,
+            )
+            if failed:
+                span.set_status(Status(StatusCode.ERROR, _error_type(a)))
+            span.end(end_time=start_ns + int(max(a.duration_s, 0.0) * 1e9))
+
+    def _attempt_metrics(self, a: AttemptRecord, project: str,
+                         previous: AttemptRecord | None) -> None:
+        labels = {"model": a.model, "provider": a.provider}
+        if project:
+            labels["project"] = project
+        self._spend.add(a.actual_cost_micros / domain.MICROS_PER_USD, labels)
+        for kind, count in (("input", a.input_tokens), ("output", a.output_tokens)):
+            self._tokens.add(count, {**labels, "type": kind})
+        gen_ai: dict[str, str] = {
+            GEN_AI_OPERATION_NAME: OPERATION, GEN_AI_PROVIDER_NAME: a.provider,
+            GEN_AI_REQUEST_MODEL: a.model,
+        }
+        for kind, count in (("input", a.input_tokens), ("output", a.output_tokens)):
+            if count > 0:
+                self._token_usage.record(count, {**gen_ai, GEN_AI_TOKEN_TYPE: kind})
+        if a.status is not domain.AttemptStatus.SUCCESS:
+            gen_ai[ERROR_TYPE] = _error_type(a)
+        self._op_duration.record(max(a.duration_s, 0.0), gen_ai)
+        if previous is not None:
+            self._fallbacks.add(1, {
+                "from_model": previous.model, "from_provider": previous.provider,
+                "model": a.model, "provider": a.provider,
+            })
+
+    # -- gauges ----------------------------------------------------------------------------
+
+    def set_provider_health(self, source: ProviderHealthSource) -> None:
+        """Feed the provider gauges from `source`.
+
+        `source` is called on the event loop (so it may read loop-owned state without locks),
+        at most once a second; until it is set every catalog provider reports healthy/closed.
+        """
+        self._health = source
+        with self._snapshot_lock:
+            self._snapshots.pop("health", None)
+
+    def _all_healthy(self) -> Iterable[ProviderHealth]:
+        return [ProviderHealth(p) for p in sorted(set(self._providers()))]
+
+    def _snapshot(self, key: str, read: Callable[[], Iterable[T]]) -> Sequence[T]:
+        """`read()` run on the event loop (the ledger is not thread-safe), cached briefly."""
+        now = time.monotonic()
+        with self._snapshot_lock:
+            cached = self._snapshots.get(key)
+        if cached is not None and now - cached[0] < SNAPSHOT_TTL_S:
+            return cached[1]
+        value = self._on_loop(lambda: tuple(read()), cached[1] if cached else ())
+        with self._snapshot_lock:
+            self._snapshots[key] = (now, value)
+        return value
+
+    def _on_loop(self, fn: Callable[[], T], fallback: T) -> T:
+        loop = self._loop
+        if (loop is None or threading.get_ident() == self._loop_thread or loop.is_closed()
+                or not loop.is_running()):
+            return fn()
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn())
+            except Exception as exc:
+                done.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(run)
+            return done.result(timeout=2.0)
+        except (RuntimeError, concurrent.futures.TimeoutError):
+            return fallback
+
+    def _budget_statuses(self) -> Iterator[domain.BudgetStatus]:
+        for s in self._snapshot("budgets", self._budgets):
+            if s.period is not domain.BudgetPeriod.TASK and s.limit_micros > 0:
+                yield s
+
+    def _observe_utilisation(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation((s.spent_micros + s.reserved_micros) / s.limit_micros,
+                            {"scope": s.scope, "period": s.period.value})
+                for s in self._budget_statuses()]
+
+    def _observe_remaining(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(s.remaining_micros / domain.MICROS_PER_USD,
+                            {"scope": s.scope, "period": s.period.value})
+                for s in self._budget_statuses()]
+
+    def _observe_budget_state(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(int(s.state is state),
+                            {"scope": s.scope, "period": s.period.value,
+                             "state": state.value.lower()})
+                for s in self._budget_statuses() for state in domain.BudgetState]
+
+    def _observe_detection(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(int(h.detection == state), {"provider": h.provider, "state": state})
+                for h in self._snapshot("health", self._health) for state in DETECTION_STATES]
+
+    def _observe_breaker(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(int(h.breaker == state), {"provider": h.provider, "state": state})
+                for h in self._snapshot("health", self._health) for state in BREAKER_STATES]
+
+
+def describe_decision(span: Span, task: domain.Task, decision: domain.Decision) -> None:
+    """The decision as attributes (one call) and each rejected candidate as an event."""
+    sel = decision.selection
+    chosen = sel.chosen
+    rejected = [a for a in sel.alternatives if a.rejection not in _KEPT]
+    attrs: dict[str, AttributeValue] = {
+        DECISION_ID: decision.decision_id,
+        TASK_ID: task.task_id,
+        TASK_TYPE: task.task_type,
+        POLICY: sel.policy,
+        OBJECTIVE: sel.objective.value,
+        STATUS: sel.status.value,
+        REASON_CODE: sel.reason_code.value,
+        REASON: sel.reason,
+        DRY_RUN: decision.dry_run,
+        ESTIMATED_COST: sel.estimated_cost_micros,
+        CANDIDATES: len(sel.alternatives),
+        REJECTED: len(rejected),
+        FALLBACKS: len(sel.fallbacks),
+    }
+    if chosen is not None:
+        attrs[GEN_AI_REQUEST_MODEL] = chosen.model
+        attrs[GEN_AI_PROVIDER_NAME] = chosen.provider
+        attrs[TIER] = chosen.tier
+        if chosen.slot_id:
+            attrs[SLOT_ID] = chosen.slot_id
+    if sel.fallbacks:
+        attrs[FALLBACK_MODELS] = [f.model for f in sel.fallbacks]
+    project = task.labels.get("project")
+    if project:
+        attrs[PROJECT] = project
+    span.set_attributes(attrs)
+    for a in rejected:
+        span.add_event(REJECTED_EVENT, {
+            GEN_AI_REQUEST_MODEL: a.model, GEN_AI_PROVIDER_NAME: a.provider, TIER: a.tier,
+            REJECTION: a.rejection.value, REJECTION_REASON: a.reason,
+            ESTIMATED_COST: a.estimated_cost_micros,
+        })
+
+
+def _error_type(a: AttemptRecord) -> str:
+    return a.error_type or a.status.value.lower()
+
+
+def disabled(clock: Clock) -> Observer:
+    """An observer that records nothing (no tracer, no meter)."""
+    from opentelemetry.metrics import NoOpMeterProvider  # noqa: PLC0415
+
+    return Observer(trace.NoOpTracer(), NoOpMeterProvider().get_meter("routing_sidecar"), clock,
+                    tracing=False)

@@ -1,0 +1,118 @@
+"""Health and learned quality around the core: what decisions consult, what outcomes feed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from routing_sidecar import domain
+from routing_sidecar.core.health import Detection, HealthBook, HealthStats, PerfRow
+from routing_sidecar.core.learning import (
+    LearnedStats,
+    LearningSnapshot,
+    QualityBook,
+    QualityGate,
+    QualityRow,
+    ShareRow,
+    is_critical,
+)
+
+HEALTH_BOOK = "health"
+QUALITY_BOOK = "quality"
+LEARNED_BOOKS = (HEALTH_BOOK, QUALITY_BOOK)
+
+
+@dataclass(frozen=True, slots=True)
+class LearnerReport:
+    """What health and learning know right now, for GetRoutingStats."""
+
+    health: tuple[HealthStats, ...] = ()
+    detection: Mapping[str, Detection] = field(default_factory=dict)
+    learned: tuple[LearnedStats, ...] = ()
+
+
+class Learner:
+    """Owns the HealthBook and QualityBook; the only place the service touches either."""
+
+    def __init__(
+        self,
+        health: HealthBook,
+        quality: QualityBook,
+        critical_lanes: frozenset[str],
+        rng: random.Random,
+    ) -> None:
+        self.health = health
+        self.quality = quality
+        self.critical_lanes = critical_lanes
+        self._rng = rng
+
+    def gate(self, task: domain.Task, policy: domain.Policy) -> QualityGate:
+        """The quality check for one decision; critical lanes and policies never explore."""
+        return self.quality.gate(is_critical(task, policy, self.critical_lanes), self._rng)
+
+    def after_decision(
+        self, task: domain.Task, selection: domain.Selection, gate: QualityGate,
+        model: domain.ModelSpec | None, now: float,
+    ) -> None:
+        """Consume a half-open probe and count exploration, for real (not dry-run) decisions."""
+        if task.dry_run:
+            return
+        explored = False
+        if model is not None:
+            self.health.on_routed(model, now)
+            explored = gate.explored(model.name)
+        self.quality.note_decision(task.task_type, explored)
+
+    def observe(
+        self,
+        task_type: str,
+        labels: Mapping[str, str],
+        attempts: Sequence[domain.Attempt],
+        success: bool,
+        quality: float | None,
+        now: float,
+    ) -> None:
+        """Feed a recorded outcome: every attempt to health, the final model to learning."""
+        if not attempts:
+            return
+        self.health.record_outcome(attempts, now, lane=labels.get("lane"))
+        self.quality.observe(task_type, attempts[-1].model, success, quality)
+
+    def report(self, now: float, providers: Iterable[str]) -> LearnerReport:
+        """Health rows, detection states (every catalog provider listed) and learned quality."""
+        return LearnerReport(
+            health=tuple(self.health.stats(now)),
+            detection=self.health.detection(now, providers=providers),
+            learned=tuple(self.quality.stats()),
+        )
+
+    def dump(self) -> dict[str, str]:
+        """Both books as JSON, keyed by book name, for the store."""
+        snap = self.quality.snapshot()
+        return {
+            HEALTH_BOOK: json.dumps([dataclasses.asdict(r) for r in self.health.snapshot()]),
+            QUALITY_BOOK: json.dumps(
+                {
+                    "estimates": [dataclasses.asdict(r) for r in snap.estimates],
+                    "shares": [dataclasses.asdict(r) for r in snap.shares],
+                }
+            ),
+        }
+
+    def load(self, books: Mapping[str, str | None]) -> None:
+        """Restore both books from what `dump` wrote; a missing book starts from the priors."""
+        health = books.get(HEALTH_BOOK)
+        if health:
+            self.health.restore([PerfRow(**row) for row in json.loads(health)])
+        quality = books.get(QUALITY_BOOK)
+        if quality:
+            raw = json.loads(quality)
+            self.quality.restore(
+                LearningSnapshot(
+                    estimates=tuple(QualityRow(**r) for r in raw["estimates"]),
+                    shares=tuple(ShareRow(**r) for r in raw["shares"]),
+                )
+            )

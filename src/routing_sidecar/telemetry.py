@@ -1,0 +1,244 @@
+"""The only module that configures the OpenTelemetry SDK and its exporters.
+
+`setup(cfg.telemetry)` builds a tracer provider and a meter provider from the config's
+`telemetry` section and the standard OTEL_* environment variables, which the SDK and its
+exporters read themselves (endpoint, headers, timeout, certificates, sampler, service name,
+resource attributes, batch and export intervals). This module only picks which exporter runs:
+
+- traces: OTLP over gRPC or HTTP, console, or none (then no tracer provider and no spans at
+  all: the gRPC server runs without the tracing interceptor);
+- metrics: the same exporter on a periodic reader, plus Prometheus text on the admin port
+  (`admin_listen`, loopback by default) whatever the exporter.
+
+`Telemetry.shutdown()` flushes pending spans and metrics; the sidecar calls it last on stop.
+Nothing here logs a header value: the exporters get their headers from the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+from wsgiref.simple_server import WSGIServer
+
+from opentelemetry import metrics, trace
+from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
+from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+from routing_sidecar import __version__
+from routing_sidecar.config import TelemetryConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SERVICE_NAME = "routing-sidecar"
+INSTRUMENTATION_NAME = "routing_sidecar"
+
+Exporter = Literal["otlp_grpc", "otlp_http", "console", "none"]
+
+
+def exporter_kind(cfg: TelemetryConfig) -> Exporter:
+    """The configured exporter, else the one OTEL_TRACES_EXPORTER / _PROTOCOL name, else none."""
+    if cfg.exporter is not None:
+        return cfg.exporter
+    name = os.environ.get(OTEL_TRACES_EXPORTER, "none").strip().lower()
+    if name == "console":
+        return "console"
+    if name == "otlp":
+        protocol = os.environ.get(OTEL_EXPORTER_OTLP_PROTOCOL, "grpc").strip().lower()
+        return "otlp_http" if protocol.startswith("http") else "otlp_grpc"
+    return "none"
+
+
+def build_resource(cfg: TelemetryConfig) -> Resource:
+    """service.name, service.version, and whatever OTEL_RESOURCE_ATTRIBUTES adds.
+
+    service.name: the config's, else OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES', else
+    routing-sidecar.
+    """
+    attributes: dict[str, str] = {SERVICE_VERSION: __version__}
+    if cfg.service_name:
+        attributes[SERVICE_NAME] = cfg.service_name
+    resource = Resource.create(attributes)
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    return resource
+
+
+def _http_endpoint(base: str | None, path: str) -> str | None:
+    # Like OTEL_EXPORTER_OTLP_ENDPOINT: a base URL to which the signal's path is appended.
+    return f"{base.rstrip('/')}/{path}" if base else None
+
+
+def _exporters(kind: Exporter, cfg: TelemetryConfig) -> tuple[SpanExporter, MetricExporter]:
+    if kind == "otlp_grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # noqa: PLC0415
+            OTLPMetricExporter,
+        )
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+            OTLPSpanExporter,
+        )
+
+        return (OTLPSpanExporter(endpoint=cfg.endpoint, insecure=cfg.insecure),
+                OTLPMetricExporter(endpoint=cfg.endpoint, insecure=cfg.insecure))
+    if kind == "otlp_http":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # noqa: PLC0415
+            OTLPMetricExporter as HttpMetricExporter,
+        )
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+            OTLPSpanExporter as HttpSpanExporter,
+        )
+
+        return (HttpSpanExporter(endpoint=_http_endpoint(cfg.endpoint, "v1/traces")),
+                HttpMetricExporter(endpoint=_http_endpoint(cfg.endpoint, "v1/metrics")))
+    return ConsoleSpanExporter(), ConsoleMetricExporter()
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    """("127.0.0.1", 9464) from "127.0.0.1:9464"; IPv6 hosts may be bracketed."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class AdminServer:
+    """Prometheus text exposition on a small HTTP port (every path answers; use /metrics)."""
+
+    address: str
+    _server: WSGIServer
+    _thread: threading.Thread
+
+    @classmethod
+    def start(cls, listen: str, registry: object) -> AdminServer:
+        """Serve `registry` on `listen` (port 0 picks a free port) from a daemon thread."""
+        from prometheus_client import start_http_server  # noqa: PLC0415
+
+        host, port = split_host_port(listen)
+        try:
+            server, thread = start_http_server(port, addr=host, registry=registry)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise OSError(f"telemetry.admin_listen: cannot bind {listen}: {exc.strerror}") from exc
+        bound = server.server_address[1]
+        shown = f"[{host}]" if ":" in host else host
+        return cls(f"{shown}:{bound}", server, thread)
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+@dataclass
+class Telemetry:
+    """The providers the sidecar records through, and how to flush and stop them."""
+
+    exporter: Exporter
+    meter_provider: metrics.MeterProvider
+    # None when tracing is off: no spans are made and the server runs without the interceptor.
+    tracer_provider: trace.TracerProvider | None = None
+    admin: AdminServer | None = None
+    _shutdowns: list[Callable[[], object]] = field(default_factory=list)
+
+    @property
+    def tracing(self) -> bool:
+        """Whether spans are made and exported."""
+        return self.tracer_provider is not None
+
+    @property
+    def admin_address(self) -> str | None:
+        """HOST:PORT of the /metrics endpoint, with the port actually bound; None when off."""
+        return self.admin.address if self.admin else None
+
+    def tracer(self) -> trace.Tracer:
+        """The sidecar's tracer (a no-op one when tracing is off)."""
+        provider = self.tracer_provider or trace.NoOpTracerProvider()
+        return provider.get_tracer(INSTRUMENTATION_NAME, __version__)
+
+    def meter(self) -> metrics.Meter:
+        """The sidecar's meter."""
+        return self.meter_provider.get_meter(INSTRUMENTATION_NAME, __version__)
+
+    def shutdown(self) -> None:
+        """Flush pending spans and metrics to their exporters, then stop (blocking)."""
+        for stop in self._shutdowns:
+            try:
+                stop()
+            except Exception:  # a broken exporter must not keep the process from exiting
+                log.exception("telemetry shutdown step failed")
+        self._shutdowns.clear()
+
+
+def disabled() -> Telemetry:
+    """No spans, no metrics, no admin port."""
+    return Telemetry("none", metrics.NoOpMeterProvider())
+
+
+def setup(cfg: TelemetryConfig) -> Telemetry:
+    """Build the providers, exporters and admin port the config and OTEL_* variables ask for."""
+    kind = exporter_kind(cfg)
+    resource = build_resource(cfg)
+    readers: list[MetricReader] = []
+    admin: AdminServer | None = None
+    if cfg.admin_listen:  # first: a port that cannot be bound stops the start, nothing leaks
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
+        from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+        registry = CollectorRegistry()  # one per sidecar, so several can share a process
+        admin = AdminServer.start(cfg.admin_listen, registry)
+        readers.append(PrometheusMetricReader(registry=registry))
+    shutdowns: list[Callable[[], object]] = []
+    tracer_provider: TracerProvider | None = None
+    if kind != "none":
+        span_exporter, metric_exporter = _exporters(kind, cfg)
+        # No ratio configured: the SDK reads OTEL_TRACES_SAMPLER(_ARG), default parent-based.
+        sampler = (ParentBased(TraceIdRatioBased(cfg.sample_ratio))
+                   if cfg.sample_ratio is not None else None)
+        tracer_provider = TracerProvider(resource=resource, sampler=sampler)
+        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+        shutdowns.append(tracer_provider.shutdown)
+        interval = cfg.metric_export_interval_s
+        readers.append(PeriodicExportingMetricReader(
+            metric_exporter,
+            export_interval_millis=interval * 1000 if interval is not None else None,
+        ))
+    meter_provider: metrics.MeterProvider = metrics.NoOpMeterProvider()
+    if readers:
+        sdk_meters = MeterProvider(metric_readers=readers, resource=resource)
+        shutdowns.append(sdk_meters.shutdown)
+        meter_provider = sdk_meters
+    if admin is not None:
+        shutdowns.append(admin.stop)
+    log.info("telemetry configured", extra={
+        "exporter": kind, "endpoint": _redacted(cfg.endpoint),
+        "admin_address": admin.address if admin else None,
+        "service_name": resource.attributes.get(SERVICE_NAME),
+    })
+    return Telemetry(kind, meter_provider, tracer_provider, admin, shutdowns)
+
+
+def _redacted(url: str | None) -> str | None:
+    """An endpoint without any user:password part, for logs."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    return urlunsplit(parts._replace(netloc=f"{netloc}:{parts.port}" if parts.port else netloc))
+

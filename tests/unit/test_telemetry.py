@@ -1,0 +1,194 @@
+"""Telemetry setup from config and OTEL_* variables, the log context, and attempt-span helpers."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from routing_sidecar import logs, telemetry
+from routing_sidecar.config import TelemetryConfig, parse_config
+from routing_sidecar.errors import ConfigError
+from routing_sidecar.grpc_api.observe import parent_context, trace_ids_of
+from routing_sidecar.ports import DecisionRecord
+from tests.conftest import DEFAULT_CONFIG
+
+OTEL_VARS = ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_SERVICE_NAME",
+             "OTEL_RESOURCE_ATTRIBUTES", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in OTEL_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize(
+    ("configured", "env", "expected"),
+    [
+        (None, {}, "none"),
+        (None, {"OTEL_TRACES_EXPORTER": "otlp"}, "otlp_grpc"),
+        (None, {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+         "otlp_http"),
+        (None, {"OTEL_TRACES_EXPORTER": "console"}, "console"),
+        (None, {"OTEL_TRACES_EXPORTER": "zipkin"}, "none"),
+        ("none", {"OTEL_TRACES_EXPORTER": "otlp"}, "none"),  # the file wins over the env
+        ("otlp_http", {"OTEL_TRACES_EXPORTER": "console"}, "otlp_http"),
+    ],
+)
+def test_exporter_from_config_else_env(
+    monkeypatch: pytest.MonkeyPatch, configured: str | None, env: dict[str, str], expected: str
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert telemetry.exporter_kind(TelemetryConfig(exporter=configured)) == expected  # type: ignore[arg-type]
+
+
+def test_service_name_config_then_env_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    res = telemetry.build_resource(TelemetryConfig())
+    assert res.attributes["service.name"] == "routing-sidecar"
+    assert res.attributes["service.version"] == telemetry.__version__
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod,team=infra")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "router-east")
+    res = telemetry.build_resource(TelemetryConfig())
+    assert res.attributes["service.name"] == "router-east"
+    assert res.attributes["team"] == "infra"
+    res = telemetry.build_resource(TelemetryConfig(service_name="from-file"))
+    assert res.attributes["service.name"] == "from-file"
+    assert res.attributes["deployment.environment"] == "prod"
+
+
+def test_sample_ratio_applies_to_roots_and_follows_a_sampled_parent() -> None:
+    tel = telemetry.setup(TelemetryConfig(exporter="console", sample_ratio=0.0, admin_listen=""))
+    try:
+        tracer = tel.tracer()
+        assert not tracer.start_span("root").is_recording()
+        parent = SpanContext(0x1234, 0x5678, is_remote=True,
+                             trace_flags=TraceFlags(TraceFlags.SAMPLED))
+        ctx = trace.set_span_in_context(NonRecordingSpan(parent))
+        child = tracer.start_span("child", context=ctx)
+        assert child.is_recording()
+        child.end()
+    finally:
+        tel.shutdown()
+
+
+def test_sampler_from_env_when_the_file_sets_no_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    tel = telemetry.setup(TelemetryConfig(exporter="console", admin_listen=""))
+    try:
+        assert not tel.tracer().start_span("root").is_recording()
+    finally:
+        tel.shutdown()
+
+
+def test_tracing_off_means_no_provider_and_no_spans() -> None:
+    tel = telemetry.setup(TelemetryConfig(exporter="none", admin_listen=""))
+    assert not tel.tracing and tel.tracer_provider is None and tel.admin_address is None
+    assert not tel.tracer().start_span("x").is_recording()
+    tel.shutdown()
+
+
+def test_http_endpoint_gets_the_signal_paths() -> None:
+    spans, metrics = telemetry._exporters(
+        "otlp_http", TelemetryConfig(endpoint="http://collector:4318/"))
+    assert spans._endpoint == "http://collector:4318/v1/traces"  # type: ignore[attr-defined]
+    assert metrics._endpoint == "http://collector:4318/v1/metrics"  # type: ignore[attr-defined]
+    spans.shutdown()
+    metrics.shutdown()
+
+
+def test_endpoint_credentials_are_redacted_for_logs() -> None:
+    assert telemetry._redacted("https://user:pw@otel.example:4317/x") == "https://otel.example:4317/x"
+    assert telemetry._redacted("http://127.0.0.1:4317") == "http://127.0.0.1:4317"
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        ("{admin_listen: 'nope'}", "telemetry.admin_listen:"),
+        ("{admin_listen: '127.0.0.1:70000'}", "telemetry.admin_listen:"),
+        ("{exporter: jaeger}", "telemetry.exporter:"),
+        ("{sample_ratio: 1.5}", "telemetry.sample_ratio:"),
+        ("{metric_export_interval_s: 0}", "telemetry.metric_export_interval_s:"),
+        ("{headers: 'x-api-key=1'}", "telemetry.headers:"),
+    ],
+)
+def test_bad_telemetry_section_names_the_path(section: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(_without_shipped_telemetry() + f"\ntelemetry: {section}\n")
+    assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
+
+
+def _without_shipped_telemetry() -> str:
+    lines, out, skipping = DEFAULT_CONFIG.read_text().splitlines(), [], False
+    for line in lines:
+        if line.startswith("telemetry:"):
+            skipping = True
+            continue
+        if skipping and (line.startswith(" ") or line.startswith("#") or not line):
+            continue
+        skipping = False
+        out.append(line)
+    return "\n".join(out)
+
+
+def test_shipped_config_keeps_tracing_off_and_metrics_on_loopback() -> None:
+    cfg = parse_config(DEFAULT_CONFIG.read_text())
+    assert cfg.telemetry.exporter is None and cfg.telemetry.admin_listen == "127.0.0.1:9464"
+    assert parse_config(_without_shipped_telemetry()).telemetry == TelemetryConfig()
+
+
+def test_json_logs_carry_trace_and_decision_ids() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    handler.addFilter(logs.ContextFilter())
+    logger = logging.getLogger("test.telemetry.logs")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("outside")
+        ctx = SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(1))
+        with trace.use_span(NonRecordingSpan(ctx)):
+            logs.bind_decision("d-123")
+            logger.warning("inside", extra={"scope": "global"})
+    finally:
+        logger.removeHandler(handler)
+        logs.bind_decision("")
+    outside, inside = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert "trace_id" not in outside and "decision_id" not in outside
+    assert inside["trace_id"] == f"{0xABC:032x}" and inside["span_id"] == f"{0xDEF:016x}"
+    assert inside["decision_id"] == "d-123" and inside["scope"] == "global"
+
+
+def test_trace_ids_only_for_sampled_spans_and_parent_from_stored_ids() -> None:
+    sampled = SpanContext(0xA1, 0xB2, is_remote=False, trace_flags=TraceFlags(1))
+    ids = trace_ids_of(NonRecordingSpan(sampled))
+    assert (ids.trace_id, ids.span_id) == (f"{0xA1:032x}", f"{0xB2:016x}")
+    unsampled = SpanContext(0xA1, 0xB2, is_remote=False, trace_flags=TraceFlags(0))
+    assert trace_ids_of(NonRecordingSpan(unsampled)).trace_id == ""
+    record = _record(ids.trace_id, ids.span_id)
+    ctx = parent_context(record)
+    assert ctx is not None
+    parent = trace.get_current_span(ctx).get_span_context()
+    assert (parent.trace_id, parent.span_id, parent.is_remote) == (0xA1, 0xB2, True)
+    assert parent_context(_record("", "")) is None
+    assert parent_context(_record("zz", "yy")) is None
+
+
+def _record(trace_id: str, span_id: str) -> DecisionRecord:
+    from routing_sidecar import domain
+
+    return DecisionRecord(
+        decision_id="d", task_id="t", task_type="fix_bug", status=domain.DecisionStatus.ROUTED,
+        reason_code=domain.ReasonCode.SELECTED, chosen_model="m", chosen_provider="p",
+        chosen_slot_id=None, tier=1, policy="code", objective=domain.Objective.BALANCED,
+        estimated_cost_micros=1, reason="r", alternatives_json="[]", fallbacks_json="[]",
+        labels_json="{}", dry_run=False, decided_at=0.0, config_hash="h",
+        trace_id=trace_id, span_id=span_id,
+    )
