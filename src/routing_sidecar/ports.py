@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import orjson
+
 from routing_sidecar import domain
 from routing_sidecar.core.budget_rules import EntryKind, LedgerEntry
 
@@ -38,22 +40,6 @@ class SystemClock:
 
 def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _alternative(a: domain.Alternative) -> dict[str, object]:
-    # Built by hand: dataclasses.asdict deep-copies and costs more than the decision itself.
-    return {
-        "model": a.model, "provider": a.provider, "tier": a.tier, "score": a.score,
-        "estimated_cost_micros": a.estimated_cost_micros, "rejection": a.rejection.value,
-        "reason": a.reason, "estimated_quality": a.estimated_quality, "slot_id": a.slot_id,
-    }
-
-
-def _fallback(f: domain.Fallback) -> dict[str, object]:
-    return {
-        "model": f.model, "provider": f.provider, "tier": f.tier,
-        "estimated_cost_micros": f.estimated_cost_micros, "slot_id": f.slot_id,
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +83,10 @@ class DecisionRecord:
             tier=chosen.tier if chosen else None,
             policy=sel.policy, objective=sel.objective,
             estimated_cost_micros=sel.estimated_cost_micros, reason=sel.reason,
-            alternatives_json=_json([_alternative(a) for a in sel.alternatives]),
-            fallbacks_json=_json([_fallback(f) for f in sel.fallbacks]),
+            # orjson writes the frozen dataclasses directly, several times faster than
+            # json.dumps: this runs on every Route.
+            alternatives_json=orjson.dumps(sel.alternatives).decode(),
+            fallbacks_json=orjson.dumps(sel.fallbacks).decode(),
             labels_json=_json(dict(sorted(task.labels.items()))),
             dry_run=decision.dry_run, decided_at=decision.decided_at,
             config_hash=config_hash, trace_id=trace_id, span_id=span_id,
