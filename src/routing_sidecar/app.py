@@ -17,7 +17,7 @@ from routing_sidecar.core.catalog import Catalog
 from routing_sidecar.core.health import HealthBook
 from routing_sidecar.core.learning import QualityBook
 from routing_sidecar.errors import ConfigError, StorageError
-from routing_sidecar.grpc_api.observe import Observer
+from routing_sidecar.grpc_api.observe import Observer, ProviderHealth
 from routing_sidecar.grpc_api.server import SidecarServer
 from routing_sidecar.grpc_api.servicer import RouterServicer
 from routing_sidecar.ports import Clock, SystemClock
@@ -39,6 +39,7 @@ class Sidecar:
         *,
         config_path: str | None = None,
         listen: str | None = None,
+        admin_listen: str | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -47,6 +48,7 @@ class Sidecar:
         self.clock = clock or SystemClock()
         self._rng = rng or random.Random()  # exploration draws; the core takes randomness here
         self._listen = listen or cfg.server.listen
+        self._admin_listen = admin_listen  # overrides telemetry.admin_listen ("" turns it off)
         self.store: SqliteStore | None = None
         self.server: SidecarServer | None = None
         self._upkeep_task: asyncio.Task[None] | None = None
@@ -68,7 +70,10 @@ class Sidecar:
         """Open the store, rebuild the ledger from it, and start serving."""
         cfg = self.cfg
         # First, so a busy admin port stops the start before anything else is opened.
-        tel = self.telemetry = telemetry.setup(cfg.telemetry)
+        tcfg = cfg.telemetry
+        if self._admin_listen is not None:
+            tcfg = tcfg.model_copy(update={"admin_listen": self._admin_listen})
+        tel = self.telemetry = telemetry.setup(tcfg)
         store = await SqliteStore.open(
             cfg.store.path, retention_days=cfg.store.retention_days, clock=self.clock
         )
@@ -97,14 +102,28 @@ class Sidecar:
             providers=lambda: (m.provider for m in self.routing.catalog.models.values()),
             loop=asyncio.get_running_loop(),
         )
+        self.observer.set_provider_health(self._provider_health)
         servicer = RouterServicer(self.routing, self.outcomes, store, self.clock, self.observer)
-        self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes,
-                                    tel.tracer_provider)
+        self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes)
         self._upkeep_task = asyncio.create_task(self.upkeep.run(), name="upkeep")
         await self.server.start()
         log.info("sidecar started", extra={
             "address": self.address, "config_hash": digest, "metrics": self.admin_address,
         })
+
+    def _provider_health(self) -> list[ProviderHealth]:
+        """Detection and breaker state of every catalog provider, for the provider gauges."""
+        now = self.clock.now()
+        health = self.routing.learner.health
+        states = health.detection(now, providers=self.routing.catalog.providers())
+        return [
+            ProviderHealth(
+                key.removeprefix("provider:"), state.value,
+                health.breaker(key, now).status.value,
+            )
+            for key, state in states.items()
+            if key.startswith("provider:")
+        ]
 
     async def _learner(self, cfg: RouterConfig, store: SqliteStore) -> Learner:
         """Health and learned quality, resumed from the store's last snapshot."""
@@ -165,9 +184,12 @@ class Sidecar:
         return True
 
 
-async def serve(config_path: str, listen: str | None = None) -> int:
+async def serve(
+    config_path: str, listen: str | None = None, admin_listen: str | None = None
+) -> int:
     """Run a sidecar until SIGTERM or SIGINT; SIGHUP reloads the config."""
-    sidecar = Sidecar(load_config(config_path), config_path=config_path, listen=listen)
+    sidecar = Sidecar(load_config(config_path), config_path=config_path, listen=listen,
+                      admin_listen=admin_listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -11,12 +11,19 @@ import grpc
 
 from routing_sidecar import logs
 from routing_sidecar.app import serve
-from routing_sidecar.config import load_config
+from routing_sidecar.config import TelemetryConfig, load_config
 from routing_sidecar.errors import ConfigError, InvalidArgument
 from routing_sidecar.grpc_api import client
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _admin_listen(value: str) -> str:
+    try:
+        return TelemetryConfig(admin_listen=value).admin_listen
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT or \"\" (got {value!r})") from exc
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the sidecar")
     s.add_argument("--config", default="config/router.yaml")
     s.add_argument("--listen", help="HOST:PORT or unix:///path.sock (overrides server.listen)")
+    s.add_argument("--admin-listen", type=_admin_listen,
+                   help='HOST:PORT for /metrics, or "" for none (overrides '
+                        "telemetry.admin_listen)")
     s.add_argument("--log-level", default="INFO")
     v = sub.add_parser("validate", help="check a config file; prints ok or every problem")
     v.add_argument("path")
@@ -95,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             logs.configure(args.log_level)
-            return asyncio.run(serve(args.config, args.listen))
+            return asyncio.run(serve(args.config, args.listen, args.admin_listen))
         if args.command == "validate":
             return _validate(args.path)
         if args.command == "budgets":

@@ -6,9 +6,10 @@ exporters read themselves (endpoint, headers, timeout, certificates, sampler, se
 resource attributes, batch and export intervals). This module only picks which exporter runs:
 
 - traces: OTLP over gRPC or HTTP, console, or none (then no tracer provider and no spans at
-  all: the gRPC server runs without the tracing interceptor);
-- metrics: the same exporter on a periodic reader, plus Prometheus text on the admin port
-  (`admin_listen`, loopback by default) whatever the exporter.
+  all);
+- metrics: the same exporter on a periodic reader (unless OTEL_METRICS_EXPORTER is none or
+  prometheus), plus Prometheus text on the admin port (`admin_listen`, loopback by default)
+  whatever the exporter.
 
 `Telemetry.shutdown()` flushes pending spans and metrics; the sidecar calls it last on stop.
 Nothing here logs a header value: the exporters get their headers from the environment.
@@ -26,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 from wsgiref.simple_server import WSGIServer
 
 from opentelemetry import metrics, trace
-from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
+from opentelemetry.environment_variables import OTEL_METRICS_EXPORTER, OTEL_TRACES_EXPORTER
 from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -62,6 +63,16 @@ def exporter_kind(cfg: TelemetryConfig) -> Exporter:
         protocol = os.environ.get(OTEL_EXPORTER_OTLP_PROTOCOL, "grpc").strip().lower()
         return "otlp_http" if protocol.startswith("http") else "otlp_grpc"
     return "none"
+
+
+def push_metrics() -> bool:
+    """Whether the exporter pushes metrics too.
+
+    Not when OTEL_METRICS_EXPORTER says none or prometheus: e.g. a Jaeger that takes traces
+    only, with Prometheus scraping /metrics.
+    """
+    name = os.environ.get(OTEL_METRICS_EXPORTER, "").strip().lower()
+    return name not in ("none", "prometheus")
 
 
 def build_resource(cfg: TelemetryConfig) -> Resource:
@@ -149,7 +160,7 @@ class Telemetry:
 
     exporter: Exporter
     meter_provider: metrics.MeterProvider
-    # None when tracing is off: no spans are made and the server runs without the interceptor.
+    # None when tracing is off: no spans are made at all.
     tracer_provider: trace.TracerProvider | None = None
     admin: AdminServer | None = None
     _shutdowns: list[Callable[[], object]] = field(default_factory=list)
@@ -211,11 +222,12 @@ def setup(cfg: TelemetryConfig) -> Telemetry:
         tracer_provider = TracerProvider(resource=resource, sampler=sampler)
         tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
         shutdowns.append(tracer_provider.shutdown)
-        interval = cfg.metric_export_interval_s
-        readers.append(PeriodicExportingMetricReader(
-            metric_exporter,
-            export_interval_millis=interval * 1000 if interval is not None else None,
-        ))
+        if push_metrics():
+            interval = cfg.metric_export_interval_s
+            readers.append(PeriodicExportingMetricReader(
+                metric_exporter,
+                export_interval_millis=interval * 1000 if interval is not None else None,
+            ))
     meter_provider: metrics.MeterProvider = metrics.NoOpMeterProvider()
     if readers:
         sdk_meters = MeterProvider(metric_readers=readers, resource=resource)

@@ -43,7 +43,8 @@ def learning_config(tmp_path: Path) -> dict[str, Any]:
         },
         "default_policy": "work",
         "critical_lanes": ["payments"],
-        "health": {"breaker": {"consecutive_failures": 3, "cooldown_s": 30}},
+        "health": {"breaker": {"consecutive_failures": 3, "cooldown_s": 30},
+                   "detection": {"min_volume": 2}},
         "learning": {"prior_strength": 5, "exploration": {"max_share": 0.2}},
     }
 
@@ -117,6 +118,17 @@ async def test_failing_model_is_cut_off_cooled_down_probed_once_and_recovers(
     states = {p.provider: p.detection_state for p in stats.providers}
     assert set(states) >= {"flakyco", "steadyco", "acme", "bigco"}
     assert states["acme"] == "idle"
+
+
+async def test_provider_gauges_read_detection_and_breaker_state(make: Make) -> None:
+    car, stub = await make(FakeClock())
+    for i in range(6):
+        d = await stub.Route(task("job", i, policy="pair"))
+        await report(stub, d, ok=False)  # flaky, then steady once flaky's breaker opens
+    gauges = {h.provider: h for h in car._provider_health()}
+    assert gauges["flakyco"].detection == "degraded"
+    assert (gauges["acme"].detection, gauges["acme"].breaker) == ("idle", "closed")
+    assert set(gauges) == {"acme", "bigco", "flakyco", "steadyco"}
 
 
 async def drive(stub: pb_grpc.RouterStub, task_type: str, rounds: int,

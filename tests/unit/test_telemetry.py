@@ -192,3 +192,15 @@ def _record(trace_id: str, span_id: str) -> DecisionRecord:
         labels_json="{}", dry_run=False, decided_at=0.0, config_hash="h",
         trace_id=trace_id, span_id=span_id,
     )
+
+
+@pytest.mark.parametrize(("value", "push"), [(None, True), ("otlp", True), ("none", False),
+                                             ("prometheus", False)])
+def test_metrics_push_can_be_turned_off_by_env(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, push: bool
+) -> None:
+    if value is None:
+        monkeypatch.delenv("OTEL_METRICS_EXPORTER", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_METRICS_EXPORTER", value)
+    assert telemetry.push_metrics() is push

@@ -37,10 +37,11 @@ from routing_sidecar.domain import (
 )
 
 Verdict = tuple[Rejection, str] | None
-_MIN_SHAPE = 1e-3  # Beta shape parameters must be positive for a draw
 T = TypeVar("T")
 _PASSED = frozenset({Rejection.CHOSEN, Rejection.FALLBACK, Rejection.OUTSCORED})
 
+# Pass/fail observations the prior is worth when estimating how widely scores spread.
+VARIANCE_PRIOR_WEIGHT = 2.0
 
 @dataclass(frozen=True, slots=True)
 class Qualification:
@@ -63,6 +64,7 @@ class QualityRow:
     successes: float
     failures: float
     graded: float  # observations that carried a quality
+    evidence_sq: float | None = None  # sum of y squared; None in snapshots that predate it
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +100,10 @@ class LearnedStats:
 class _Post:
     """Mutable decayed evidence of one (task type, model)."""
 
-    __slots__ = ("a", "b", "f", "g", "s")
+    __slots__ = ("a", "b", "f", "g", "q", "s")
 
     def __init__(self) -> None:
-        self.a = self.b = self.s = self.f = self.g = 0.0
+        self.a = self.b = self.s = self.f = self.g = self.q = 0.0
 
 
 def is_critical(task: Task, policy: Policy, critical_lanes: Collection[str]) -> bool:
@@ -149,6 +151,7 @@ class QualityBook:
         f = self._forget
         p.a = p.a * f + y
         p.b = p.b * f + (1.0 - y)
+        p.q = p.q * f + y * y
         p.s = p.s * f + success
         p.f = p.f * f + (not success)
         p.g = p.g * f + (quality is not None)
@@ -164,8 +167,7 @@ class QualityBook:
 
     def estimate(self, task_type: str, model: str) -> QualityEstimate:
         """Posterior mean, effective sample count and lower bound at the configured confidence."""
-        a, b, n = self._shape(task_type, model)
-        return self._estimate(a, b, n)
+        return self._estimate(*self._shape(task_type, model))
 
     def quality(self, task_type: str, model: ModelSpec) -> float:
         """Posterior mean, shaped as `Signals.quality` (the prior when nothing was learned)."""
@@ -194,8 +196,9 @@ class QualityBook:
     def qualify(self, task_type: str, model: str, floor: float, *, critical: bool = False,
                 rng: random.Random | None = None) -> Qualification:
         """Proven -> qualifies; unproven: excluded if critical, else maybe explored."""
-        a, b, n = self._shape(task_type, model)
-        est = self._estimate(a, b, n)
+        shape = self._shape(task_type, model)
+        est = self._estimate(*shape)
+        n = shape[3]
         desc = describe(est)
         if est.lower_bound >= floor:
             if n >= self._min_weight or self._vouched(model, floor):
@@ -211,7 +214,8 @@ class QualityBook:
         if not self.can_explore(task_type):
             return Qualification(
                 False, False, f"unproven: {short}; exploration share spent", est)
-        draw = rng.betavariate(max(a, _MIN_SHAPE), max(b, _MIN_SHAPE))
+        mean, var, total, _ = shape
+        draw = rng.gauss(mean, math.sqrt(var / (total + 1.0)))
         if draw >= floor:
             return Qualification(True, True, f"exploring: {short}; sampled {draw:.2f}", est)
         return Qualification(False, False, f"unproven: {short}; sampled {draw:.2f}", est)
@@ -238,7 +242,7 @@ class QualityBook:
     def snapshot(self) -> LearningSnapshot:
         """Every estimate's evidence and every task type's exploration counts."""
         return LearningSnapshot(
-            tuple(QualityRow(t, m, p.a, p.b, p.s, p.f, p.g)
+            tuple(QualityRow(t, m, p.a, p.b, p.s, p.f, p.g, p.q)
                   for t, models in self._types.items() for m, p in models.items()),
             tuple(ShareRow(t, d, e) for t, (d, e) in self._shares.items()),
         )
@@ -251,31 +255,45 @@ class QualityBook:
             p = self._types.setdefault(r.task_type, {}).setdefault(r.model, _Post())
             p.a, p.b, p.s, p.f, p.g = (r.evidence_for, r.evidence_against, r.successes,
                                        r.failures, r.graded)
+            # Snapshots from before squares were kept: treat the evidence as pass/fail.
+            p.q = r.evidence_sq if r.evidence_sq is not None else r.evidence_for
         for s in snap.shares:
             self._shares[s.task_type] = [s.decisions, s.explored]
 
     # -- internals -------------------------------------------------------------------------
 
-    def _shape(self, task_type: str, model: str) -> tuple[float, float, float]:
-        """Posterior Beta shapes (prior included) and the effective number of observations."""
-        prior = min(1.0, max(0.0, self._prior(model)))
-        a, b = prior * self._k, (1.0 - prior) * self._k
+    def _shape(self, task_type: str, model: str) -> tuple[float, float, float, float]:
+        """Posterior mean, variance of one score, total weight (prior included), observations.
+
+        The mean weighs the catalog prior as `prior_strength` observations. The spread of a
+        score is estimated separately, with the prior worth only VARIANCE_PRIOR_WEIGHT
+        pass/fail observations (the widest spread its mean allows): graded scores usually
+        cluster far tighter than pass/fail outcomes, and a handful of them should say so.
+        """
+        m0 = min(1.0, max(0.0, self._prior(model)))
+        k = self._k
         models = self._types.get(task_type)
         p = models.get(model) if models else None
-        if p is None:
-            return a, b, 0.0
-        return a + p.a, b + p.b, p.a + p.b
+        a, n, q = (p.a, p.a + p.b, p.q) if p is not None else (0.0, 0.0, 0.0)
+        total = k + n
+        mean = (m0 * k + a) / total if total > 0.0 else m0
+        nu = VARIANCE_PRIOR_WEIGHT
+        var = m0 * (1.0 - m0)
+        if n > 0.0:
+            dm = a / n
+            data_var = max(0.0, q / n - dm * dm)
+            var = (nu * var + n * data_var + nu * n / (nu + n) * (dm - m0) ** 2) / (nu + n)
+        return mean, var, total, n
 
-    def _estimate(self, a: float, b: float, n: float) -> QualityEstimate:
-        total = a + b
-        mean = a / total if total > 0.0 else 0.5
-        spread = self._z * math.sqrt(mean * (1.0 - mean) / (total + 1.0))
+    def _estimate(self, mean: float, var: float, total: float, n: float) -> QualityEstimate:
+        spread = self._z * math.sqrt(var / (total + 1.0))
         return QualityEstimate(mean, n, min(1.0, max(0.0, mean - spread)))
 
     def _vouched(self, model: str, floor: float) -> bool:
         """True when the catalog prior alone proves the model for the floor."""
         prior = min(1.0, max(0.0, self._prior(model)))
-        return self._estimate(prior * self._k, (1.0 - prior) * self._k, 0.0).lower_bound >= floor
+        est = self._estimate(prior, prior * (1.0 - prior), self._k, 0.0)
+        return est.lower_bound >= floor
 
 
 class QualityGate:

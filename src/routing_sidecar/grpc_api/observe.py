@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from opentelemetry import trace
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -39,6 +41,7 @@ from opentelemetry.trace import (
 from opentelemetry.util.types import AttributeValue
 
 from routing_sidecar import domain
+from routing_sidecar.grpc_api.status import code_for
 from routing_sidecar.ports import AttemptRecord, Clock, DecisionRecord
 from routing_sidecar.service.outcomes import OutcomeAck
 from routing_sidecar.service.routing import NO_TRACE, TraceIds
@@ -56,6 +59,16 @@ ERROR_TYPE = "error.type"
 # The orchestrator reports calls, not their kind; "chat" is the GenAI conventions' default.
 OPERATION = "chat"
 
+# RPC server spans (https://opentelemetry.io/docs/specs/semconv/rpc/grpc/).
+RPC_SYSTEM = "rpc.system"
+RPC_SERVICE = "rpc.service"
+RPC_METHOD = "rpc.method"
+RPC_GRPC_STATUS_CODE = "rpc.grpc.status_code"
+ROUTER_SERVICE = "routing_sidecar.v1.Router"
+# Status codes that are the server's fault: only these mark a server span as an error.
+_SERVER_FAULTS = frozenset({2, 4, 12, 13, 14, 15})  # UNKNOWN, DEADLINE_EXCEEDED, ...
+_CANCELLED = 1
+
 # Route span attributes and the rejected-candidate event.
 DECISION_ID = "routing.decision.id"
 TASK_ID = "routing.task.id"
@@ -68,12 +81,7 @@ REASON = "routing.reason"
 DRY_RUN = "routing.dry_run"
 ESTIMATED_COST = "routing.estimated_cost_micros"
 CANDIDATES = "routing.candidates"
-REJECTED = "routing.rejected"
 FALLBACKS = "routing.fallbacks"
-FALLBACK_MODELS = "routing.fallback.models"
-TIER = "routing.tier"
-SLOT_ID = "routing.slot_id"
-PROJECT = "routing.project"
 REJECTED_EVENT = "routing.candidate.rejected"
 REJECTION = "routing.rejection"
 REJECTION_REASON = "routing.rejection.reason"
@@ -205,6 +213,17 @@ class Observer:
             "1 for the provider's circuit breaker state, 0 for the others")
 
     # -- Route -----------------------------------------------------------------------------
+
+    def rpc(self, method: str, grpc_context: Any) -> contextlib.AbstractContextManager[Any]:
+        """The server span of one Router RPC, continuing the caller's trace from its metadata.
+
+        Equivalent to OpenTelemetry's grpc.aio server interceptor (the RPC conventions' span
+        name and `rpc.*` attributes, the propagators of OTEL_PROPAGATORS, W3C by default) at
+        about half its cost per call, measured: no wrapped servicer context, no peer parsing.
+        """
+        if not self.tracing:
+            return _NO_SPAN
+        return _ServerSpan(self._tracer, method, grpc_context)
 
     def trace_ids(self) -> TraceIds:
         """Ids of the current span, for the decision's audit row."""
@@ -393,11 +412,69 @@ class Observer:
                 for h in self._snapshot("health", self._health) for state in BREAKER_STATES]
 
 
+class _MetadataGetter(Getter[Any]):
+    """Reads propagation headers from gRPC invocation metadata: (key, value) pairs."""
+
+    def get(self, carrier: Any, key: str) -> list[str] | None:
+        values = [v for k, v in carrier if k == key and isinstance(v, str)]
+        return values or None
+
+    def keys(self, carrier: Any) -> list[str]:
+        return [k for k, _ in carrier]
+
+
+_METADATA = _MetadataGetter()
+_NO_SPAN = contextlib.nullcontext()
+
+
+class _ServerSpan:
+    """Starts the SERVER span on enter (current until exit); sets the gRPC status on exit."""
+
+    __slots__ = ("_grpc_context", "_method", "_span", "_token", "_tracer")
+
+    def __init__(self, tracer: Tracer, method: str, grpc_context: Any) -> None:
+        self._tracer = tracer
+        self._method = method
+        self._grpc_context = grpc_context
+
+    def __enter__(self) -> Span:
+        metadata = self._grpc_context.invocation_metadata()
+        parent = propagate.extract(metadata, getter=_METADATA) if metadata else None
+        span = self._tracer.start_span(
+            f"{ROUTER_SERVICE}/{self._method}", context=parent, kind=SpanKind.SERVER,
+            attributes={RPC_SYSTEM: "grpc", RPC_SERVICE: ROUTER_SERVICE,
+                        RPC_METHOD: self._method},
+        )
+        self._span = span
+        self._token = otel_context.attach(trace.set_span_in_context(span, parent))
+        return span
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        otel_context.detach(self._token)
+        span = self._span
+        if exc is None:
+            code = 0
+        elif isinstance(exc, asyncio.CancelledError):
+            code = _CANCELLED
+        else:
+            code = code_for(exc).value[0]
+        span.set_attribute(RPC_GRPC_STATUS_CODE, code)
+        if code in _SERVER_FAULTS:
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        elif exc is not None:
+            span.set_attribute(ERROR_TYPE, type(exc).__name__)
+        span.end()
+
+
 def describe_decision(span: Span, task: domain.Task, decision: domain.Decision) -> None:
-    """The decision as attributes (one call) and each rejected candidate as an event."""
+    """The decision as attributes (one call) and each rejected candidate as an event.
+
+    Kept lean on purpose: every attribute costs on the Route path and again when the batch
+    is encoded. The chain's models, tiers and scores are in the audit row (decision id).
+    """
     sel = decision.selection
     chosen = sel.chosen
-    rejected = [a for a in sel.alternatives if a.rejection not in _KEPT]
     attrs: dict[str, AttributeValue] = {
         DECISION_ID: decision.decision_id,
         TASK_ID: task.task_id,
@@ -410,27 +487,18 @@ def describe_decision(span: Span, task: domain.Task, decision: domain.Decision) 
         DRY_RUN: decision.dry_run,
         ESTIMATED_COST: sel.estimated_cost_micros,
         CANDIDATES: len(sel.alternatives),
-        REJECTED: len(rejected),
         FALLBACKS: len(sel.fallbacks),
     }
     if chosen is not None:
         attrs[GEN_AI_REQUEST_MODEL] = chosen.model
         attrs[GEN_AI_PROVIDER_NAME] = chosen.provider
-        attrs[TIER] = chosen.tier
-        if chosen.slot_id:
-            attrs[SLOT_ID] = chosen.slot_id
-    if sel.fallbacks:
-        attrs[FALLBACK_MODELS] = [f.model for f in sel.fallbacks]
-    project = task.labels.get("project")
-    if project:
-        attrs[PROJECT] = project
     span.set_attributes(attrs)
-    for a in rejected:
-        span.add_event(REJECTED_EVENT, {
-            GEN_AI_REQUEST_MODEL: a.model, GEN_AI_PROVIDER_NAME: a.provider, TIER: a.tier,
-            REJECTION: a.rejection.value, REJECTION_REASON: a.reason,
-            ESTIMATED_COST: a.estimated_cost_micros,
-        })
+    for a in sel.alternatives:
+        if a.rejection not in _KEPT:
+            span.add_event(REJECTED_EVENT, {
+                GEN_AI_REQUEST_MODEL: a.model, REJECTION: a.rejection.value,
+                REJECTION_REASON: a.reason,
+            })
 
 
 def _error_type(a: AttemptRecord) -> str:

@@ -7,7 +7,6 @@ import logging
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.trace import TracerProvider
 
 from routing_sidecar.grpc_api.servicer import RouterServicer
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
@@ -19,40 +18,15 @@ ROUTER_SERVICE = pb.DESCRIPTOR.services_by_name["Router"].full_name
 HEALTH_NAMES = ("", ROUTER_SERVICE)
 
 
-def tracing_interceptors(
-    tracer_provider: TracerProvider | None,
-) -> list[grpc.aio.ServerInterceptor]:
-    """One server span per Router RPC; none when tracing is off.
-
-    OpenTelemetry's grpc.aio instrumentation continues the caller's W3C trace context from
-    the call's metadata (`traceparent`), so the span joins the orchestrator's trace.
-
-    Health and reflection calls are left out: probes every few seconds are not worth a trace.
-    """
-    if tracer_provider is None:
-        return []
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor  # noqa: PLC0415
-    from opentelemetry.instrumentation.grpc.filters import service_name  # noqa: PLC0415
-
-    interceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
-        tracer_provider, filter_=service_name(ROUTER_SERVICE)
-    )
-    return [interceptor]
-
-
 class SidecarServer:
     """The gRPC server: Router, standard health, and reflection on one port or socket."""
 
-    def __init__(
-        self, servicer: RouterServicer, listen: str, max_request_bytes: int,
-        tracer_provider: TracerProvider | None = None,
-    ) -> None:
+    def __init__(self, servicer: RouterServicer, listen: str, max_request_bytes: int) -> None:
         self._server = grpc.aio.server(
-            interceptors=tracing_interceptors(tracer_provider),
             options=[
                 ("grpc.max_receive_message_length", max_request_bytes),
                 ("grpc.so_reuseport", 0),
-            ],
+            ]
         )
         pb_grpc.add_RouterServicer_to_server(servicer, self._server)
         self.health = health.aio.HealthServicer()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import wraps
+from typing import Any, TypeVar
 
 from routing_sidecar import logs
 from routing_sidecar.errors import InvalidArgument
@@ -15,6 +16,36 @@ from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def _traced(
+    fn: Callable[[Any, Req, Any], Awaitable[Resp]],
+) -> Callable[[Any, Req, Any], Awaitable[Resp]]:
+    """Run a unary method inside its RPC's server span (`self._observe.rpc`)."""
+
+    @wraps(fn)
+    async def wrapper(self: Any, request: Req, context: Any) -> Resp:
+        with self._observe.rpc(fn.__name__, context):
+            return await fn(self, request, context)
+
+    return wrapper
+
+
+def _traced_stream(
+    fn: Callable[[Any, Req, Any], AsyncIterator[Resp]],
+) -> Callable[[Any, Req, Any], AsyncIterator[Resp]]:
+    """Run a streaming method inside its RPC's server span (`self._observe.rpc`)."""
+
+    @wraps(fn)
+    async def wrapper(self: Any, request: Req, context: Any) -> AsyncIterator[Resp]:
+        with self._observe.rpc(fn.__name__, context):
+            async for item in fn(self, request, context):
+                yield item
+
+    return wrapper
 
 
 class RouterServicer(pb_grpc.RouterServicer):
@@ -31,6 +62,7 @@ class RouterServicer(pb_grpc.RouterServicer):
         self._observe = observer or observe.disabled(clock)
 
     @unary
+    @_traced
     async def Route(self, request: pb.RouteRequest, context: Any) -> pb.Decision:
         """Decide one task."""
         started = time.perf_counter()
@@ -40,6 +72,7 @@ class RouterServicer(pb_grpc.RouterServicer):
         return convert.decision_to_pb(decision)
 
     @streaming
+    @_traced_stream
     async def RouteStream(
         self, request_iterator: AsyncIterator[pb.RouteRequest], context: Any
     ) -> AsyncIterator[pb.Decision]:
@@ -60,6 +93,7 @@ class RouterServicer(pb_grpc.RouterServicer):
 
 
     @unary
+    @_traced
     async def ReportOutcome(self, request: pb.Outcome, context: Any) -> pb.OutcomeAck:
         """Record what happened to a decision and settle its reservation."""
         outcome = convert_outcome.outcome_from_pb(request)
@@ -69,6 +103,7 @@ class RouterServicer(pb_grpc.RouterServicer):
         return convert_stats.ack_to_pb(ack)
 
     @unary
+    @_traced
     async def GetBudgetStatus(self, request: pb.BudgetQuery, context: Any) -> pb.BudgetStatusList:
         """Every budget scope (or the requested ones) in its current period."""
         for i, scope in enumerate(request.scopes):
@@ -77,6 +112,7 @@ class RouterServicer(pb_grpc.RouterServicer):
         return convert_outcome.budget_list_to_pb(statuses)
 
     @unary
+    @_traced
     async def GetRoutingStats(self, request: pb.StatsQuery, context: Any) -> pb.RoutingStats:
         """The model x task type / label matrix and per-provider totals over a window."""
         if not 0 <= request.hours <= 24 * 366:
