@@ -7,6 +7,8 @@ reads use a second, read-only connection, which WAL lets run beside the writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +39,10 @@ Synchronous = Literal["NORMAL", "FULL"]
 MIN_SQLITE = (3, 38)  # STRICT tables (3.37) and built-in JSON functions (3.38)
 DAY_S = 86_400.0
 
+
+log = logging.getLogger(__name__)
+CHECKPOINT_EVERY_S = 1.0
+BACKSTOP_CHECKPOINT_PAGES = 20_000  # about 80 MiB of WAL at the default 4 KiB page
 
 def _columns(record: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(record))
@@ -114,19 +120,51 @@ def _writer_conn(path: str, synchronous: Synchronous, busy_timeout_ms: int) -> s
         # latency cost that group commit spreads over the batch.
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
+        # Checkpoints run on their own connection (Checkpointer), so no commit pays for
+        # copying the WAL back; this high mark is only a backstop should that ever stall.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
     except BaseException:
         conn.close()
         raise
     return conn
 
 
+class Checkpointer:
+    """Copies the WAL back into the database every second, beside the writer, never in it.
+
+    PASSIVE checkpoints neither wait for nor block the writer; without them the commit that
+    crosses SQLite's auto-checkpoint mark would stall for milliseconds.
+    """
+
+    def __init__(self, conn: aiosqlite.Connection, interval_s: float) -> None:
+        self._conn = conn
+        self._interval_s = interval_s
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="sqlite-ckpt")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                log.warning("WAL checkpoint failed; the next round retries", exc_info=True)
+
+    async def close(self) -> None:
+        """Stop checkpointing and close the connection."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._conn.close()
+
+
 class SqliteStore:
     """LedgerStore and AuditLog on one SQLite file."""
 
-    def __init__(self, path: str, read: aiosqlite.Connection,
-                 writer: GroupWriter, retention_days: int, clock: Clock) -> None:
+    def __init__(self, path: str, read: aiosqlite.Connection, writer: GroupWriter,
+                 checkpointer: Checkpointer, retention_days: int, clock: Clock) -> None:
         self.path = path
         self._read = read
+        self._checkpointer = checkpointer
         self.writer = writer
         self._retention_s = retention_days * DAY_S
         self._clock = clock
@@ -164,7 +202,8 @@ class SqliteStore:
             raise
         writer = GroupWriter(write, executor, max_batch=max_batch)
         writer.start()
-        return cls(path, read, writer, retention_days, clock)
+        checkpointer = Checkpointer(await _connect(path, busy_timeout_ms), CHECKPOINT_EVERY_S)
+        return cls(path, read, writer, checkpointer, retention_days, clock)
 
     async def close(self) -> None:
         """Commit everything queued, then close both connections; idempotent."""
@@ -172,6 +211,7 @@ class SqliteStore:
             return
         self._closed = True
         try:
+            await self._checkpointer.close()
             await self.writer.close()
         finally:
             await self._read.close()
