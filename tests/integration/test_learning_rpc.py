@@ -190,3 +190,26 @@ async def test_restart_keeps_what_was_learned(make: Make) -> None:
     assert d.model == "cheap"
     assert fate(await again.Route(task("job", 9, policy="pair")), "flaky").rejection == (
         "circuit_open")
+
+
+async def test_with_nothing_proven_the_estimate_decides_except_on_critical_lanes(
+    make: Make,
+) -> None:
+    _, stub = await make(FakeClock())
+    high = pb.Requirements(min_quality=0.9)  # strong's prior (0.95) is not proof of 0.9
+    d = await stub.Route(task("essay", 1, requires=high))
+    assert (d.status, d.model) == (pb.DECISION_STATUS_ROUTED, "strong")
+    assert "No model is proven above the quality floor" in d.reason
+    assert fate(d, "cheap").rejection == "quality"
+    critical = await stub.Route(task("essay", 2, requires=high, labels={"lane": "payments"}))
+    assert critical.status == pb.DECISION_STATUS_REJECTED
+    assert critical.reason_code == pb.REASON_CODE_NO_CAPABLE_MODEL
+    beyond = await stub.Route(task("essay", 3, requires=pb.Requirements(min_quality=0.99)))
+    assert beyond.status == pb.DECISION_STATUS_REJECTED
+    # Outcomes at 0.97 prove strong, after which it is chosen on proof, not on estimate.
+    for i in range(40):
+        await report(stub, await stub.Route(task("essay", 10 + i, requires=high)), ok=True,
+                     quality=0.97, call_failed=False)
+    proven = await stub.Route(task("essay", 99, requires=high))
+    assert proven.model == "strong" and "proven" in fate(proven, "strong").reason
+    assert "No model is proven" not in proven.reason

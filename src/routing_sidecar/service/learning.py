@@ -49,21 +49,27 @@ class Learner:
         self.critical_lanes = critical_lanes
         self._rng = rng
 
+    def is_critical(self, task: domain.Task, policy: domain.Policy) -> bool:
+        """True on a critical policy or lane: only proven models, never exploration."""
+        return is_critical(task, policy, self.critical_lanes)
+
     def gate(self, task: domain.Task, policy: domain.Policy) -> QualityGate:
         """The quality check for one decision; critical lanes and policies never explore."""
-        return self.quality.gate(is_critical(task, policy, self.critical_lanes), self._rng)
+        return self.quality.gate(self.is_critical(task, policy), self._rng)
 
     def after_decision(
         self, task: domain.Task, selection: domain.Selection, gate: QualityGate,
-        model: domain.ModelSpec | None, now: float,
+        model: domain.ModelSpec | None, now: float, *, explored: bool = False,
     ) -> None:
-        """Consume a half-open probe and count exploration, for real (not dry-run) decisions."""
+        """Consume a half-open probe and count exploration, for real (not dry-run) decisions.
+
+        `explored` marks a choice of an unproven model made outside the gate.
+        """
         if task.dry_run:
             return
-        explored = False
         if model is not None:
             self.health.on_routed(model, now)
-            explored = gate.explored(model.name)
+            explored = explored or gate.explored(model.name)
         self.quality.note_decision(task.task_type, explored)
 
     def observe(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,27 @@ class TraceIds:
 
 
 NO_TRACE = TraceIds()
+
+
+def best_estimate(
+    task: domain.Task, catalog: Catalog, signals: Signals, blocked: domain.Selection
+) -> domain.Selection:
+    """When no model is proven above the quality floor, judge by the estimate itself.
+
+    Refusing would keep every model unproven forever at a high floor; routing to a model
+    whose estimated quality meets the floor lets its outcome prove or disprove it. Budgets,
+    breakers and every other filter still apply; a floor no estimate meets still rejects.
+    """
+    if not any(a.rejection is domain.Rejection.QUALITY for a in blocked.alternatives):
+        return blocked
+    relaxed = select(task, catalog, dataclasses.replace(signals, quality_check=None))
+    if relaxed.chosen is None:
+        return blocked
+    return dataclasses.replace(
+        relaxed,
+        reason=f"{relaxed.reason} No model is proven above the quality floor yet, so the "
+        "choice rests on estimated quality alone.",
+    )
 
 
 class RoutingService:
@@ -117,9 +139,13 @@ class RoutingService:
             task, self.catalog, signals, self.ledger, policy.name, now, selection
         )
         selection = gate.annotate(selection)
+        unproven = selection.chosen is None and not self.learner.is_critical(task, policy)
+        if unproven:
+            selection = best_estimate(task, self.catalog, signals, selection)
         chosen = selection.chosen
         self.learner.after_decision(
-            task, selection, gate, self.catalog.models[chosen.model] if chosen else None, now
+            task, selection, gate, self.catalog.models[chosen.model] if chosen else None, now,
+            explored=unproven and chosen is not None,
         )
         # The task's own EV joins the window after it is judged, so it never raises its own bar.
         if task.ev is not None:
