@@ -152,6 +152,15 @@ def _project(labels_json: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+
+def _decision_labels(key: tuple[str, str, str, str]) -> dict[str, str]:
+    policy, status, model, provider = key
+    labels = {"policy": policy, "status": status}
+    if model:
+        labels["model"] = model
+        labels["provider"] = provider
+    return labels
+
 class Observer:
     """Records decisions and outcomes as span attributes, events, spans and metrics."""
 
@@ -177,8 +186,12 @@ class Observer:
         self._health: ProviderHealthSource = self._all_healthy
         self._snapshots: dict[str, tuple[float, tuple[Any, ...]]] = {}
         self._snapshot_lock = threading.Lock()
-        self._decisions = meter.create_counter(
-            "routing.decisions", "{decision}", "Decisions by model, provider, policy and status")
+        # Decisions are tallied here and reported when metrics are collected: one dict
+        # increment per Route instead of the SDK's per-call attribute hashing.
+        self._decision_counts: dict[tuple[str, str, str, str], int] = {}
+        meter.create_observable_counter(
+            "routing.decisions", [self._observe_decisions], "{decision}",
+            "Decisions by model, provider, policy and status")
         self._latency = meter.create_histogram(
             "routing.decision.duration", "s",
             "Server time to decide, reserve and audit one task",
@@ -242,12 +255,11 @@ class Observer:
         """Count and time a decision; describe it on the current span when that records."""
         sel = decision.selection
         chosen = sel.chosen
-        labels: dict[str, str] = {"policy": sel.policy, "status": sel.status.value.lower()}
-        if chosen is not None:
-            labels["model"] = chosen.model
-            labels["provider"] = chosen.provider
-        self._decisions.add(1, labels)
-        self._latency.record(elapsed_s, labels)
+        status = sel.status.value.lower()
+        model, provider = (chosen.model, chosen.provider) if chosen else ("", "")
+        key = (sel.policy, status, model, provider)
+        self._decision_counts[key] = self._decision_counts.get(key, 0) + 1
+        self._latency.record(elapsed_s, _decision_labels(key))
         if self.tracing:
             span = trace.get_current_span()
             if span.is_recording():
@@ -402,6 +414,11 @@ class Observer:
                             {"scope": s.scope, "period": s.period.value,
                              "state": state.value.lower()})
                 for s in self._budget_statuses() for state in domain.BudgetState]
+
+    def _observe_decisions(self, _: CallbackOptions) -> Iterable[Observation]:
+        # dict.copy() is atomic under the GIL: the reader thread never sees a half-made tally.
+        return [Observation(n, _decision_labels(key))
+                for key, n in self._decision_counts.copy().items()]
 
     def _observe_detection(self, _: CallbackOptions) -> Iterable[Observation]:
         return [Observation(int(h.detection == state), {"provider": h.provider, "state": state})
