@@ -103,6 +103,7 @@ class Sidecar:
             loop=asyncio.get_running_loop(),
         )
         self.observer.set_provider_health(self._provider_health)
+        self.routing.alert_hook = self.outcomes.alert_hook = self.observer.budget_alert
         servicer = RouterServicer(self.routing, self.outcomes, store, self.clock, self.observer)
         self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes)
         self._upkeep_task = asyncio.create_task(self.upkeep.run(), name="upkeep")

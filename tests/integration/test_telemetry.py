@@ -353,3 +353,27 @@ async def test_errors_and_streams_get_their_spans(tmp_path: Path) -> None:
     assert [attrs(s.attributes)["routing.decision.id"] for s in decides] == [
         d.decision_id for d in streamed]
     assert all(s.parent_span_id == stream.span_id for s in decides)
+
+
+async def test_budget_alert_crossings_are_counted(tmp_path: Path) -> None:
+    raw = config_dict(tmp_path)
+    raw["telemetry"] = {"admin_listen": "127.0.0.1:0"}
+    # fix_bug on the cheapest code model costs a few thousand micro-USD: 0.02 USD alerts at
+    # 80% within a handful of decisions and is exceeded soon after.
+    raw["budgets"] = [{"scope": "project:beta", "period": "day", "limit_usd": 0.02,
+                       "alert_at": 0.5, "on_exceed": "reject"}]
+    car = Sidecar(parse_config(yaml.safe_dump(raw), "test"))
+    await car.start()
+    try:
+        async with grpc.aio.insecure_channel(car.address) as ch:
+            stub = pb_grpc.RouterStub(ch)
+            statuses = [(await stub.Route(route_request(f"b-{i}", project="beta"))).status
+                        for i in range(30)]
+        assert pb.DECISION_STATUS_REJECTED in statuses
+        assert car.admin_address
+        m = await asyncio.to_thread(scrape, car.admin_address)
+        alerts = m["routing_budget_alerts_total"]
+        assert total(alerts, scope="project:beta", period="day", state="alert") == 1
+        assert total(alerts, scope="project:beta", period="day", state="exceeded") <= 1
+    finally:
+        await car.stop()

@@ -41,6 +41,7 @@ from opentelemetry.trace import (
 from opentelemetry.util.types import AttributeValue
 
 from routing_sidecar import domain
+from routing_sidecar.core.budget_rules import BudgetAlert
 from routing_sidecar.grpc_api.status import code_for
 from routing_sidecar.ports import AttemptRecord, Clock, DecisionRecord
 from routing_sidecar.service.outcomes import OutcomeAck
@@ -192,6 +193,10 @@ class Observer:
         meter.create_observable_counter(
             "routing.decisions", [self._observe_decisions], "{decision}",
             "Decisions by model, provider, policy and status")
+        self._budget_alerts = meter.create_counter(
+            "routing.budget.alerts", "{crossing}",
+            "Budget scopes crossing their alert_at fraction (state alert) or their limit "
+            "(state exceeded)")
         self._latency = meter.create_histogram(
             "routing.decision.duration", "s",
             "Server time to decide, reserve and audit one task",
@@ -414,6 +419,11 @@ class Observer:
                             {"scope": s.scope, "period": s.period.value,
                              "state": state.value.lower()})
                 for s in self._budget_statuses() for state in domain.BudgetState]
+
+    def budget_alert(self, alert: BudgetAlert) -> None:
+        """Count one threshold crossing of a budget scope."""
+        self._budget_alerts.add(1, {"scope": alert.scope, "period": alert.period.value,
+                                    "state": alert.state.value.lower()})
 
     def _observe_decisions(self, _: CallbackOptions) -> Iterable[Observation]:
         # dict.copy() is atomic under the GIL: the reader thread never sees a half-made tally.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from opentelemetry import trace
 
@@ -21,9 +21,14 @@ log = logging.getLogger(__name__)
 BUDGET_ALERT_EVENT = "routing.budget.alert"
 
 
-def log_alerts(alerts: Iterable[BudgetAlert]) -> None:
-    """One structured warning per threshold crossing, and an event on the current span."""
+AlertHook = Callable[[BudgetAlert], None]
+
+
+def log_alerts(alerts: Iterable[BudgetAlert], hook: AlertHook | None = None) -> None:
+    """One structured warning per threshold crossing, an event on the current span, the hook."""
     for a in alerts:
+        if hook is not None:
+            hook(a)
         fields: dict[str, str | int] = {
             "scope": a.scope,
             "period": a.period.value,

@@ -18,7 +18,7 @@ from routing_sidecar.ports import (
     OutcomeRecord,
     PerformanceRecord,
 )
-from routing_sidecar.service.budgets import log_alerts
+from routing_sidecar.service.budgets import AlertHook, log_alerts
 from routing_sidecar.service.learning import Learner
 
 HOUR_S = 3600.0
@@ -101,6 +101,7 @@ class OutcomeService:
         self._catalog = catalog
         self._ledger = ledger
         self._learner = learner
+        self.alert_hook: AlertHook | None = None  # set by the app to count crossings
         self._audit = audit
         self._clock = clock
 
@@ -138,7 +139,7 @@ class OutcomeService:
             self._ledger.revert(entries)
             raise
         if change:
-            log_alerts(change.alerts)
+            log_alerts(change.alerts, self.alert_hook)
         if fresh:
             self._learner.observe(
                 record.task_type, json.loads(record.labels_json), attempts,

@@ -15,7 +15,7 @@ from routing_sidecar.core.rules import resolve_policy
 from routing_sidecar.core.selection import Signals, select
 from routing_sidecar.errors import Internal, InvalidArgument, StorageError
 from routing_sidecar.ports import AuditLog, Clock, DecisionRecord
-from routing_sidecar.service.budgets import apply_on_exceed, log_alerts
+from routing_sidecar.service.budgets import AlertHook, apply_on_exceed, log_alerts
 from routing_sidecar.service.ev import EvWindow
 from routing_sidecar.service.learning import Learner
 
@@ -84,6 +84,7 @@ class RoutingService:
         self.catalog = catalog
         self.ledger = ledger
         self.learner = learner
+        self.alert_hook: AlertHook | None = None  # set by the app to count crossings
         self.config_hash = config_hash
         self.reservation_ttl_s = reservation_ttl_s
         self._audit = audit
@@ -164,7 +165,7 @@ class RoutingService:
             # Unreachable while check and reserve share one synchronous step; if that ever
             # breaks, fail loudly rather than answer with an unreserved decision.
             raise Internal("budget reservation failed after the budget check passed")
-        log_alerts(result.alerts)
+        log_alerts(result.alerts, self.alert_hook)
         return result.entries
 
     async def route(self, task: domain.Task, trace: TraceIds = NO_TRACE) -> domain.Decision:
