@@ -165,21 +165,23 @@ async def test_concurrent_submits_share_commits_and_each_returns_after_its_commi
     assert peek(db_path, "SELECT COUNT(*) FROM model_routing_decisions") == [(n,)]
 
 
-async def test_a_write_error_fails_every_future_in_the_batch(store: SqliteStore,
-                                                            db_path: Path) -> None:
-    # d1 twice in one batch violates the primary key: the whole batch rolls back.
+async def test_a_write_error_fails_only_its_own_job(store: SqliteStore, db_path: Path) -> None:
+    # d1 twice in one batch violates the primary key: the batch rolls back and is retried job
+    # by job, so only the duplicate fails and its neighbours commit.
     results = await asyncio.gather(
         store.record_decision(decision_record(1)),
         store.record_decision(decision_record(2)),
         store.record_decision(decision_record(1)),
         return_exceptions=True,
     )
-    assert all(isinstance(r, StorageError) for r in results), results
-    assert all(r.retryable for r in results if isinstance(r, StorageError))
-    assert store.writer.failed_batches == 1
-    assert peek(db_path, "SELECT COUNT(*) FROM model_routing_decisions") == [(0,)]
+    assert results[:2] == [None, None], results
+    assert isinstance(results[2], StorageError) and results[2].retryable
+    assert "UNIQUE" in results[2].message
+    assert store.writer.failed_batches == 2  # the shared batch, then the duplicate alone
+    assert peek(db_path, "SELECT decision_id FROM model_routing_decisions ORDER BY 1") == [
+        ("d1",), ("d2",)]
     await store.record_decision(decision_record(3))  # the writer carries on
-    assert peek(db_path, "SELECT decision_id FROM model_routing_decisions") == [("d3",)]
+    assert peek(db_path, "SELECT COUNT(*) FROM model_routing_decisions") == [(3,)]
 
 
 async def test_a_bad_statement_fails_its_batch_with_storage_error(store: SqliteStore) -> None:

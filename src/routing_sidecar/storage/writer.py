@@ -155,21 +155,43 @@ class GroupWriter:
 
     async def _commit_jobs(self, batch: list[tuple[Job, asyncio.Future[Any]]]) -> None:
         try:
-            accepted = await self._in_thread(self._write_batch, [job for job, _ in batch])
+            results = await self._in_thread(self._write_jobs, [job for job, _ in batch])
         except asyncio.CancelledError:
             for _, future in batch:
                 _fail(future, "the store writer stopped")
             raise
+        for (_, future), result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                _fail(future, f"write failed: {result}")
+            elif not future.done():
+                future.set_result(result)
+
+    def _write_jobs(self, jobs: list[Job]) -> list[bool | Exception]:
+        """On the writer thread: the batch in one transaction, or job by job if that fails.
+
+        One bad job (a duplicate key, say) must not fail the requests that happened to share
+        its batch, so a failed batch is retried one job per transaction.
+        """
+        try:
+            accepted: list[bool | Exception] = list(self._write_batch(jobs))
         except Exception as exc:
             self._failed_batches += 1
-            for _, future in batch:
-                _fail(future, f"write batch of {len(batch)} jobs failed: {exc}")
-            return
+            if len(jobs) == 1:
+                return [exc]
+            return [self._write_alone(job) for job in jobs]
         self._commits += 1
-        self._jobs += len(batch)
-        for (_, future), ok in zip(batch, accepted, strict=True):
-            if not future.done():
-                future.set_result(ok)
+        self._jobs += len(jobs)
+        return accepted
+
+    def _write_alone(self, job: Job) -> bool | Exception:
+        try:
+            ok = self._write_batch([job])[0]
+        except Exception as exc:
+            self._failed_batches += 1
+            return exc
+        self._commits += 1
+        self._jobs += 1
+        return ok
 
     def _write_batch(self, jobs: list[Job]) -> list[bool]:
         """On the writer thread: one transaction for the whole batch."""
