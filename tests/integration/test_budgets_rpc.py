@@ -301,3 +301,28 @@ async def test_decision_is_audited_before_it_is_answered(
     finally:
         db.close()
     assert row == ("t1", "cheap", "only_cheap", d.reason)
+
+
+async def test_each_attempt_is_charged_to_its_own_model_and_provider(make_sidecar: Any) -> None:
+    budgets = [{"scope": s, "period": "month", "limit_usd": 10}
+               for s in ("global", "provider:acme", "provider:bigco", "model:pricey")]
+    car = await make_sidecar(budgets)
+    async with grpc.aio.insecure_channel(car.address) as ch:
+        stub = pb_grpc.RouterStub(ch)
+        d = await stub.Route(task(1))  # only_cheap: cheap on acme, reserved there
+        assert d.model == "cheap"
+        # cheap timed out after spending 100; the caller fell back to pricey on bigco.
+        await stub.ReportOutcome(pb.Outcome(decision_id=d.decision_id, success=True, attempts=[
+            attempt("cheap", status=pb.ATTEMPT_STATUS_TIMEOUT, cost_micros=100),
+            attempt("pricey", cost_micros=900),
+        ]))
+        again = await stub.ReportOutcome(pb.Outcome(decision_id=d.decision_id, success=True,
+                                                    attempts=[attempt("pricey", cost_micros=5)]))
+        assert again.duplicate
+        got = {b.scope: b for b in (await stub.GetBudgetStatus(pb.BudgetQuery())).budgets}
+    assert {s: (got[s].spent_micros, got[s].reserved_micros) for s in got} == {
+        "global": (1000, 0),
+        "provider:acme": (100, 0),
+        "provider:bigco": (900, 0),
+        "model:pricey": (900, 0),
+    }

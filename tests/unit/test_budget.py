@@ -139,6 +139,25 @@ def test_reserve_then_settle_moves_the_actual_amount_to_spent() -> None:
         (EntryKind.SETTLE, 250), (EntryKind.SETTLE, 250)]
 
 
+def test_settle_attempts_charges_each_provider_in_the_reservation_s_period() -> None:
+    led = ledger(BudgetRule("global", MONTH, 10_000), BudgetRule("provider:*", MONTH, 10_000))
+    last_minute = ts(2026, 3, 31, 23, 59)
+    reserved = reserve(led, "r1", 500, model=GPT5, now=last_minute)
+    assert reserved.ok
+    april = ts(2026, 4, 1, 0, 5)
+    change = led.settle_attempts("r1", ALPHA, "code", [(GPT5, 120), (HAIKU, 300)], april)
+    march = {(s.scope, s.period): (s.spent_micros, s.reserved_micros)
+             for s in led.status(last_minute)}
+    assert march == {("global", MONTH): (420, 0), ("provider:openai", MONTH): (120, 0),
+                     ("provider:anthropic", MONTH): (300, 0)}
+    assert all(s.spent_micros == 0 for s in led.status(april))
+    assert led.settle_attempts("r1", ALPHA, "code", [(GPT5, 999)], april).entries == ()
+    restored = ledger(BudgetRule("global", MONTH, 10_000), BudgetRule("provider:*", MONTH, 10_000))
+    restored.restore([*reserved.entries, *change.entries])
+    assert {(s.scope, s.period): (s.spent_micros, s.reserved_micros)
+            for s in restored.status(last_minute)} == march
+
+
 def test_settle_is_idempotent_and_ignores_unknown_ids() -> None:
     led = ledger(BudgetRule("global", DAY, 1_000))
     reserve(led, "r1", 300)

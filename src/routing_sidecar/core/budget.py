@@ -60,6 +60,7 @@ class _Reservation:
     amount: int
     buckets: tuple[Bucket, ...]
     expires_at: float
+    at: float = 0.0  # when it was made: its charges land in that moment's periods
 
 
 class Ledger:
@@ -132,7 +133,7 @@ class Ledger:
                 buckets.append((key, rule.period, start))
                 self._lines.setdefault(buckets[-1], _Line(end))
                 self._seen.add(key)
-        res = _Reservation(amount_micros, tuple(dict.fromkeys(buckets)), expires_at)
+        res = _Reservation(amount_micros, tuple(dict.fromkeys(buckets)), expires_at, now)
         before = {b: self._used(b) for b in res.buckets}
         self._open[reservation_id] = res
         rows = self._apply(EntryKind.RESERVE, reservation_id, res, amount_micros, now)
@@ -156,6 +157,41 @@ class Ledger:
             before = {b: self._used(b) for b in res.buckets}
             rows += self._apply(EntryKind.RELEASE, reservation_id, res, -res.amount, now)
         rows += self._apply(EntryKind.SETTLE, reservation_id, res, actual_micros, now)
+        return LedgerChange(tuple(rows), self._crossings(before, now))
+
+    def settle_attempts(self, reservation_id: str, labels: Mapping[str, str], policy: str,
+                        charges: Sequence[tuple[ModelSpec, int]], now: float) -> LedgerChange:
+        """Close a reservation and charge each attempt to its own model's and provider's budgets.
+
+        A fallback on another provider is that provider's spend, not the chosen model's. The
+        charges land in the periods the reservation was made in. Idempotent like `settle`: an
+        unknown or already settled id changes nothing and returns no rows.
+        """
+        if any(amount < 0 for _, amount in charges):
+            raise errors.InvalidArgument("charges", "must not be negative")
+        rows: list[LedgerEntry] = []
+        res = self._open.pop(reservation_id, None)
+        if res is not None:
+            rows += self._apply(EntryKind.RELEASE, reservation_id, res, -res.amount, now)
+        else:
+            res = self._expired.pop(reservation_id, None)
+            if res is None:
+                return LedgerChange()
+        totals: dict[Bucket, int] = {}
+        for model, amount in charges:
+            for rule, key in self._book.governed(labels, model, policy):
+                if rule.period is not TASK:
+                    start, end = self._current(rule.period, res.at)
+                    bucket = (key, rule.period, start)
+                    self._lines.setdefault(bucket, _Line(end))
+                    self._seen.add(key)
+                    totals[bucket] = totals.get(bucket, 0) + amount
+        before = {b: self._used(b) for b in totals}
+        for bucket, amount in totals.items():
+            row = LedgerEntry(EntryKind.SETTLE, reservation_id, *bucket, self._lines[bucket].end,
+                              amount, now, res.expires_at)
+            self._add(row)
+            rows.append(row)
         return LedgerChange(tuple(rows), self._crossings(before, now))
 
     def release(self, reservation_id: str, now: float) -> list[LedgerEntry]:
@@ -199,10 +235,11 @@ class Ledger:
             elif closing:
                 self._expired.pop(rid, None)
                 buckets = tuple(dict.fromkeys(e.bucket for e in closing))
-                self._open[rid] = _Reservation(-closing[0].amount_micros, buckets, expires)
+                self._open[rid] = _Reservation(
+                    -closing[0].amount_micros, buckets, expires, closing[0].at)
             else:
                 buckets = tuple(dict.fromkeys(e.bucket for e in rows))
-                self._expired[rid] = _Reservation(0, buckets, expires)
+                self._expired[rid] = _Reservation(0, buckets, expires, rows[0].at)
 
     def restore(self, entries: Iterable[LedgerEntry]) -> None:
         """Replace all state with what the persisted rows say."""
@@ -222,7 +259,8 @@ class Ledger:
                 closed.setdefault(e.reservation_id, set()).add(e.kind)
         for rid, rows in reserves.items():
             buckets = tuple(dict.fromkeys(e.bucket for e in rows))
-            res = _Reservation(rows[0].amount_micros, buckets, rows[0].expires_at or 0.0)
+            res = _Reservation(
+                rows[0].amount_micros, buckets, rows[0].expires_at or 0.0, rows[0].at)
             kinds = closed.get(rid, set())
             if not kinds:
                 self._open[rid] = res

@@ -125,9 +125,13 @@ class OutcomeService:
                     record.decision_id, i, a, estimates.get(a.model, 0), cost
                 )
             )
-        change = (
-            self._ledger.settle(record.decision_id, actual, now) if not record.dry_run else None
-        )
+        change = None
+        if not record.dry_run:
+            charges = [(catalog.models[a.model], r.actual_cost_micros)
+                       for a, r in zip(attempts, rows, strict=True)]
+            change = self._ledger.settle_attempts(
+                record.decision_id, json.loads(record.labels_json), record.policy, charges, now
+            )
         entries = change.entries if change else ()
         result = OutcomeRecord(record.decision_id, outcome.success, outcome.quality, actual, now)
         performance = _performance(record.task_type, rows, outcome, now)
