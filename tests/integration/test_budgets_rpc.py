@@ -326,3 +326,27 @@ async def test_each_attempt_is_charged_to_its_own_model_and_provider(make_sideca
         "provider:bigco": (900, 0),
         "model:pricey": (900, 0),
     }
+
+
+async def test_decisions_past_retention_are_pruned(make_sidecar: Any, tmp_path: Path) -> None:
+    clock = FakeClock()
+    car = await make_sidecar([], clock)
+    async with grpc.aio.insecure_channel(car.address) as ch:
+        stub = pb_grpc.RouterStub(ch)
+        old = await stub.Route(task(1))
+        await stub.ReportOutcome(pb.Outcome(decision_id=old.decision_id, attempts=[attempt()]))
+        clock.t += 31 * 86_400  # past the default 30 days of retention
+        fresh = await stub.Route(task(2))
+        assert await car.upkeep.prune_once() == 1
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ReportOutcome(pb.Outcome(decision_id=old.decision_id,
+                                                attempts=[attempt()]))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    db = sqlite3.connect(tmp_path / "routing.db")
+    try:
+        kept = db.execute("SELECT decision_id FROM model_routing_decisions").fetchall()
+        attempts = db.execute("SELECT COUNT(*) FROM model_selections").fetchone()
+    finally:
+        db.close()
+    assert kept == [(fresh.decision_id,)]
+    assert attempts == (0,)

@@ -213,3 +213,20 @@ async def test_with_nothing_proven_the_estimate_decides_except_on_critical_lanes
     proven = await stub.Route(task("essay", 99, requires=high))
     assert proven.model == "strong" and "proven" in fate(proven, "strong").reason
     assert "No model is proven" not in proven.reason
+
+
+async def test_rate_limited_retry_after_holds_the_breaker_open(make: Make) -> None:
+    clock = FakeClock()
+    _, stub = await make(clock)
+    d = await stub.Route(task("job", 1, policy="pair"))
+    assert d.model == "flaky"
+    limited = pb.Attempt(model="flaky", status=pb.ATTEMPT_STATUS_RATE_LIMITED,
+                         duration=Duration(seconds=1), retry_after=Duration(seconds=120))
+    await stub.ReportOutcome(pb.Outcome(decision_id=d.decision_id, attempts=[limited]))
+    held = await stub.Route(task("job", 2, policy="pair"))
+    assert held.model == "steady"
+    assert "circuit open until 12:02:00Z" in fate(held, "flaky").reason
+    clock.t += 61  # past the 30 s cooldown, not past the provider's retry-after
+    assert (await stub.Route(task("job", 3, policy="pair"))).model == "steady"
+    clock.t += 60
+    assert (await stub.Route(task("job", 4, policy="pair"))).model == "flaky"
