@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from google.protobuf.duration_pb2 import Duration
 
 from routing_sidecar import domain
@@ -75,8 +73,6 @@ def outcome_from_pb(msg: pb.Outcome) -> domain.Outcome:
     quality = None
     if msg.HasField("quality"):
         quality = _fraction("quality", msg.quality)
-        if not math.isfinite(quality):  # pragma: no cover - _fraction already refuses NaN
-            raise InvalidArgument("quality", "must be a finite number")
     return domain.Outcome(
         decision_id=decision_id,
         attempts=tuple(_attempt(i, a) for i, a in enumerate(msg.attempts)),

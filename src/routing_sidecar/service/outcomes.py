@@ -113,6 +113,7 @@ class OutcomeService:
         if record is None:
             raise NotFound(f"decision_id: no decision {outcome.decision_id!r}")
         now = self._clock.now()
+        labels: dict[str, str] = json.loads(record.labels_json)
         estimates = _estimates(record)
         rows, actual = [], 0
         for i, a in enumerate(attempts):
@@ -130,7 +131,7 @@ class OutcomeService:
             charges = [(catalog.models[a.model], r.actual_cost_micros)
                        for a, r in zip(attempts, rows, strict=True)]
             change = self._ledger.settle_attempts(
-                record.decision_id, json.loads(record.labels_json), record.policy, charges, now
+                record.decision_id, labels, record.policy, charges, now
             )
         entries = change.entries if change else ()
         result = OutcomeRecord(record.decision_id, outcome.success, outcome.quality, actual, now)
@@ -146,20 +147,19 @@ class OutcomeService:
             log_alerts(change.alerts, self.alert_hook)
         if fresh:
             self._learner.observe(
-                record.task_type, json.loads(record.labels_json), attempts,
+                record.task_type, labels, attempts,
                 outcome.success, outcome.quality, now,
             )
-        budgets = self._budgets(record, catalog, now)
+        budgets = self._budgets(record, labels, catalog, now)
         return OutcomeAck(
             record.decision_id, actual, duplicate=not fresh, budgets=budgets,
             decision=record, attempts=tuple(rows),
         )
 
     def _budgets(
-        self, record: DecisionRecord, catalog: Catalog, now: float
+        self, record: DecisionRecord, labels: dict[str, str], catalog: Catalog, now: float
     ) -> tuple[domain.BudgetStatus, ...]:
         if not record.chosen_model or record.chosen_model not in catalog.models:
             return ()
-        labels = json.loads(record.labels_json)
         model = catalog.models[record.chosen_model]
         return tuple(self._ledger.statuses_for(labels, model, record.policy, now))

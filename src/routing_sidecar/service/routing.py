@@ -30,8 +30,6 @@ def check_task(task: domain.Task, catalog: Catalog) -> None:
     for i, slot in enumerate(task.available_slots):
         if slot.model not in catalog.models:
             raise InvalidArgument(f"available_slots[{i}].model", f"unknown model {slot.model!r}")
-    if task.policy is not None and task.policy not in catalog.policies:
-        raise InvalidArgument("policy", f"unknown policy {task.policy!r}")
 
 
 @dataclass(frozen=True, slots=True)
