@@ -10,12 +10,8 @@ import signal
 from zoneinfo import ZoneInfo
 
 from routing_sidecar import logs, telemetry
-from routing_sidecar.config import RouterConfig, config_hash, load_config
+from routing_sidecar.config import RESTART_ONLY, RouterConfig, config_hash, load_config
 from routing_sidecar.core.budget import Ledger
-from routing_sidecar.core.budget_rules import rules_from_config
-from routing_sidecar.core.catalog import Catalog
-from routing_sidecar.core.health import HealthBook
-from routing_sidecar.core.learning import QualityBook
 from routing_sidecar.errors import ConfigError, StorageError
 from routing_sidecar.grpc_api.observe import Observer, ProviderHealth
 from routing_sidecar.grpc_api.server import SidecarServer
@@ -23,7 +19,7 @@ from routing_sidecar.grpc_api.servicer import RouterServicer
 from routing_sidecar.ports import Clock, SystemClock
 from routing_sidecar.service.learning import LEARNED_BOOKS, Learner
 from routing_sidecar.service.outcomes import OutcomeService
-from routing_sidecar.service.routing import RoutingService, new_decision_id
+from routing_sidecar.service.routing import RoutingService, RoutingState, new_decision_id
 from routing_sidecar.service.upkeep import Upkeep
 from routing_sidecar.storage import SqliteStore
 
@@ -78,18 +74,21 @@ class Sidecar:
             cfg.store.path, retention_days=cfg.store.retention_days, clock=self.clock
         )
         self.store = store
-        ledger = Ledger(rules_from_config(cfg), ZoneInfo(cfg.ledger.timezone))
+        settings = cfg.settings()
+        ledger = Ledger(settings.budgets, ZoneInfo(settings.ledger.timezone))
         ledger.restore(await store.load_ledger_entries())
         digest = config_hash(cfg)
         await store.record_config(digest, cfg.model_dump_json(), self.clock.now())
-        learner = await self._learner(cfg, store)
+        learner = Learner.of(settings)
+        learner.load({book: await store.load_learned(book) for book in LEARNED_BOOKS})
         self.routing = RoutingService(
-            Catalog.from_config(cfg), self.clock, ledger, store, learner,
-            config_hash=digest, reservation_ttl_s=cfg.ledger.reservation_ttl_s,
+            RoutingState.of(settings, digest), self.clock, ledger, store, learner,
             new_id=lambda: logs.bind_decision(new_decision_id()),  # logs name the decision
+            rng=self._rng,
         )
         self.outcomes = OutcomeService(
-            lambda: self.routing.catalog, ledger, store, self.clock, learner
+            lambda: self.routing.catalog, ledger, store, self.clock, learner,
+            settings.outcomes,
         )
         self.upkeep = Upkeep(
             ledger, store, store, self.clock, learner,
@@ -126,18 +125,6 @@ class Sidecar:
             if key.startswith("provider:")
         ]
 
-    async def _learner(self, cfg: RouterConfig, store: SqliteStore) -> Learner:
-        """Health and learned quality, resumed from the store's last snapshot."""
-        catalog_quality = {name: m.quality for name, m in cfg.models.items()}
-        learner = Learner(
-            HealthBook(cfg.health),
-            QualityBook(cfg.learning, lambda name: catalog_quality.get(name, 0.5)),
-            cfg.critical_lane_set(),
-            self._rng,
-        )
-        learner.load({book: await store.load_learned(book) for book in LEARNED_BOOKS})
-        return learner
-
     async def stop(self) -> None:
         """Drain in-flight RPCs within the grace period, then flush and close the store."""
         if self._stopped:
@@ -160,7 +147,10 @@ class Sidecar:
         log.info("sidecar stopped")
 
     async def reload(self) -> bool:
-        """Re-read the config file; one that fails validation never replaces the running one."""
+        """Re-read the config file and apply it whole, or change nothing.
+
+        A file that fails validation is logged as `config reload refused` with its problems.
+        """
         if not self.config_path:
             return False
         try:
@@ -168,21 +158,27 @@ class Sidecar:
         except ConfigError as exc:
             log.error("config reload refused", extra={"problems": exc.problems})
             return False
-        old = self.cfg
-        if (cfg.server, cfg.store, cfg.ledger, cfg.telemetry) != (
-            old.server, old.store, old.ledger, old.telemetry
-        ):
-            log.warning("server, store, ledger and telemetry settings change only on restart")
-        self.routing.catalog = Catalog.from_config(cfg)
-        self.routing.ledger.replace_rules(rules_from_config(cfg))
-        self.routing.config_hash = config_hash(cfg)
-        if self.store is not None:
-            await self.store.record_config(
-                self.routing.config_hash, cfg.model_dump_json(), self.clock.now()
-            )
-        self.cfg = cfg
-        log.info("config reloaded", extra={"config_hash": self.routing.config_hash})
+        await self.apply_config(cfg)
         return True
+
+    async def apply_config(self, cfg: RouterConfig) -> None:
+        """Apply a validated config at once: everything derived from it is rebuilt, then swapped.
+
+        Settings in RESTART_ONLY (listen addresses, store, telemetry, the ledger's time zone)
+        keep their running values until a restart, with a warning.
+        """
+        old = self.cfg
+        stale = [key for key, read in RESTART_ONLY.items() if read(cfg) != read(old)]
+        if stale:
+            log.warning("these settings change only on restart", extra={"settings": stale})
+        digest = config_hash(cfg)
+        state = RoutingState.of(cfg.settings(), digest)  # built before anything is swapped
+        self.routing.apply(state)
+        self.outcomes.limits = state.settings.outcomes
+        self.cfg = cfg
+        if self.store is not None:
+            await self.store.record_config(digest, cfg.model_dump_json(), self.clock.now())
+        log.info("config reloaded", extra={"config_hash": digest})
 
 
 async def serve(

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from routing_sidecar import domain
 from routing_sidecar.errors import ConfigError
+from routing_sidecar.settings import (
+    BreakerSettings,
+    DemotionSettings,
+    DetectionSettings,
+    ExplorationSettings,
+    HealthSettings,
+    LearningSettings,
+    LedgerSettings,
+    OutcomeLimits,
+    RouterSettings,
+)
 
 Usd = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -53,6 +66,16 @@ class LedgerConfig(_Strict):
 
     reservation_ttl_s: Annotated[float, Field(gt=0)] = 900.0
     timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as UTC or "
+                             "Europe/Paris)") from None
+        return v
 
 
 class TelemetryConfig(_Strict):
@@ -231,10 +254,25 @@ class LearningConfig(_Strict):
     """Learned quality per (task type, model): prior, forgetting, confidence, exploration."""
 
     prior_strength: Annotated[float, Field(ge=0)] = 20.0
+    pool_strength: Annotated[float, Field(ge=0)] = 8.0
     forget: Annotated[float, Field(gt=0, le=1)] = 0.995
     confidence: Annotated[float, Field(ge=0.5, lt=1)] = 0.8
     max_task_types: Annotated[int, Field(ge=1)] = 4096
     exploration: ExplorationConfig = ExplorationConfig()
+
+
+class OutcomesConfig(_Strict):
+    """How far a reported outcome may go before it is refused (README: outcome checks)."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=64)] = 16
+    cost_tolerance: Annotated[float, Field(ge=1, le=100, allow_inf_nan=False)] = 1.5
+    cost_slack_usd: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 0.01
+    clock_skew_s: Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)] = 300.0
+
+    def limits(self) -> OutcomeLimits:
+        """These settings as the core's OutcomeLimits."""
+        return OutcomeLimits(self.max_attempts, self.cost_tolerance,
+                             usd_to_micros(self.cost_slack_usd), self.clock_skew_s)
 
 
 class RouterConfig(_Strict):
@@ -254,36 +292,11 @@ class RouterConfig(_Strict):
     health: HealthConfig = HealthConfig()
     learning: LearningConfig = LearningConfig()
     critical_lanes: list[str] = []
+    outcomes: OutcomesConfig = OutcomesConfig()
 
-    def model_specs(self) -> tuple[domain.ModelSpec, ...]:
-        """The catalog as domain types, prices in micro-USD."""
-        return tuple(_model_spec(name, m) for name, m in self.models.items())
-
-    def policy_specs(self) -> tuple[domain.Policy, ...]:
-        """Policies as domain types."""
-        return tuple(_policy(name, p) for name, p in self.policies.items())
-
-    def rule_specs(self) -> tuple[domain.Rule, ...]:
-        """Rules as domain types, in file order."""
-        return tuple(domain.Rule(_match(r.match), r.policy) for r in self.rules)
-
-    def shape_specs(self) -> tuple[domain.ShapeRule, ...]:
-        """Task-shape rules as domain types, in file order."""
-        return tuple(
-            domain.ShapeRule(_match(s.match), domain.Objective(s.objective))
-            for s in self.task_shapes
-        )
-
-    def critical_lane_set(self) -> frozenset[str]:
-        """Lanes (the `lane` label) on which only models proven above the floor are used."""
-        return frozenset(self.critical_lanes)
-
-    def tier_rules(self) -> domain.TierRules:
-        """Tier reservation settings as a domain type."""
-        t = self.tiers
-        return domain.TierRules(
-            t.reserve_above, t.ev_percentile, t.priority_override, t.ev_window, t.ev_min_samples
-        )
+    def settings(self) -> RouterSettings:
+        """Everything routing, budgets and learning run on, as frozen domain objects."""
+        return to_settings(self)
 
 
 def usd_to_micros(usd: float) -> int:
@@ -333,6 +346,61 @@ def _match(m: MatchConfig) -> domain.Match:
         priority_max=m.priority.max if m.priority else None,
         labels=dict(m.labels),
     )
+
+
+def _budget_rules(cfg: RouterConfig) -> tuple[domain.BudgetRule, ...]:
+    """The configured budgets as rules, in file order, limits in micro-USD."""
+    out = []
+    for b in cfg.budgets:
+        default = domain.BudgetPeriod.TASK if b.scope == "task" else domain.BudgetPeriod.MONTH
+        period = domain.BudgetPeriod(b.period) if b.period else default
+        out.append(domain.BudgetRule(b.scope, period, usd_to_micros(b.limit_usd), b.alert_at,
+                                     domain.OnExceed(b.on_exceed)))
+    return tuple(out)
+
+
+def _health(h: HealthConfig) -> HealthSettings:
+    return HealthSettings(
+        h.ewma_alpha, h.window_s, BreakerSettings(**h.breaker.model_dump()),
+        DetectionSettings(**h.detection.model_dump()), DemotionSettings(**h.demotion.model_dump()),
+    )
+
+
+def _learning(lc: LearningConfig) -> LearningSettings:
+    return LearningSettings(
+        lc.prior_strength, lc.pool_strength, lc.forget, lc.confidence, lc.max_task_types,
+        ExplorationSettings(**lc.exploration.model_dump()),
+    )
+
+
+def to_settings(cfg: RouterConfig) -> RouterSettings:
+    """Convert a validated config into the frozen settings the core and services use."""
+    t = cfg.tiers
+    return RouterSettings(
+        models=MappingProxyType({n: _model_spec(n, m) for n, m in cfg.models.items()}),
+        policies=MappingProxyType({n: _policy(n, p) for n, p in cfg.policies.items()}),
+        rules=tuple(domain.Rule(_match(r.match), r.policy) for r in cfg.rules),
+        shapes=tuple(domain.ShapeRule(_match(s.match), domain.Objective(s.objective))
+                     for s in cfg.task_shapes),
+        tiers=domain.TierRules(t.reserve_above, t.ev_percentile, t.priority_override,
+                               t.ev_window, t.ev_min_samples),
+        default_policy=cfg.default_policy,
+        budgets=_budget_rules(cfg),
+        health=_health(cfg.health),
+        learning=_learning(cfg.learning),
+        ledger=LedgerSettings(cfg.ledger.reservation_ttl_s, cfg.ledger.timezone),
+        critical_lanes=frozenset(cfg.critical_lanes),
+        outcomes=cfg.outcomes.limits(),
+    )
+
+
+# What a reload cannot change in a running sidecar: it keeps these until restarted.
+RESTART_ONLY: Mapping[str, Callable[[RouterConfig], object]] = MappingProxyType({
+    "server": lambda c: c.server,
+    "store": lambda c: c.store,
+    "telemetry": lambda c: c.telemetry,
+    "ledger.timezone": lambda c: c.ledger.timezone,
+})
 
 
 def _cross_check(cfg: RouterConfig) -> Iterator[str]:

@@ -109,15 +109,18 @@ class AttemptRecord:
     output_tokens: int
     estimated_cost_micros: int
     actual_cost_micros: int
+    # The decision's plan (chosen model and fallbacks) did not name this attempt's model.
+    off_plan: bool = False
 
     @classmethod
     def from_attempt(cls, decision_id: str, attempt_index: int, attempt: domain.Attempt,
-                     estimated_cost_micros: int, actual_cost_micros: int) -> AttemptRecord:
+                     estimated_cost_micros: int, actual_cost_micros: int,
+                     off_plan: bool = False) -> AttemptRecord:
         """The row for an attempt; costs come from the caller (reported or from the catalog)."""
         a = attempt
         return cls(decision_id, attempt_index, a.model, a.provider, a.status, a.error_type,
                    a.started_at, a.duration_s, a.input_tokens, a.output_tokens,
-                   estimated_cost_micros, actual_cost_micros)
+                   estimated_cost_micros, actual_cost_micros, off_plan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +240,10 @@ class AuditLog(Protocol):
                              outcome: OutcomeRecord, ledger_rows: Sequence[LedgerEntry],
                              performance: Sequence[PerformanceRecord] = ()) -> bool:
         """Persist an outcome once; False (nothing written) when one is already recorded."""
+        ...
+
+    async def get_outcome(self, decision_id: str) -> OutcomeRecord | None:
+        """The outcome recorded for a decision, or None."""
         ...
 
     async def save_learned(self, book: str, state_json: str, at: float) -> None:

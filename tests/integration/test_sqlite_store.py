@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from routing_sidecar import domain
-from routing_sidecar.core.budget import BudgetRule, EntryKind, Ledger, LedgerEntry
-from routing_sidecar.domain import BudgetPeriod
+from routing_sidecar.core.budget import Ledger
+from routing_sidecar.core.budget_rules import EntryKind, LedgerEntry
+from routing_sidecar.domain import BudgetPeriod, BudgetRule
 from routing_sidecar.errors import StorageError
 from routing_sidecar.ports import AttemptRecord, DecisionRecord, OutcomeRecord
 from routing_sidecar.storage import SCHEMA_VERSION, Job, SqliteStore, Write
@@ -285,7 +286,8 @@ async def test_record_config_keeps_the_first_load(store: SqliteStore, db_path: P
 # -- ledger -----------------------------------------------------------------------------------
 
 RULES = (BudgetRule("global", BudgetPeriod.DAY, 50_000), BudgetRule("project:*",
-         BudgetPeriod.MONTH, 30_000), BudgetRule("provider:openai", BudgetPeriod.WEEK, 40_000))
+         BudgetPeriod.MONTH, 30_000), BudgetRule("provider:openai", BudgetPeriod.WEEK, 40_000),
+         BudgetRule("task", BudgetPeriod.TASK, 40_000))
 
 
 async def drive(ledger: Ledger, store: SqliteStore) -> None:
@@ -295,16 +297,20 @@ async def drive(ledger: Ledger, store: SqliteStore) -> None:
     for i in range(60):
         now += 600
         model = GPT5 if i % 3 else HAIKU
-        result = ledger.reserve(f"d{i}", labels[i % 3], model, "code", 1_500 + 10 * i, now,
-                                now + 1_800)
+        task_id = f"task-{i % 7}"  # several decisions share each task's per-task budget
+        block, change = ledger.reserve(f"d{i}", labels[i % 3], model, "code", task_id,
+                                       1_500 + 10 * i, now, now + 1_800)
+        assert block is None
         await store.record_decision(decision_record(i, model=model, decided_at=now),
-                                    result.entries)
+                                    change.entries)
         if i % 4 == 0 and i >= 4:
-            change = ledger.settle(f"d{i - 4}", 1_400 + i, now)
-            rid = f"d{i - 4}"
-            await store.record_outcome(rid, [attempt(rid, 0)], outcome(rid), change.entries)
+            j = i - 4
+            settled = ledger.settle(f"d{j}", labels[j % 3], "code", f"task-{j % 7}",
+                                    [(GPT5 if j % 3 else HAIKU, 1_400 + i)], now - 2_400, now)
+            rid = f"d{j}"
+            await store.record_outcome(rid, [attempt(rid, 0)], outcome(rid), settled.entries)
         if i % 10 == 0:
-            await store.record_ledger(ledger.expire(now))
+            await store.record_ledger(ledger.expire(now).entries)
 
 
 async def test_ledger_rows_round_trip_into_restore(store: SqliteStore) -> None:
@@ -314,6 +320,10 @@ async def test_ledger_rows_round_trip_into_restore(store: SqliteStore) -> None:
     restored.restore(await store.load_ledger_entries())
     for now in (T0, T0 + 86_400, T0 + 7 * 86_400):
         assert restored.status(now) == ledger.status(now)
+        for i in range(7):  # each task's own budget, too
+            for model in (GPT5, HAIKU):
+                assert restored.lines({}, model, "code", f"task-{i}", now) == ledger.lines(
+                    {}, model, "code", f"task-{i}", now)
     # ledger_totals is the SQL view of the same sums.
     totals: dict[tuple[str, float], list[int]] = {}
     for t in await store.ledger_totals():

@@ -23,15 +23,14 @@ breaker, a failure reopens it. Every failure class counts against the breaker.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from routing_sidecar.config import HealthConfig
-from routing_sidecar.domain import Attempt, AttemptStatus, ModelSpec, Rejection, Task
+from routing_sidecar.domain import Attempt, AttemptStatus, ModelSpec
+from routing_sidecar.settings import HealthSettings
 
-Verdict = tuple[Rejection, str] | None
 # Keys come from callers (attempt model names, lane labels): each map is bounded, and past the
 # bound a new key is not tracked rather than growing memory without limit.
 MAX_KEYS = 1024
@@ -183,8 +182,8 @@ class _Entry:
 class HealthBook:
     """Health per model, provider and lane; breakers per model and provider."""
 
-    def __init__(self, cfg: HealthConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: HealthSettings) -> None:
+        self.settings = cfg
         b, d, dm = cfg.breaker, cfg.detection, cfg.demotion
         self._alpha, self._window = cfg.ewma_alpha, cfg.window_s
         self._consec, self._rate, self._min_volume = (
@@ -248,23 +247,17 @@ class HealthBook:
 
     # -- decision path ---------------------------------------------------------------------
 
-    def allows(self, model: ModelSpec, now: float) -> Verdict:
-        """None when the model may be routed; else CIRCUIT_OPEN with the reason."""
+    def blocked(self, model: ModelSpec, now: float) -> str | None:
+        """Why the model may not be routed now (its or its provider's circuit), else None."""
         e = self._models.get(model.name)
         if e is not None and e.state is not BreakerStatus.CLOSED:
-            verdict = self._verdict(e, now, "")
-            if verdict is not None:
-                return verdict
+            why = self._verdict(e, now, "")
+            if why is not None:
+                return why
         e = self._providers.get(model.provider)
         if e is not None and e.state is not BreakerStatus.CLOSED:
             return self._verdict(e, now, f" (provider {model.provider})")
         return None
-
-    def as_filter(self, now: float) -> Callable[[Task, ModelSpec, int], Verdict]:
-        """`allows` shaped as a selection capability filter for one decision's time."""
-        def breaker_filter(task: Task, model: ModelSpec, cost: int) -> Verdict:
-            return self.allows(model, now)
-        return breaker_filter
 
     def penalty(self, model: ModelSpec, now: float) -> float:
         """Score demotion for errors and slowness, scaled by how much evidence backs them.
@@ -284,12 +277,6 @@ class HealthBook:
             m = e.tps_n * f
             pen += self._slow_w * (1.0 - e.tps / model.tokens_per_s) * m / (m + k)
         return min(pen, self._max_penalty)
-
-    def penalty_fn(self, now: float) -> Callable[[str, ModelSpec], float]:
-        """`penalty` shaped as `Signals.penalty` for one decision's time."""
-        def demotion(task_type: str, model: ModelSpec) -> float:
-            return self.penalty(model, now)
-        return demotion
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -422,11 +409,11 @@ class HealthBook:
             return BreakerStatus.HALF_OPEN
         return e.state
 
-    def _verdict(self, e: _Entry, now: float, suffix: str) -> Verdict:
+    def _verdict(self, e: _Entry, now: float, suffix: str) -> str | None:
         if now < e.open_until:
-            return Rejection.CIRCUIT_OPEN, f"circuit open until {clock(e.open_until)}{suffix}"
+            return f"circuit open until {clock(e.open_until)}{suffix}"
         if e.probe_at is not None and now < e.probe_at + self._probe_timeout:
-            return Rejection.CIRCUIT_OPEN, f"circuit half-open, probe in flight{suffix}"
+            return f"circuit half-open, probe in flight{suffix}"
         return None
 
     def _judge(self, e: _Entry, ok: bool, model: str, retry_after: float | None, now: float,

@@ -41,13 +41,14 @@ class Upkeep:
 
     async def expire_once(self) -> int:
         """Release reservations past their expiry; returns how many rows were written."""
-        rows = self._ledger.expire(self._clock.now())
+        change = self._ledger.expire(self._clock.now())
+        rows = change.entries
         if not rows:
             return 0
         try:
             await self._ledger_store.record_ledger(rows)
         except StorageError:
-            self._ledger.revert(rows)
+            self._ledger.revert(change)
             raise
         log.info("reservations expired", extra={"rows": len(rows)})
         return len(rows)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import aiosqlite
 
-from routing_sidecar.core.budget import EntryKind, LedgerEntry
+from routing_sidecar.core.budget_rules import EntryKind, LedgerEntry
 from routing_sidecar.domain import BudgetPeriod, DecisionStatus, Objective, ReasonCode
 from routing_sidecar.errors import StorageError
 from routing_sidecar.ports import (
@@ -302,6 +302,17 @@ class SqliteStore:
         d.update(status=DecisionStatus(d["status"]), reason_code=ReasonCode(d["reason_code"]),
                  objective=Objective(d["objective"]), dry_run=bool(d["dry_run"]))
         return DecisionRecord(**d)
+
+    async def get_outcome(self, decision_id: str) -> OutcomeRecord | None:
+        """The outcome recorded for a decision, or None."""
+        rows = await self._rows(
+            f"SELECT {', '.join(OUTCOME_COLUMNS)} FROM decision_outcomes WHERE decision_id = ?",
+            (decision_id,))
+        if not rows:
+            return None
+        d = dict(zip(OUTCOME_COLUMNS, rows[0], strict=True))
+        d["success"] = bool(d["success"])
+        return OutcomeRecord(**d)
 
     async def load_ledger_entries(self) -> list[LedgerEntry]:
         """Every persisted ledger row, in the order written."""

@@ -87,6 +87,8 @@ class _ReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasonCode
     REASON_CODE_NO_CAPABLE_MODEL: _ReasonCode.ValueType  # 4
     REASON_CODE_BUDGET_EXHAUSTED: _ReasonCode.ValueType  # 5
     REASON_CODE_CACHE_HIT: _ReasonCode.ValueType  # 6
+    REASON_CODE_BELOW_FLOOR: _ReasonCode.ValueType  # 7
+    """No capable model's estimate meets the quality floor: the best estimate was routed."""
 
 class ReasonCode(_ReasonCode, metaclass=_ReasonCodeEnumTypeWrapper):
     """ReasonCode says, in a machine-readable way, why the decision has its status."""
@@ -100,6 +102,8 @@ REASON_CODE_AWAITING_SLOT: ReasonCode.ValueType  # 3
 REASON_CODE_NO_CAPABLE_MODEL: ReasonCode.ValueType  # 4
 REASON_CODE_BUDGET_EXHAUSTED: ReasonCode.ValueType  # 5
 REASON_CODE_CACHE_HIT: ReasonCode.ValueType  # 6
+REASON_CODE_BELOW_FLOOR: ReasonCode.ValueType  # 7
+"""No capable model's estimate meets the quality floor: the best estimate was routed."""
 Global___ReasonCode: _TypeAlias = ReasonCode  # noqa: Y015
 
 class _BudgetPeriod:
@@ -270,6 +274,7 @@ class RouteRequest(_message.Message):
     EXCLUDE_MODELS_FIELD_NUMBER: _builtins.int
     CACHE_KEY_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    VALUE_MICROS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     task_type: _builtins.str
     priority: _builtins.int
@@ -284,6 +289,11 @@ class RouteRequest(_message.Message):
     cache_key: _builtins.str
     dry_run: _builtins.bool
     """Decide and audit, but reserve nothing."""
+    value_micros: _builtins.int
+    """What a good result of this task is worth to the caller, in micro-USD. When set, the
+    router chooses the capable model with the highest expected net value (value x estimated
+    quality - estimated cost), and the tier ceiling gives way to that arithmetic.
+    """
     @_builtins.property
     def requires(self) -> Global___Requirements: ...
     @_builtins.property
@@ -313,14 +323,20 @@ class RouteRequest(_message.Message):
         exclude_models: _abc.Iterable[_builtins.str] | None = ...,
         cache_key: _builtins.str = ...,
         dry_run: _builtins.bool = ...,
+        value_micros: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_ev", b"_ev", "ev", b"ev", "requires", b"requires"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ev", b"_ev", "_value_micros", b"_value_micros", "ev", b"ev", "requires", b"requires", "value_micros", b"value_micros"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ev", b"_ev", "available_slots", b"available_slots", "cache_key", b"cache_key", "dry_run", b"dry_run", "estimated_input_tokens", b"estimated_input_tokens", "ev", b"ev", "exclude_models", b"exclude_models", "labels", b"labels", "max_output_tokens", b"max_output_tokens", "objective", b"objective", "policy", b"policy", "priority", b"priority", "requires", b"requires", "task_id", b"task_id", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ev", b"_ev", "_value_micros", b"_value_micros", "available_slots", b"available_slots", "cache_key", b"cache_key", "dry_run", b"dry_run", "estimated_input_tokens", b"estimated_input_tokens", "ev", b"ev", "exclude_models", b"exclude_models", "labels", b"labels", "max_output_tokens", b"max_output_tokens", "objective", b"objective", "policy", b"policy", "priority", b"priority", "requires", b"requires", "task_id", b"task_id", "task_type", b"task_type", "value_micros", b"value_micros"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ev: _TypeAlias = _typing.Literal["ev"]  # noqa: Y015
     _WhichOneofArgType__ev: _TypeAlias = _typing.Literal["_ev", b"_ev"]  # noqa: Y015
+    _WhichOneofReturnType__value_micros: _TypeAlias = _typing.Literal["value_micros"]  # noqa: Y015
+    _WhichOneofArgType__value_micros: _TypeAlias = _typing.Literal["_value_micros", b"_value_micros"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__ev) -> _WhichOneofReturnType__ev | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value_micros) -> _WhichOneofReturnType__value_micros | None: ...
 
 Global___RouteRequest: _TypeAlias = RouteRequest  # noqa: Y015
 
@@ -373,6 +389,7 @@ class Alternative(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     ESTIMATED_QUALITY_FIELD_NUMBER: _builtins.int
     SLOT_ID_FIELD_NUMBER: _builtins.int
+    EXPECTED_NET_VALUE_MICROS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     provider: _builtins.str
     tier: _builtins.int
@@ -389,6 +406,8 @@ class Alternative(_message.Message):
     estimated_quality: _builtins.float
     """The quality estimate for this task type that qualified or excluded the model."""
     slot_id: _builtins.str
+    expected_net_value_micros: _builtins.int
+    """value x estimated quality - estimated cost, when the request carried a value."""
     def __init__(
         self,
         *,
@@ -402,12 +421,15 @@ class Alternative(_message.Message):
         reason: _builtins.str = ...,
         estimated_quality: _builtins.float = ...,
         slot_id: _builtins.str = ...,
+        expected_net_value_micros: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_net_value_micros", b"_expected_net_value_micros", "expected_net_value_micros", b"expected_net_value_micros"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chosen", b"chosen", "estimated_cost_micros", b"estimated_cost_micros", "estimated_quality", b"estimated_quality", "model", b"model", "provider", b"provider", "reason", b"reason", "rejection", b"rejection", "score", b"score", "slot_id", b"slot_id", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_net_value_micros", b"_expected_net_value_micros", "chosen", b"chosen", "estimated_cost_micros", b"estimated_cost_micros", "estimated_quality", b"estimated_quality", "expected_net_value_micros", b"expected_net_value_micros", "model", b"model", "provider", b"provider", "reason", b"reason", "rejection", b"rejection", "score", b"score", "slot_id", b"slot_id", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__expected_net_value_micros: _TypeAlias = _typing.Literal["expected_net_value_micros"]  # noqa: Y015
+    _WhichOneofArgType__expected_net_value_micros: _TypeAlias = _typing.Literal["_expected_net_value_micros", b"_expected_net_value_micros"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_net_value_micros) -> _WhichOneofReturnType__expected_net_value_micros | None: ...
 
 Global___Alternative: _TypeAlias = Alternative  # noqa: Y015
 

@@ -1,0 +1,51 @@
+"""Build the immutable view one decision is made over, reading every stateful signal once."""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+from routing_sidecar import domain
+from routing_sidecar.core.budget import Ledger
+from routing_sidecar.core.rules import is_critical
+from routing_sidecar.core.view import DecisionView, Exploration
+from routing_sidecar.service.learning import Learner
+
+if TYPE_CHECKING:
+    from routing_sidecar.service.routing import RoutingState
+
+
+def build_view(task: domain.Task, policy: domain.Policy, state: RoutingState, learner: Learner,
+               ledger: Ledger, ev_threshold: float | None, now: float,
+               rng: random.Random) -> DecisionView:
+    """Budget lines, breakers, demotion and learned quality of the policy's models, now.
+
+    Exploration draws are made here, once, and only when this decision may explore: it has a
+    quality floor or a value, is not on a critical lane or policy, and its task type's
+    exploration share is not spent.
+    """
+    models = state.catalog.candidates(policy)
+    kind = task.task_type
+    health, quality = learner.health, learner.quality
+    exploration = Exploration.OFF
+    floor = task.requires.min_quality is not None or policy.quality_floor is not None
+    if (floor or task.value_micros is not None) and not is_critical(
+            task, policy, state.catalog.critical_lanes):
+        exploration = quality.exploration(kind)
+    draws = rng if exploration is Exploration.ON else None
+    signals = {m.name: quality.signal(kind, m.name, draws) for m in models}
+    breakers = {}
+    penalties = {}
+    for m in models:
+        why = health.blocked(m, now)
+        if why is not None:
+            breakers[m.name] = why
+        penalty = health.penalty(m, now)
+        if penalty > 0.0:
+            penalties[m.name] = penalty
+    budgets = {}
+    if state.settings.budgets:
+        budgets = {m.name: ledger.lines(task.labels, m, policy.name, task.task_id, now)
+                   for m in models}
+    return DecisionView(now, ev_threshold, signals, breakers, penalties, budgets, state.paused,
+                        exploration)
