@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--task-id", default="")
     r.add_argument("--priority", type=int, default=50)
     r.add_argument("--ev", type=float)
+    r.add_argument("--value", type=float, metavar="USD",
+                   help="what a good result is worth: route by expected net value")
+    r.add_argument("--min-quality", type=float, help="quality floor 0..1 for this task")
     r.add_argument("--input-tokens", type=int, default=0)
     r.add_argument("--max-output-tokens", type=int, default=0)
     r.add_argument("--objective", choices=sorted(client.OBJECTIVES), default="auto")
@@ -94,6 +97,10 @@ def _route(args: argparse.Namespace) -> int:
     )
     if args.ev is not None:
         request.ev = args.ev
+    if args.value is not None:
+        request.value_micros = round(args.value * 1_000_000)
+    if args.min_quality is not None:
+        request.requires.min_quality = args.min_quality
     decision = client.route(args.target, request)
     print(client.to_json(decision) if args.json else client.render_decision(decision))
     return 0

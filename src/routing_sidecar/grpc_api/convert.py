@@ -252,6 +252,7 @@ def decision_to_pb(d: domain.Decision) -> pb.Decision:
         alternatives=[_alternative(a) for a in s.alternatives],
         budgets=[budget_to_pb(b) for b in d.budgets],
         dry_run=d.dry_run,
+        explored=s.explored,
     )
     msg.decided_at.CopyFrom(timestamp(d.decided_at))
     return msg

@@ -504,6 +504,7 @@ class Decision(_message.Message):
     BUDGETS_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
     DECIDED_AT_FIELD_NUMBER: _builtins.int
+    EXPLORED_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     task_id: _builtins.str
     status: Global___DecisionStatus.ValueType
@@ -518,6 +519,10 @@ class Decision(_message.Message):
     reason: _builtins.str
     """One sentence a person can read."""
     dry_run: _builtins.bool
+    explored: _builtins.bool
+    """The chosen model was tried by exploration: an unproven model, within the task type's
+    exploration share, so that the router learns what it can do.
+    """
     @_builtins.property
     def fallbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Fallback]: ...
     @_builtins.property
@@ -546,10 +551,11 @@ class Decision(_message.Message):
         budgets: _abc.Iterable[Global___BudgetStatus] | None = ...,
         dry_run: _builtins.bool = ...,
         decided_at: _timestamp_pb2.Timestamp | None = ...,
+        explored: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternatives", b"alternatives", "budgets", b"budgets", "decided_at", b"decided_at", "decision_id", b"decision_id", "dry_run", b"dry_run", "estimated_cost_micros", b"estimated_cost_micros", "fallbacks", b"fallbacks", "model", b"model", "objective", b"objective", "policy", b"policy", "provider", b"provider", "reason", b"reason", "reason_code", b"reason_code", "slot_id", b"slot_id", "status", b"status", "task_id", b"task_id", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternatives", b"alternatives", "budgets", b"budgets", "decided_at", b"decided_at", "decision_id", b"decision_id", "dry_run", b"dry_run", "estimated_cost_micros", b"estimated_cost_micros", "explored", b"explored", "fallbacks", b"fallbacks", "model", b"model", "objective", b"objective", "policy", b"policy", "provider", b"provider", "reason", b"reason", "reason_code", b"reason_code", "slot_id", b"slot_id", "status", b"status", "task_id", b"task_id", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
