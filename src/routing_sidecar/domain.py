@@ -369,12 +369,3 @@ class Outcome:
     attempts: tuple[Attempt, ...] = ()
     success: bool = False
     quality: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class QualityEstimate:
-    """Learned quality of a model for a task type, with how sure we are."""
-
-    mean: float
-    samples: float = 0.0
-    lower_bound: float = field(default=0.0)

@@ -199,7 +199,7 @@ async def test_floors_route_on_the_estimate_then_below_it_and_refuse_only_when_c
     high = pb.Requirements(min_quality=0.9)  # strong's prior (0.95) is not proof of 0.9
     d = await stub.Route(task("essay", 1, requires=high))
     assert (d.status, d.model) == (pb.DECISION_STATUS_ROUTED, "strong")
-    assert "No model is proven above the quality floor" in d.reason
+    assert "No model proven above the quality floor is available" in d.reason
     assert fate(d, "cheap").rejection == "quality"
     critical = await stub.Route(task("essay", 2, requires=high, labels={"lane": "payments"}))
     assert critical.status == pb.DECISION_STATUS_REJECTED
@@ -222,7 +222,7 @@ async def test_floors_route_on_the_estimate_then_below_it_and_refuse_only_when_c
     # On the critical lane (no exploration) strong now runs on proof.
     proven = await stub.Route(task("essay", 99, requires=high, labels={"lane": "payments"}))
     assert proven.model == "strong" and "proven" in fate(proven, "strong").reason
-    assert "No model is proven" not in proven.reason
+    assert "estimated quality alone" not in proven.reason
 
 
 async def test_rate_limited_retry_after_holds_the_breaker_open(make: Make) -> None:

@@ -11,7 +11,6 @@ from routing_sidecar.core.scoring import (
     fallback_chain,
     normalised_cost,
     score,
-    weights_for,
 )
 from routing_sidecar.domain import Objective
 
@@ -26,7 +25,7 @@ from routing_sidecar.domain import Objective
     ],
 )
 def test_weights_table(objective: Objective, expected: Weights) -> None:
-    assert weights_for(objective) == expected
+    assert WEIGHTS[objective] == expected
 
 
 def test_every_weight_row_sums_to_one() -> None:

@@ -134,7 +134,7 @@ def _pass(f: _Frame, level: Level) -> tuple[Selection, bool]:
         waiting = any(c.rejection is Rejection.NO_SLOT for c in cands)
         return _blocked(f, cands, floor_fell), floor_fell and not waiting
     ranked = _rank(f, alive, level)
-    return _choose(f, cands, ranked, level, reserved), False
+    return _choose(f, cands, ranked, level, reserved, floor_fell)
 
 
 def _candidates(f: _Frame) -> list[Cand]:
@@ -223,8 +223,12 @@ def _net(value: int, quality: float, penalty: float, cost: int) -> int:
 
 
 def _choose(f: _Frame, cands: list[Cand], ranked: list[Cand], level: Level,
-            reserved: int) -> Selection:
-    """Step 5 with budgets: the best that fits, or the on_exceed verdict of the preferred."""
+            reserved: int, floor_fell: bool) -> tuple[Selection, bool]:
+    """Step 5 with budgets: the best that fits, or the on_exceed verdict of the preferred.
+
+    The flag asks for a lower rung of the floor: a downgrade found nothing that fits among
+    the models this rung admits, while the floor kept others out.
+    """
     budgets = f.view.budgets
     fitting = []
     for c in ranked:
@@ -234,7 +238,8 @@ def _choose(f: _Frame, cands: list[Cand], ranked: list[Cand], level: Level,
     preferred = ranked[0]
     block = preferred.block
     if block is not None and (block.rule.on_exceed is OnExceed.REJECT or not fitting):
-        return _over_budget(f, cands, ranked, preferred)
+        downgrade = block.rule.on_exceed is OnExceed.DOWNGRADE
+        return _over_budget(f, cands, ranked, preferred), downgrade and floor_fell
     for c in ranked:
         if c.block is not None:
             c.drop((Rejection.BUDGET, c.block.reason(c.cost)))
@@ -260,7 +265,7 @@ def _choose(f: _Frame, cands: list[Cand], ranked: list[Cand], level: Level,
         for c, _ in chain
     ])
     return Selection(DecisionStatus.ROUTED, code, f.policy.name, f.objective, reason, alts,
-                     alts[top.index], fallbacks, explored)
+                     alts[top.index], fallbacks, explored), False
 
 
 def _mark(f: _Frame, cands: Sequence[Cand], top: Cand, chain: Sequence[tuple[Cand, bool]],
@@ -310,8 +315,8 @@ def _reason(f: _Frame, top: Cand, fitting: Sequence[Cand], level: Level, explore
         text = (f"{head}, objective {f.objective}: best score {top.score:.4g} at est. "
                 f"{usd(top.cost)}{rest}.")
     if f.floor is not None and level is Level.ESTIMATED:
-        text += (" No model is proven above the quality floor yet, so the choice rests on "
-                 "estimated quality alone.")
+        text += (" No model proven above the quality floor is available, so the choice rests "
+                 "on estimated quality alone.")
     return text
 
 

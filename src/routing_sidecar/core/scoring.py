@@ -42,11 +42,6 @@ SCORE_DIGITS = 4
 T = TypeVar("T")
 
 
-def weights_for(objective: Objective) -> Weights:
-    """Return the weight row for an objective."""
-    return WEIGHTS[objective]
-
-
 def cheapest_paid(costs: Iterable[int]) -> int:
     """The lowest non-zero cost among the candidates (0 when every one is free)."""
     return min((c for c in costs if c > 0), default=0)
