@@ -154,7 +154,7 @@ class ProviderSettings:
     headers: Mapping[str, str] = field(default_factory=dict)
     timeout_s: float = 120.0
     connect_timeout_s: float = 5.0
-    first_token_timeout_s: float = 30.0
+    first_token_timeout_s: float = 30.0  # streamed calls: request sent to first text delta
     max_connections: int = 20
 
 

@@ -212,18 +212,32 @@ async def test_connect_refused_is_transient(kind: str) -> None:
     assert exc.retryable
 
 
-@pytest.mark.parametrize("stream", [True, False])
-async def test_first_token_timeout(kind: str, stream: bool, fake: FakeProviderServer) -> None:
+async def test_first_token_timeout(kind: str, fake: FakeProviderServer) -> None:
     # The fake keeps the stream alive with comments / pings: those are not a first token.
     c = await make(kind, fake.base_url, first_token_timeout_s=0.3)
     try:
-        _, exc = await failure(c.stream(provider_call("fake-slow-5000", stream=stream)))
+        _, exc = await failure(c.stream(provider_call("fake-slow-5000")))
     finally:
         await c.aclose()
     assert (exc.status, exc.error_type) == (AttemptStatus.TIMEOUT, "first_token_timeout")
     assert exc.retryable
     record = await fake.wait_for(lambda r: r.disconnected, timeout_s=5)
     assert record.tokens_sent == 0
+
+
+async def test_a_whole_response_has_only_the_total_deadline(kind: str,
+                                                            fake: FakeProviderServer) -> None:
+    # Its one event is the whole answer: slower than first_token_timeout_s is fine ...
+    c = await make(kind, fake.base_url, first_token_timeout_s=0.1, timeout_s=0.8)
+    try:
+        texts, _ = await collect(c.stream(provider_call("fake-slow-300", stream=False)))
+        assert texts == [expected_answer("fake-slow-300")]
+        # ... and slower than timeout_s is not.
+        _, exc = await failure(c.stream(provider_call("fake-slow-5000", stream=False)))
+    finally:
+        await c.aclose()
+    assert (exc.status, exc.error_type) == (AttemptStatus.TIMEOUT, "timeout")
+    await fake.wait_for(lambda r: r.disconnected, timeout_s=5)
 
 
 async def test_total_timeout_after_some_tokens(kind: str, fake: FakeProviderServer) -> None:

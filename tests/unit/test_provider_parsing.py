@@ -182,6 +182,18 @@ def test_openai_content_filter_finish_is_a_refusal() -> None:
     assert err.usage.output_tokens == 1
 
 
+def test_openai_refusal_field_is_a_refusal() -> None:
+    with pytest.raises(ProviderError) as info:
+        feed_openai([{"choices": [{"index": 0, "delta": {"refusal": "I can't help"},
+                                   "finish_reason": None}]}])
+    assert info.value.error_type == "content_refused"
+    with pytest.raises(ProviderError):
+        openai.parse_response("p", {"choices": [{"index": 0, "finish_reason": "stop",
+                                                 "message": {"role": "assistant", "content": None,
+                                                             "refusal": "No."}}]},
+                              AttemptState())
+
+
 def test_openai_unparseable_chunk_is_a_bad_response() -> None:
     with pytest.raises(ProviderError) as info:
         feed_openai(["{not json"])

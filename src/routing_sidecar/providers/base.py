@@ -178,12 +178,17 @@ class AttemptState:
 
 async def timed_events(
     raw: AsyncGenerator[StreamEvent, None], state: AttemptState, settings: ProviderSettings,
+    *, streamed: bool = True,
 ) -> AsyncGenerator[StreamEvent, None]:
-    """`raw` under the first-token and total deadlines; failures carry the usage so far."""
+    """`raw` under the first-token and total deadlines; failures carry the usage so far.
+
+    A non-streamed call (`streamed=False`) has only the total deadline: its first event is
+    the whole answer, which no first-token deadline should cut short.
+    """
     loop = asyncio.get_running_loop()
     start = loop.time()
     total_at = start + settings.timeout_s
-    first_at = min(start + settings.first_token_timeout_s, total_at)
+    first_at = min(start + settings.first_token_timeout_s, total_at) if streamed else total_at
     got_first = False
     try:
         while True:

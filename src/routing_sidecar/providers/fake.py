@@ -59,7 +59,8 @@ class FakeProvider:
     def stream(self, call: ProviderCall) -> AsyncGenerator[StreamEvent, None]:
         """Play the script of `call.upstream_model`."""
         state = AttemptState()
-        return timed_events(self._play(call, state), state, self._settings)
+        return timed_events(self._play(call, state), state, self._settings,
+                            streamed=call.stream)
 
     async def aclose(self) -> None:
         """Nothing to close."""

@@ -100,7 +100,8 @@ class HttpProvider:
     def stream(self, call: ProviderCall) -> AsyncGenerator[StreamEvent, None]:
         """Make the call; text deltas then one StreamEnd, under the provider's deadlines."""
         state = AttemptState()
-        return timed_events(self._attempt(call, state), state, self._settings)
+        return timed_events(self._attempt(call, state), state, self._settings,
+                            streamed=call.stream)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

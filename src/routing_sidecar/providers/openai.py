@@ -42,7 +42,7 @@ FINISH = {
     "stop": FinishReason.STOP, "length": FinishReason.LENGTH,
     "tool_calls": FinishReason.TOOL_CALLS, "function_call": FinishReason.TOOL_CALLS,
 }
-REFUSED_FINISH = frozenset({"content_filter"})
+REFUSED_FINISH = frozenset({"content_filter"})  # and a `refusal` field (structured outputs)
 # OpenAI's own API wants max_completion_tokens (max_tokens is refused by its reasoning models);
 # compatible servers still read max_tokens.
 OPENAI_HOSTS = frozenset({"api.openai.com"})
@@ -130,6 +130,8 @@ class ChunkParser:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue  # n > 1 is never asked for; only the first choice is the answer
             delta = choice.get("delta") or {}
+            if isinstance(delta, dict) and delta.get("refusal"):
+                raise refused(self._provider)
             text = delta.get("content") if isinstance(delta, dict) else None
             if isinstance(text, str) and text:
                 out.append(TextDelta(text))
@@ -160,6 +162,8 @@ def parse_response(provider: str, body: Any, state: AttemptState) -> list[Stream
     if not choices or not isinstance(choices[0], dict):
         raise stream_cut(provider, "the response has no choices")
     message = choices[0].get("message") or {}
+    if isinstance(message, dict) and message.get("refusal"):
+        raise refused(provider)
     text = message.get("content") if isinstance(message, dict) else None
     usage = usage_of(body.get("usage"))
     if usage is not None:
