@@ -34,7 +34,7 @@ T, P, R = (AttemptStatus.TRANSIENT_ERROR, AttemptStatus.PERMANENT_ERROR,
     (None, "Overloaded_Error", T),  # codes are compared lower-cased
     # unknown codes: the status decides, else transient (the request was accepted)
     (None, "something_new", T), (None, None, T), (503, "something_new", T),
-    (404, "something_new", P), (302, None, T),
+    (404, "something_new", P), (302, None, P), (204, None, T),
 ])
 def test_classify(http_status: int | None, code: str | None, expected: AttemptStatus) -> None:
     assert retry.classify(http_status, code) is expected

@@ -6,8 +6,8 @@ reproducible from its inputs.
 Classification (`classify`):
 - transient: connect errors, timeouts, HTTP 408, 409, 425, 429, 500, 502, 503, 504, 529 (and any
   other 5xx), an error object saying overloaded or rate limited;
-- permanent: HTTP 400, 401, 402, 403, 404, 413, 422 (and any other 4xx), a refused request
-  (content policy), an exhausted quota (a 429 that no wait will lift).
+- permanent: HTTP 400, 401, 402, 403, 404, 413, 422 (and any other 4xx), a redirect (never
+  followed), a refused request (content policy), an exhausted quota (a 429 no wait will lift).
 A known error code decides before the HTTP status; an unknown failure with neither (e.g. an
 error object with no recognised type inside a 200 stream) counts as transient, since the
 request itself was accepted.
@@ -66,11 +66,11 @@ def classify(http_status: int | None = None, error_code: str | None = None) -> A
         return AttemptStatus.TRANSIENT_ERROR
     if http_status in TRANSIENT_HTTP or http_status >= 500:
         return AttemptStatus.TRANSIENT_ERROR
-    if http_status in PERMANENT_HTTP or 400 <= http_status < 500:
+    if http_status in PERMANENT_HTTP or 300 <= http_status < 500:
+        # 3xx too: a redirect is never followed (a wrong base_url), and retrying the same URL
+        # meets the same redirect.
         return AttemptStatus.PERMANENT_ERROR
-    # 1xx/2xx/3xx reaching here is an answer we could not use (a redirect we do not follow,
-    # a 200 we could not parse): another try may go elsewhere.
-    return AttemptStatus.TRANSIENT_ERROR
+    return AttemptStatus.TRANSIENT_ERROR  # a 1xx/2xx that could not be used
 
 
 def is_refusal(error_code: str | None) -> bool:

@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import json
 import signal
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -29,6 +29,7 @@ from routing_sidecar.providers import fake_wire as wire
 from routing_sidecar.providers.fake_wire import Answer
 
 KEEPALIVE_S = 0.1  # while a slow script waits, a comment (OpenAI) or ping (Anthropic) this often
+MAX_RECORDS = 10_000  # a demo server running for days keeps only the latest requests
 OPENAI, ANTHROPIC = "openai", "anthropic"
 
 
@@ -59,7 +60,7 @@ class FakeProviderServer:
     """A scriptable provider on a loopback port; start() it, read its records, stop() it."""
 
     def __init__(self) -> None:
-        self._records: list[FakeRequest] = []
+        self._records: deque[FakeRequest] = deque(maxlen=MAX_RECORDS)
         self._seen: Counter[str] = Counter()
         self._ids = itertools.count(1)
         self._changed: asyncio.Condition | None = None
@@ -109,7 +110,7 @@ class FakeProviderServer:
         await self.stop()
 
     def requests(self) -> tuple[FakeRequest, ...]:
-        """Every request received since the start or the last reset, oldest first."""
+        """Requests received since the start or the last reset (the latest MAX_RECORDS)."""
         return tuple(self._records)
 
     def reset(self) -> None:
@@ -191,7 +192,8 @@ class FakeProviderServer:
         answer = Answer(f"fake-{index}", model, tuple(tokens), truncated,
                         fake_script.count_tokens(contents), script.cost_micros)
         if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             return await self._stream(request, fmt, index, script, answer, include_usage)
         return await self._whole(request, fmt, index, script, answer)
 
