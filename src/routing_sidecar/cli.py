@@ -1,9 +1,10 @@
-"""`routing-sidecar serve | validate | route | budgets | report`: the command line."""
+"""`routing-sidecar serve | validate | route | budgets | report | fake-provider`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import uuid
 
@@ -67,7 +68,28 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--hours", type=int, default=24)
     rep.add_argument("--label-key", action="append", default=[], help="break down by label")
     rep.add_argument("--json", action="store_true")
+    fp = sub.add_parser("fake-provider", help="run the bundled fake LLM provider (OpenAI and "
+                        "Anthropic wire formats, scripted by model name) until SIGTERM")
+    fp.add_argument("--listen", default="127.0.0.1:9900", help="HOST:PORT")
     return p
+
+
+def _fake_provider(listen: str) -> int:
+    # Imported here: aiohttp is needed by this command only, not by every CLI start.
+    from routing_sidecar.providers import fake_server  # noqa: PLC0415
+
+    def ready(url: str) -> None:
+        print(f"fake provider listening on {url}", flush=True)
+
+    try:
+        return asyncio.run(fake_server.serve(listen, on_ready=ready))
+    except ValueError as exc:
+        print(f"error: --listen: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"error: cannot listen on {listen}: {reason}", file=sys.stderr)
+        return 1
 
 
 def _validate(path: str) -> int:
@@ -115,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(serve(args.config, args.listen, args.admin_listen))
         if args.command == "validate":
             return _validate(args.path)
+        if args.command == "fake-provider":
+            return _fake_provider(args.listen)
         if args.command == "budgets":
             msg = client.budgets(args.target, args.scope)
             print(client.to_json(msg) if args.json else client.render_budgets(msg))

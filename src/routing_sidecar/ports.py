@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
 
 from routing_sidecar import domain
+from routing_sidecar.calls import ProviderCall, StreamEvent
 from routing_sidecar.core.budget_rules import EntryKind, LedgerEntry
 
 
@@ -264,4 +265,33 @@ class AuditLog(Protocol):
 
     async def prune(self, older_than: float | None = None) -> int:
         """Delete decisions older than a time (default: retention); return how many."""
+        ...
+
+
+class ProviderClient(Protocol):
+    """One LLM provider (providers/): its credentials, a streamed call, and its connection pool.
+
+    `stream(call)` is an async generator of `TextDelta` events closed by exactly one
+    `StreamEnd`; the first event's arrival is the attempt's first token. A failure raises
+    `errors.ProviderError` (classified, carrying the usage consumed so far). Closing the
+    generator early (`aclose()`, or cancelling the task iterating it) cancels the upstream
+    request at once and closes its connection. Timeouts (connect, first token, total) are the
+    provider's, enforced inside `stream`.
+    """
+
+    @property
+    def name(self) -> str:
+        """The provider's name in the config (`models.<m>.provider`)."""
+        ...
+
+    def has_credentials(self) -> bool:
+        """False when the provider needs a key and none could be read (skipped in execute mode)."""
+        ...
+
+    def stream(self, call: ProviderCall) -> AsyncGenerator[StreamEvent, None]:
+        """Make the call; yield text deltas, then one StreamEnd."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the connection pool; the client is unusable afterwards."""
         ...
