@@ -59,6 +59,7 @@ class Rejection(StrEnum):
     BUDGET = "budget"
     CIRCUIT_OPEN = "circuit_open"
     QUALITY = "quality"
+    NO_CREDENTIALS = "no_credentials"  # execute mode: the sidecar cannot call its provider
 
 
 class AttemptStatus(StrEnum):

@@ -630,3 +630,11 @@ def test_value_explores_through_the_views_draws_only() -> None:
     assert decide(task(value_micros=1_000_000), pair(), view) == sel
     # Without draws (critical lane, or exploration off) the means decide.
     assert chosen(decide(task(value_micros=1_000_000), pair())) == "strong"
+
+
+def test_execute_mode_skips_models_it_cannot_call() -> None:
+    view = DecisionView(uncallable={"b1": "provider b has no key (api_key_env B_KEY unset)"})
+    sel = decide(task(), catalog(), view)
+    assert chosen(sel) == "a1"
+    assert alt(sel, "b1") == (Rejection.NO_CREDENTIALS,
+                              "provider b has no key (api_key_env B_KEY unset)")

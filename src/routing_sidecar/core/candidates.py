@@ -73,6 +73,9 @@ def capable(task: Task, c: Cand, tokens: int, view: DecisionView) -> Verdict:
         return Rejection.CONTEXT_WINDOW, (
             f"needs {tokens} tokens (input + output), context window is {m.context_window}"
         )
+    uncallable = view.uncallable.get(m.name)
+    if uncallable is not None:
+        return Rejection.NO_CREDENTIALS, uncallable
     open_circuit = view.breakers.get(m.name)
     if open_circuit is not None:
         return Rejection.CIRCUIT_OPEN, open_circuit

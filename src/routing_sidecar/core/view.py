@@ -98,6 +98,9 @@ class DecisionView:
     budgets: Mapping[str, tuple[BudgetLine, ...]] = field(default_factory=_empty)  # type: ignore[arg-type]
     # Per model: why an operator took it out of routing.
     paused: Mapping[str, str] = field(default_factory=_empty)  # type: ignore[arg-type]
+    # Execute mode only, per model: why the sidecar cannot make the call itself (no adapter
+    # for its provider, no key).
+    uncallable: Mapping[str, str] = field(default_factory=_empty)  # type: ignore[arg-type]
     exploration: Exploration = Exploration.OFF
 
 

@@ -24,7 +24,7 @@ from routing_sidecar.ports import AuditLog, Clock, DecisionRecord
 from routing_sidecar.service.budgets import AlertHook, log_alerts
 from routing_sidecar.service.ev import EvWindow
 from routing_sidecar.service.learning import Learner
-from routing_sidecar.service.view import build_view
+from routing_sidecar.service.view import Uncallable, build_view
 from routing_sidecar.settings import RouterSettings
 
 
@@ -118,15 +118,19 @@ class RoutingService:
         self.learner.reconfigure(state.settings)
         self.state = state
 
-    def decide(self, task: domain.Task, trace: TraceIds = NO_TRACE) -> Decided:
-        """Decide and reserve synchronously: no await, so no other request interleaves."""
+    def decide(self, task: domain.Task, trace: TraceIds = NO_TRACE,
+               uncallable: Uncallable | None = None) -> Decided:
+        """Decide and reserve synchronously: no await, so no other request interleaves.
+
+        `uncallable` (execute mode) takes out the models the sidecar cannot call itself.
+        """
         state = self.state
         catalog = state.catalog
         check_task(task, catalog)
         now = self._clock.now()
         policy = resolve_policy(task, catalog)
         view = build_view(task, policy, state, self.learner, self.ledger,
-                          self.ev_window.threshold(), now, self._rng)
+                          self.ev_window.threshold(), now, self._rng, uncallable)
         selection = decide(task, catalog, view)
         decision_id = self._new_id()
         change = NO_CHANGE

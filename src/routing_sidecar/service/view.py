@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from routing_sidecar import domain
@@ -15,14 +16,18 @@ if TYPE_CHECKING:
     from routing_sidecar.service.routing import RoutingState
 
 
+Uncallable = Callable[[domain.ModelSpec], str | None]
+
+
 def build_view(task: domain.Task, policy: domain.Policy, state: RoutingState, learner: Learner,
                ledger: Ledger, ev_threshold: float | None, now: float,
-               rng: random.Random) -> DecisionView:
+               rng: random.Random, uncallable: Uncallable | None = None) -> DecisionView:
     """Budget lines, breakers, demotion and learned quality of the policy's models, now.
 
     Exploration draws are made here, once, and only when this decision may explore: it has a
     quality floor or a value, is not on a critical lane or policy, and its task type's
-    exploration share is not spent.
+    exploration share is not spent. `uncallable` (execute mode) says why the sidecar could not
+    call a model itself (no adapter for its provider, no key).
     """
     models = state.catalog.candidates(policy)
     kind = task.task_type
@@ -47,5 +52,8 @@ def build_view(task: domain.Task, policy: domain.Policy, state: RoutingState, le
     if state.settings.budgets:
         budgets = {m.name: ledger.lines(task.labels, m, policy.name, task.task_id, now)
                    for m in models}
+    cannot = {}
+    if uncallable is not None:
+        cannot = {m.name: why for m in models if (why := uncallable(m)) is not None}
     return DecisionView(now, ev_threshold, signals, breakers, penalties, budgets, state.paused,
-                        exploration)
+                        cannot, exploration)

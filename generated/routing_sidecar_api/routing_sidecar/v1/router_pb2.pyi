@@ -399,7 +399,8 @@ class Alternative(_message.Message):
     chosen: _builtins.bool
     rejection: _builtins.str
     """Short machine-readable code: chosen, fallback, outscored, capability, min_tier,
-    context_window, max_cost, excluded, no_slot, tier_reserved, budget, circuit_open, quality.
+    context_window, max_cost, excluded, no_slot, tier_reserved, budget, circuit_open, quality,
+    no_credentials (execute mode: the sidecar cannot call the model's provider itself).
     """
     reason: _builtins.str
     """Why, in words a person can read."""
