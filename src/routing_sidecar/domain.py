@@ -70,6 +70,7 @@ class AttemptStatus(StrEnum):
     PERMANENT_ERROR = "PERMANENT_ERROR"
     TIMEOUT = "TIMEOUT"
     RATE_LIMITED = "RATE_LIMITED"
+    CANCELLED = "CANCELLED"  # the caller went away while the call was running
 
 
 class BudgetPeriod(StrEnum):

@@ -433,3 +433,10 @@ default_policy: main
         parse_config(base + "health: {breaker: {cooldown_s: 400}}\n")
     with pytest.raises(ConfigError, match=r"health\.breaker\.treshold"):
         parse_config(base + "health: {breaker: {treshold: 1}}\n")
+
+
+def test_a_cancelled_attempt_is_no_evidence_against_the_model() -> None:
+    hb = book()
+    for _ in range(5):
+        hb.record(att(M1, AttemptStatus.CANCELLED), T0)
+    assert hb.blocked(M1, T0) is None and hb.snapshot() == []

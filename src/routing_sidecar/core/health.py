@@ -207,6 +207,8 @@ class HealthBook:
         fallback ran); this feeds the fallback rate behind ELEVATED_FALLBACK.
         """
         status = attempt.status
+        if status is AttemptStatus.CANCELLED:
+            return  # the caller went away: no evidence about the model or its provider
         ok = status is OK
         tps = None
         if ok and attempt.duration_s > 0.0 and attempt.output_tokens > 0:

@@ -73,7 +73,9 @@ class Learner:
         if not attempts:
             return
         self.health.record_outcome(attempts, now, lane=labels.get("lane"))
-        self.quality.observe(task_type, attempts[-1].model, success, quality)
+        final = attempts[-1]
+        if final.status is not domain.AttemptStatus.CANCELLED or quality is not None:
+            self.quality.observe(task_type, final.model, success, quality)
 
     def report(self, now: float, providers: Iterable[str]) -> LearnerReport:
         """Health rows, detection states (every catalog provider listed) and learned quality."""
