@@ -19,6 +19,7 @@ from routing_sidecar import calls, domain
 from routing_sidecar.errors import ConfigError
 from routing_sidecar.settings import (
     BreakerSettings,
+    CacheSettings,
     DemotionSettings,
     DetectionSettings,
     ExplorationSettings,
@@ -391,6 +392,67 @@ class OutcomesConfig(_Strict):
                              usd_to_micros(self.cost_slack_usd), self.clock_skew_s)
 
 
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9_.:/@+\-]{1,64}$")
+
+
+class CacheConfig(_Strict):
+    """The response cache (README: Response cache).
+
+    `backend: sqlite` keeps entries in the store's file; `backend: redis` shares them between
+    sidecars at `redis_url` (no password in the URL: `redis_password_env` names the variable
+    holding it).
+    """
+
+    enabled: bool = True
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    ttl_s: Annotated[float, Field(gt=0, le=366 * 86_400, allow_inf_nan=False)] = 86_400.0
+    max_entries: Annotated[int, Field(ge=1, le=100_000_000)] = 100_000
+    max_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024 * 1024
+    max_value_bytes: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = 256 * 1024
+    partition_labels: list[str] = ["project"]
+    deterministic_only: bool = True
+    sweep_interval_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 10.0
+    redis_url: Annotated[str, Field(min_length=1)] | None = None
+    redis_password_env: str | None = None
+    redis_key_prefix: Annotated[str, Field(max_length=64)] = "routing:"
+
+    @field_validator("partition_labels")
+    @classmethod
+    def _label_names(cls, v: list[str]) -> list[str]:
+        for i, name in enumerate(v):
+            if not LABEL_KEY_RE.match(name):
+                raise ValueError(f"[{i}]: {name!r} is not a label key")
+        if len(set(v)) != len(v):
+            raise ValueError("a label is listed twice")
+        return v
+
+    def settings(self) -> CacheSettings:
+        """These settings as the services' CacheSettings."""
+        return CacheSettings(
+            self.enabled, self.ttl_s, self.max_entries, self.max_bytes, self.max_value_bytes,
+            tuple(self.partition_labels), self.deterministic_only, self.sweep_interval_s,
+        )
+
+
+def _check_cache(c: CacheConfig) -> Iterator[str]:
+    if c.max_value_bytes > c.max_bytes:
+        yield (f"cache.max_value_bytes: {c.max_value_bytes} is above max_bytes {c.max_bytes}, "
+               "so such an entry could never be kept")
+    if c.backend == "redis" and c.redis_url is None:
+        yield "cache.redis_url: required for backend redis"
+    if c.redis_url is not None:
+        parts = urlsplit(c.redis_url)
+        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+            yield f"cache.redis_url: expected redis://HOST:PORT/DB, rediss:// or unix://, got " \
+                  f"{parts.scheme or '(no scheme)'}://..."
+        elif parts.password is not None:
+            yield ("cache.redis_url: credentials do not belong in the URL (name the variable "
+                   "holding the password in redis_password_env)")
+    if c.redis_password_env is not None and not ENV_NAME_RE.match(c.redis_password_env):
+        yield f"cache.redis_password_env: {c.redis_password_env!r} is not an environment " \
+              "variable name"
+
+
 class RouterConfig(_Strict):
     """The whole configuration file."""
 
@@ -410,6 +472,7 @@ class RouterConfig(_Strict):
     critical_lanes: list[str] = []
     outcomes: OutcomesConfig = OutcomesConfig()
     providers: dict[str, ProviderConfig] = {}  # execute mode: how to reach each provider
+    cache: CacheConfig = CacheConfig()
 
     def execution_settings(self) -> calls.ExecutionSettings:
         """Providers and upstream model ids for execute mode, as domain settings."""
@@ -512,6 +575,7 @@ def to_settings(cfg: RouterConfig) -> RouterSettings:
         ledger=LedgerSettings(cfg.ledger.reservation_ttl_s, cfg.ledger.timezone),
         critical_lanes=frozenset(cfg.critical_lanes),
         outcomes=cfg.outcomes.limits(),
+        cache=cfg.cache.settings(),
     )
 
 
@@ -521,6 +585,8 @@ RESTART_ONLY: Mapping[str, Callable[[RouterConfig], object]] = MappingProxyType(
     "store": lambda c: c.store,
     "telemetry": lambda c: c.telemetry,
     "ledger.timezone": lambda c: c.ledger.timezone,
+    "cache.backend": lambda c: (c.cache.backend, c.cache.redis_url, c.cache.redis_password_env,
+                                c.cache.redis_key_prefix),
 })
 
 
@@ -548,6 +614,7 @@ def _cross_check(cfg: RouterConfig) -> Iterator[str]:
         yield f"default_policy: unknown policy {cfg.default_policy!r}"
     yield from _check_budgets(cfg, providers)
     yield from _check_providers(cfg)
+    yield from _check_cache(cfg.cache)
     breaker = cfg.health.breaker
     if breaker.cooldown_s > breaker.max_cooldown_s:
         yield (f"health.breaker.cooldown_s: {breaker.cooldown_s:g} is above max_cooldown_s "
