@@ -5,23 +5,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
 from zoneinfo import ZoneInfo
 
 from routing_sidecar import logs, telemetry
-from routing_sidecar.config import RESTART_ONLY, RouterConfig, config_hash, load_config
+from routing_sidecar.config import (
+    RESTART_ONLY,
+    CacheConfig,
+    RouterConfig,
+    config_hash,
+    load_config,
+)
 from routing_sidecar.core.budget import Ledger
 from routing_sidecar.errors import ConfigError, StorageError
 from routing_sidecar.grpc_api.observe import Observer, ProviderHealth
 from routing_sidecar.grpc_api.server import SidecarServer
 from routing_sidecar.grpc_api.servicer import RouterServicer
-from routing_sidecar.ports import Clock, SystemClock
+from routing_sidecar.ports import Cache, Clock, SystemClock
+from routing_sidecar.service.cache import CacheService
 from routing_sidecar.service.learning import LEARNED_BOOKS, Learner
 from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService, RoutingState, new_decision_id
 from routing_sidecar.service.upkeep import Upkeep
 from routing_sidecar.storage import SqliteStore
+from routing_sidecar.storage.sqlite_cache import SqliteCache
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +57,8 @@ class Sidecar:
         self.store: SqliteStore | None = None
         self.server: SidecarServer | None = None
         self._upkeep_task: asyncio.Task[None] | None = None
+        self._cache_task: asyncio.Task[None] | None = None
+        self.cache: CacheService | None = None
         self._stopped = False
         self.telemetry: telemetry.Telemetry | None = None
 
@@ -74,6 +85,11 @@ class Sidecar:
             cfg.store.path, retention_days=cfg.store.retention_days, clock=self.clock
         )
         self.store = store
+        try:
+            backend = await open_cache(cfg.cache, store)
+        except BaseException:
+            await store.close()
+            raise
         settings = cfg.settings()
         ledger = Ledger(settings.budgets, ZoneInfo(settings.ledger.timezone))
         ledger.restore(await store.load_ledger_entries())
@@ -103,6 +119,11 @@ class Sidecar:
         )
         self.observer.set_provider_health(self._provider_health)
         self.routing.alert_hook = self.outcomes.alert_hook = self.observer.budget_alert
+        self.cache = CacheService(backend, self.clock, lambda: self.routing.state.settings.cache,
+                                  cfg.cache.backend)
+        self.cache.on_lookup = self.observer.cache_lookup
+        self.routing.cache = self.outcomes.cache = self.cache
+        self._cache_task = asyncio.create_task(self.cache.run(), name="cache-sweeper")
         servicer = RouterServicer(self.routing, self.outcomes, store, self.clock, self.observer)
         self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes)
         self._upkeep_task = asyncio.create_task(self.upkeep.run(), name="upkeep")
@@ -132,10 +153,13 @@ class Sidecar:
         self._stopped = True
         if self.server is not None:
             await self.server.stop(self.cfg.server.grace_period_s)
-        if self._upkeep_task is not None:
-            self._upkeep_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._upkeep_task
+        for task in (self._upkeep_task, self._cache_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.cache is not None:  # before the store: its counts go through the store
+            await self.cache.close()
         if self.store is not None:
             try:
                 await self.upkeep.save_learned()
@@ -179,6 +203,23 @@ class Sidecar:
         if self.store is not None:
             await self.store.record_config(digest, cfg.model_dump_json(), self.clock.now())
         log.info("config reloaded", extra={"config_hash": digest})
+
+
+async def open_cache(cfg: CacheConfig, store: SqliteStore) -> Cache:
+    """The response cache's back end: tables in the store's file, or a Redis server."""
+    if cfg.backend == "sqlite":
+        return await SqliteCache.open(store)
+    assert cfg.redis_url is not None  # the config check requires it for backend redis
+    # Imported here: redis-py takes a while to import, and only this back end needs it.
+    from routing_sidecar.storage.redis import RedisCache  # noqa: PLC0415
+
+    password = None
+    if cfg.redis_password_env is not None:
+        password = os.environ.get(cfg.redis_password_env)
+        if password is None:
+            raise StorageError(f"cache.redis_password_env: the variable "
+                               f"{cfg.redis_password_env} is not set")
+    return await RedisCache.open(cfg.redis_url, password=password, prefix=cfg.redis_key_prefix)
 
 
 async def serve(

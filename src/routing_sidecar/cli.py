@@ -1,4 +1,4 @@
-"""`routing-sidecar serve | validate | route | budgets | report | fake-provider`."""
+"""`routing-sidecar serve | validate | route | budgets | report | cache | fake-provider`."""
 
 from __future__ import annotations
 
@@ -68,6 +68,17 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--hours", type=int, default=24)
     rep.add_argument("--label-key", action="append", default=[], help="break down by label")
     rep.add_argument("--json", action="store_true")
+    c = sub.add_parser("cache", help="the response cache: stats, or purge entries")
+    cache_sub = c.add_subparsers(dest="cache_command", required=True)
+    cs = cache_sub.add_parser("stats", help="entries, bytes, hits, misses and savings")
+    cp = cache_sub.add_parser("purge", help="delete the entries of a namespace and/or project")
+    for cmd in (cs, cp):
+        cmd.add_argument("--target", default=DEFAULT_TARGET)
+        cmd.add_argument("--namespace", help='only this namespace ("" is the default one)')
+        cmd.add_argument("--project", help="only entries of this project")
+        cmd.add_argument("--json", action="store_true")
+    cs.add_argument("--hours", type=int, default=24, help="window of the hit counts")
+    cp.add_argument("--all", action="store_true", help="purge every entry")
     fp = sub.add_parser("fake-provider", help="run the bundled fake LLM provider (OpenAI and "
                         "Anthropic wire formats, scripted by model name) until SIGTERM")
     fp.add_argument("--listen", default="127.0.0.1:9900", help="HOST:PORT")
@@ -128,6 +139,16 @@ def _route(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache(args: argparse.Namespace) -> int:
+    if args.cache_command == "stats":
+        stats = client.cache_stats(args.target, args.namespace, args.project, args.hours)
+        print(client.to_json(stats) if args.json else client.render_cache_stats(stats))
+        return 0
+    result = client.purge_cache(args.target, args.namespace, args.project, args.all)
+    print(client.to_json(result) if args.json else f"purged {result.deleted} entries")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the routing-sidecar command."""
     args = _parser().parse_args(argv)
@@ -143,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             msg = client.budgets(args.target, args.scope)
             print(client.to_json(msg) if args.json else client.render_budgets(msg))
             return 0
+        if args.command == "cache":
+            return _cache(args)
         if args.command == "report":
             rep = client.stats(args.target, args.hours, args.label_key)
             print(client.to_json(rep) if args.json else client.render_stats(rep))

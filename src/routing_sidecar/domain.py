@@ -404,3 +404,5 @@ class Outcome:
     attempts: tuple[Attempt, ...] = ()
     success: bool = False
     quality: float | None = None
+    # Decision mode: the result to store in the response cache under the decision's key.
+    cache_value: bytes = b""

@@ -222,8 +222,12 @@ def _alternative(a: domain.Alternative) -> pb.Alternative:
     return msg
 
 
-def decision_to_pb(d: domain.Decision) -> pb.Decision:
-    """Convert a domain Decision to its wire form."""
+def decision_to_pb(d: domain.Decision, *, with_cached_value: bool = True) -> pb.Decision:
+    """Convert a domain Decision to its wire form.
+
+    A CACHE_HIT names its source decision; `cached_value` carries the stored value unless
+    `with_cached_value` is False (execute mode answers with the text instead).
+    """
     s = d.selection
     chosen = s.chosen
     msg = pb.Decision(
@@ -255,4 +259,8 @@ def decision_to_pb(d: domain.Decision) -> pb.Decision:
         explored=s.explored,
     )
     msg.decided_at.CopyFrom(timestamp(d.decided_at))
+    if d.cached is not None:
+        msg.cache_source_decision_id = d.cached.source_decision_id
+        if with_cached_value:
+            msg.cached_value = d.cached.value
     return msg

@@ -10,10 +10,17 @@ from typing import Any, TypeVar
 import grpc
 
 from routing_sidecar import logs
-from routing_sidecar.errors import InvalidArgument
-from routing_sidecar.grpc_api import convert, convert_outcome, convert_stats, observe
+from routing_sidecar.errors import FailedPrecondition, InvalidArgument
+from routing_sidecar.grpc_api import (
+    convert,
+    convert_cache,
+    convert_outcome,
+    convert_stats,
+    observe,
+)
 from routing_sidecar.grpc_api.status import streaming, unary
 from routing_sidecar.ports import AuditLog, Clock
+from routing_sidecar.service.cache import CacheService
 from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
@@ -125,7 +132,31 @@ class RouterServicer(pb_grpc.RouterServicer):
         since = now - (request.hours or 24) * 3600.0
         stats = await self._audit.routing_stats(since, tuple(request.label_keys))
         report = self._service.learner.report(now, self._service.catalog.providers())
-        return convert_stats.stats_to_pb(stats, now, report)
+        cache = self._service.cache
+        usage = (await cache.report(since)).usage if cache is not None else ()
+        return convert_stats.stats_to_pb(stats, now, report, usage)
+
+    @unary
+    @_traced
+    async def GetCacheStats(self, request: pb.CacheQuery, context: Any) -> pb.CacheStats:
+        """What the response cache holds, and its hits, misses and savings over a window."""
+        query = convert_cache.query_from_pb(request)
+        now = self._clock.now()
+        report = await self._cache().report(now - query.hours * 3600.0, query.namespace,
+                                            query.project)
+        return convert_cache.stats_to_pb(report, now)
+
+    @unary
+    @_traced
+    async def PurgeCache(self, request: pb.CacheQuery, context: Any) -> pb.PurgeCacheResult:
+        """Delete the entries of a namespace and/or project, or (with all) every entry."""
+        namespace, project = convert_cache.purge_scope(convert_cache.query_from_pb(request))
+        return pb.PurgeCacheResult(deleted=await self._cache().purge(namespace, project))
+
+    def _cache(self) -> CacheService:
+        if self._service.cache is None:
+            raise FailedPrecondition("the response cache is not configured")
+        return self._service.cache
 
 
     async def Complete(

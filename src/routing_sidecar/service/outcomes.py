@@ -21,6 +21,7 @@ from routing_sidecar.ports import (
     PerformanceRecord,
 )
 from routing_sidecar.service.budgets import AlertHook, log_alerts
+from routing_sidecar.service.cache import CacheService
 from routing_sidecar.service.learning import Learner
 from routing_sidecar.settings import OutcomeLimits
 
@@ -38,6 +39,8 @@ class OutcomeAck:
     # What observers need to describe the outcome: the audited decision and each attempt row.
     decision: DecisionRecord | None = None
     attempts: tuple[AttemptRecord, ...] = ()
+    # The outcome's cache_value is stored (durably) in the response cache.
+    cache_stored: bool = False
 
 
 def plan_of(record: DecisionRecord) -> dict[str, int]:
@@ -84,11 +87,14 @@ class OutcomeService:
         self._learner = learner
         self.limits = limits
         self.alert_hook: AlertHook | None = None  # set by the app to count crossings
+        self.cache: CacheService | None = None  # set by the app: stores `cache_value`s
         self._audit = audit
         self._clock = clock
 
     async def report(self, outcome: domain.Outcome) -> OutcomeAck:
         """Record an outcome once; a repeat changes nothing and says it was a duplicate."""
+        if outcome.cache_value and self.cache is not None:
+            self.cache.check_value("cache_value", outcome.cache_value)
         catalog = self._catalog()
         record = await self._audit.get_decision(outcome.decision_id)
         if record is None:
@@ -128,9 +134,21 @@ class OutcomeService:
         log_alerts(change.alerts, self.alert_hook)
         self._learner.observe(record.task_type, labels, [c.attempt for c in checked],
                               outcome.success, outcome.quality, now)
+        stored = await self._store_value(record, outcome, actual)
         return OutcomeAck(record.decision_id, actual, duplicate=False,
                           budgets=self._budgets(record, labels, catalog, now), decision=record,
-                          attempts=tuple(rows))
+                          attempts=tuple(rows), cache_stored=stored)
+
+    async def _store_value(self, record: DecisionRecord, outcome: domain.Outcome,
+                           cost_micros: int) -> bool:
+        """Decision mode: a successful outcome's value goes under its decision's cache key."""
+        if self.cache is None or not outcome.cache_value or not outcome.success:
+            return False
+        done = [a for a in outcome.attempts if a.status is domain.AttemptStatus.SUCCESS]
+        model = done[-1].model if done else record.chosen_model or ""
+        provider = done[-1].provider if done else record.chosen_provider or ""
+        return await self.cache.store_outcome(record.decision_id, outcome.cache_value,
+                                              cost_micros, model, provider)
 
     def _budgets(self, record: DecisionRecord, labels: dict[str, str], catalog: Catalog,
                  now: float) -> tuple[domain.BudgetStatus, ...]:
