@@ -69,6 +69,17 @@ class Detection(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class BreakerChange:
+    """A breaker opened (until `open_until`) or closed here, for the rest of the fleet to know."""
+
+    scope: str  # "model" or "provider"
+    name: str
+    opened: bool
+    open_until: float = 0.0
+    trips: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class BreakerState:
     """A breaker as seen at one instant."""
 
@@ -136,12 +147,13 @@ class PerfRow:
 class _Entry:
     """Mutable state of one key; counts decay from `t`."""
 
-    __slots__ = ("bf", "bn", "consec", "fallbacks", "last_seen", "lat", "limited", "n", "ok",
-                 "open_until", "permanent", "probe_at", "state", "streak_mixed", "streak_model",
-                 "t", "timeout", "tps", "tps_n", "transient", "trips")
+    __slots__ = ("bf", "bn", "consec", "fallbacks", "last_seen", "lat", "limited", "n", "name",
+                 "ok", "open_until", "permanent", "probe_at", "scope", "state", "streak_mixed",
+                 "streak_model", "t", "timeout", "tps", "tps_n", "transient", "trips")
 
-    def __init__(self, t: float) -> None:
+    def __init__(self, t: float, scope: Scope = Scope.MODEL, name: str = "") -> None:
         self.t = t
+        self.scope, self.name = scope, name
         self.n = self.ok = self.transient = self.permanent = self.timeout = self.limited = 0.0
         self.fallbacks = self.tps_n = self.bn = self.bf = 0.0
         self.lat: float | None = None
@@ -194,6 +206,7 @@ class HealthBook:
             dm.error_weight, dm.slowness_weight, dm.evidence, dm.max_penalty)
         self._det = d
         self._maps: dict[Scope, dict[str, _Entry]] = {s: {} for s in Scope}
+        self._changes: list[BreakerChange] = []  # opened or closed here, not yet shared
         self._models = self._maps[Scope.MODEL]
         self._providers = self._maps[Scope.PROVIDER]
 
@@ -246,6 +259,33 @@ class HealthBook:
                 e.probe_at is None or now >= e.probe_at + self._probe_timeout
             ):
                 e.probe_at = now
+
+    # -- the fleet -------------------------------------------------------------------------
+
+    def drain_changes(self) -> list[BreakerChange]:
+        """Breakers this sidecar opened or closed since the last call, oldest first."""
+        out, self._changes = self._changes, []
+        return out
+
+    def apply_remote(self, change: BreakerChange, now: float) -> None:
+        """Another sidecar opened or closed a breaker: follow it.
+
+        The sidecar that opened a breaker sends its half-open probe; here the probe counts as
+        in flight from the end of the cooldown, so no second sidecar probes unless that one
+        has not answered within the probe timeout.
+        """
+        e = self._entry(Scope(change.scope), change.name, now)
+        if e is None:
+            return
+        if not change.opened:
+            e.state, e.trips, e.probe_at, e.bn, e.bf = BreakerStatus.CLOSED, 0, None, 0.0, 0.0
+            e.consec, e.streak_model, e.streak_mixed = 0, "", False
+            return
+        if e.state is BreakerStatus.OPEN and e.open_until >= change.open_until:
+            return
+        e.state, e.open_until = BreakerStatus.OPEN, change.open_until
+        e.trips, e.probe_at = max(e.trips, change.trips), change.open_until
+        e.consec, e.streak_model, e.streak_mixed, e.bn, e.bf = 0, "", False, 0.0, 0.0
 
     # -- decision path ---------------------------------------------------------------------
 
@@ -355,7 +395,7 @@ class HealthBook:
         for r in rows:
             if r.scope not in _SCOPES:
                 continue
-            e = _Entry(r.updated_at)
+            e = _Entry(r.updated_at, Scope(r.scope), r.name)
             e.n, e.ok, e.transient, e.permanent = r.attempts, r.successes, r.transient, r.permanent
             e.timeout, e.limited, e.fallbacks = r.timeouts, r.rate_limited, r.fallbacks
             e.lat, e.tps, e.tps_n, e.last_seen = r.latency_ewma_s, r.tps_ewma, r.tps_volume, \
@@ -375,7 +415,7 @@ class HealthBook:
         if e is None:
             if len(entries) >= MAX_KEYS:
                 return None
-            e = entries[name] = _Entry(now)
+            e = entries[name] = _Entry(now, scope, name)
         e.decay_to(now, self._window)
         return e
 
@@ -424,14 +464,17 @@ class HealthBook:
         status = self._status(e, now)
         if status is BreakerStatus.OPEN:
             # Attempts started before the trip still land; only a later retry-after extends it.
-            if retry_after is not None and retry_after > 0.0:
-                e.open_until = max(e.open_until, now + min(retry_after, self._max_cooldown))
+            until = now + min(retry_after or 0.0, self._max_cooldown)
+            if retry_after is not None and retry_after > 0.0 and until > e.open_until:
+                e.open_until = until
+                self._changes.append(BreakerChange(e.scope.value, e.name, True, until, e.trips))
             return
         e.bn += 1.0
         if ok:
             e.consec, e.streak_model, e.streak_mixed = 0, "", False
             if status is BreakerStatus.HALF_OPEN:
                 e.state, e.trips, e.probe_at, e.bn, e.bf = BreakerStatus.CLOSED, 0, None, 0.0, 0.0
+                self._changes.append(BreakerChange(e.scope.value, e.name, False))
             return
         e.bf += 1.0
         e.consec += 1
@@ -455,6 +498,7 @@ class HealthBook:
             cooldown = min(retry_after, self._max_cooldown)
         e.state, e.open_until, e.probe_at = BreakerStatus.OPEN, now + cooldown, None
         e.consec, e.streak_model, e.streak_mixed, e.bn, e.bf = 0, "", False, 0.0, 0.0
+        self._changes.append(BreakerChange(e.scope.value, e.name, True, e.open_until, e.trips))
 
     def _detect(self, e: _Entry, now: float, scope: Scope) -> Detection:
         d = self._det
