@@ -24,12 +24,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 
+from routing_sidecar.core.health_types import (
+    SCOPE_NAMES,
+    BreakerChange,
+    BreakerState,
+    BreakerStatus,
+    Detection,
+    HealthStats,
+    PerfRow,
+    Scope,
+)
 from routing_sidecar.domain import Attempt, AttemptStatus, ModelSpec
 from routing_sidecar.settings import HealthSettings
+
+__all__ = ["BreakerChange", "BreakerState", "BreakerStatus", "Detection", "HealthBook",
+           "HealthStats", "PerfRow", "Scope", "clock"]
 
 # Keys come from callers (attempt model names, lane labels): each map is bounded, and past the
 # bound a new key is not tracked rather than growing memory without limit.
@@ -38,110 +49,6 @@ OK, TRANSIENT, PERMANENT, TIMEOUT, LIMITED = (
     AttemptStatus.SUCCESS, AttemptStatus.TRANSIENT_ERROR, AttemptStatus.PERMANENT_ERROR,
     AttemptStatus.TIMEOUT, AttemptStatus.RATE_LIMITED,
 )
-
-
-class Scope(StrEnum):
-    """What a health key describes."""
-
-    MODEL = "model"
-    PROVIDER = "provider"
-    LANE = "lane"
-
-
-_SCOPES = frozenset(s.value for s in Scope)
-
-
-class BreakerStatus(StrEnum):
-    """Where a circuit breaker stands."""
-
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
-class Detection(StrEnum):
-    """Detection state of a provider or a lane."""
-
-    HEALTHY = "healthy"
-    ELEVATED_FALLBACK = "elevated_fallback"
-    DEGRADED = "degraded"
-    IDLE = "idle"
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerChange:
-    """A breaker opened (until `open_until`) or closed here, for the rest of the fleet to know."""
-
-    scope: str  # "model" or "provider"
-    name: str
-    opened: bool
-    open_until: float = 0.0
-    trips: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerState:
-    """A breaker as seen at one instant."""
-
-    status: BreakerStatus
-    open_until: float | None = None
-    consecutive_failures: int = 0
-    trips: int = 0
-    probe_in_flight: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class HealthStats:
-    """One row of the stats matrix (RoutingStats, CLI): rates over the decaying window."""
-
-    scope: Scope
-    name: str
-    volume: float
-    success_rate: float
-    transient_rate: float
-    permanent_rate: float
-    timeout_rate: float
-    rate_limited_rate: float
-    fallback_rate: float
-    latency_ewma_s: float | None
-    tokens_per_s: float | None
-    breaker: BreakerStatus
-    open_until: float | None
-    detection: Detection | None
-    last_seen: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class PerfRow:
-    """Everything one key holds, as plain numbers and strings, for table model_performance.
-
-    Counts are decaying sums as of `updated_at`; `restore(snapshot())` gives back exactly the
-    same state.
-    """
-
-    scope: str
-    name: str
-    updated_at: float
-    attempts: float = 0.0
-    successes: float = 0.0
-    transient: float = 0.0
-    permanent: float = 0.0
-    timeouts: float = 0.0
-    rate_limited: float = 0.0
-    fallbacks: float = 0.0
-    latency_ewma_s: float | None = None
-    tps_ewma: float | None = None
-    tps_volume: float = 0.0
-    last_seen: float | None = None
-    breaker: str = BreakerStatus.CLOSED.value
-    open_until: float | None = None
-    trips: int = 0
-    probe_at: float | None = None
-    consecutive_failures: int = 0
-    streak_model: str = ""
-    streak_mixed: bool = False
-    breaker_attempts: float = 0.0
-    breaker_failures: float = 0.0
 
 
 class _Entry:
@@ -393,7 +300,7 @@ class HealthBook:
         for entries in self._maps.values():
             entries.clear()
         for r in rows:
-            if r.scope not in _SCOPES:
+            if r.scope not in SCOPE_NAMES:
                 continue
             e = _Entry(r.updated_at, Scope(r.scope), r.name)
             e.n, e.ok, e.transient, e.permanent = r.attempts, r.successes, r.transient, r.permanent
