@@ -17,6 +17,7 @@ from routing_sidecar.grpc_api.observe import Observer, ProviderHealth
 from routing_sidecar.grpc_api.server import SidecarServer
 from routing_sidecar.grpc_api.servicer import RouterServicer
 from routing_sidecar.ports import Clock, SystemClock
+from routing_sidecar.service.budgets import LocalBudgets
 from routing_sidecar.service.learning import LEARNED_BOOKS, Learner
 from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService, RoutingState, new_decision_id
@@ -75,8 +76,9 @@ class Sidecar:
         )
         self.store = store
         settings = cfg.settings()
-        ledger = Ledger(settings.budgets, ZoneInfo(settings.ledger.timezone))
-        ledger.restore(await store.load_ledger_entries())
+        embedded = Ledger(settings.budgets, ZoneInfo(settings.ledger.timezone))
+        embedded.restore(await store.load_ledger_entries())
+        ledger = LocalBudgets(embedded)
         digest = config_hash(cfg)
         await store.record_config(digest, cfg.model_dump_json(), self.clock.now())
         learner = Learner.of(settings)
@@ -97,7 +99,7 @@ class Sidecar:
         )
         self.observer = Observer(
             tel.tracer(), tel.meter(), self.clock, tracing=tel.tracing,
-            budgets=lambda: self.routing.ledger.status(self.clock.now()),
+            budgets=lambda: self.routing.ledger.cached_status(self.clock.now()),
             providers=lambda: (m.provider for m in self.routing.catalog.models.values()),
             loop=asyncio.get_running_loop(),
         )

@@ -14,14 +14,18 @@ again with fresh totals). So a Route costs one round trip: the reservation.
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from routing_sidecar import errors
 from routing_sidecar.core.budget_rules import (
@@ -38,6 +42,9 @@ from routing_sidecar.core.view import BudgetLine
 from routing_sidecar.domain import BudgetPeriod, BudgetRule, BudgetStatus, ModelSpec
 from routing_sidecar.storage.redis.ledger_scripts import APPLY, RESERVE
 
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 TASK = BudgetPeriod.TASK
 DAY_S = 86_400.0
 HOT_FOR_S = 60.0  # a bucket not asked about for this long drops out of the refreshed set
@@ -54,6 +61,28 @@ class _Target:
     end: float
     ttl_ms: int  # from the moment of the change that touches it
     nx: bool
+
+
+def _reachable(
+    fn: Callable[Concatenate[RedisLedger, P], Awaitable[R]],
+) -> Callable[Concatenate[RedisLedger, P], Awaitable[R]]:
+    """Turn a lost or slow Redis into BudgetUnavailable, and note when it answers again."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: RedisLedger, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            result = await fn(self, *args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if self._down is None:
+                log.warning("budget ledger unreachable", extra={"error": type(exc).__name__})
+            self._down = f"the shared budget ledger is unreachable ({type(exc).__name__})"
+            raise errors.BudgetUnavailable(self._down) from None
+        if self._down is not None:
+            log.info("budget ledger reachable again")
+            self._down = None
+        return result
+
+    return cast("Callable[Concatenate[RedisLedger, P], Awaitable[R]]", wrapper)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +111,24 @@ class RedisLedger:
         self._apply = client.register_script(APPLY)
         self._totals: dict[str, tuple[int, int]] = {}  # bucket key -> last known (spent, reserved)
         self._hot: dict[str, float] = {}  # bucket key -> when a decision last read it
+        self._down: str | None = None  # why Redis did not answer the last call, if it did not
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why the ledger could not be reached on its last call, or None."""
+        return self._down
+
+    def cached_status(self, now: float, scopes: Collection[str] = ()) -> list[BudgetStatus]:
+        """Every rule's scopes this sidecar has seen, from the local copy (for gauges)."""
+        out = []
+        for key, (spent, reserved) in list(self._totals.items()):
+            scope, period, start = self._parse_key(key)
+            if period is TASK or (scopes and not any(fnmatchcase(scope, s) for s in scopes)):
+                continue
+            rule = self._rule(scope, period)
+            if rule.limit_micros and period_bounds(period, now, self._tz)[0] == start:
+                out.append(self._status(rule, scope, now, (spent, reserved)))
+        return out
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -102,6 +149,7 @@ class RedisLedger:
         return [self._status(rule, key, now, self._totals.get(self._target(rule, key, now).key))
                 for rule, key in self._book.governed(labels, model, policy, task_id)]
 
+    @_reachable
     async def status(self, now: float, scopes: Collection[str] = ()) -> list[BudgetStatus]:
         """Every calendar rule for every concrete scope the fleet has used, read fresh."""
         seen = {s.decode() if isinstance(s, bytes) else s
@@ -119,6 +167,7 @@ class RedisLedger:
                              self._totals.get(t.key) if rule.period is not TASK else None)
                 for (rule, key), t in zip(pairs, targets, strict=True)]
 
+    @_reachable
     async def refresh(self, keys: Collection[str] | None = None) -> None:
         """Re-read the buckets decisions asked about recently (or the given Redis keys)."""
         if keys is None:
@@ -140,6 +189,7 @@ class RedisLedger:
 
     # -- changes ------------------------------------------------------------------------------
 
+    @_reachable
     async def reserve(self, reservation_id: str, labels: Mapping[str, str], model: ModelSpec,
                       policy: str, task_id: str, amount_micros: int, now: float,
                       expires_at: float) -> tuple[BudgetLine | None, LedgerChange]:
@@ -169,6 +219,7 @@ class RedisLedger:
                                  amount_micros, now, expires_at) for t in targets)
         return None, LedgerChange(rows, (), (reservation_id,))
 
+    @_reachable
     async def settle(self, reservation_id: str, labels: Mapping[str, str], policy: str,
                      task_id: str, charges: Sequence[tuple[ModelSpec, int]], at: float,
                      now: float) -> LedgerChange:
@@ -207,10 +258,12 @@ class RedisLedger:
                 return LedgerChange(tuple(rows), (), (), closed)
         raise errors.StorageError(f"settle of {reservation_id!r} kept conflicting; retry")
 
+    @_reachable
     async def release(self, reservation_id: str, now: float) -> LedgerChange:
         """Drop an open reservation without charging it; anything else is a no-op."""
         return await self._close(reservation_id, now, EntryKind.RELEASE, "released")
 
+    @_reachable
     async def expire(self, now: float, limit: int = 500) -> LedgerChange:
         """Release open reservations past their expiry (any sidecar may; each happens once)."""
         due = await self._r.zrangebyscore(self._open, "-inf", repr(now), start=0, num=limit)
@@ -223,6 +276,7 @@ class RedisLedger:
             closed += change.closed
         return LedgerChange(tuple(rows), (), (), tuple(closed))
 
+    @_reachable
     async def revert(self, change: LedgerChange) -> None:
         """Undo a change whose audit rows failed to commit (or that was a duplicate)."""
         by_rid: dict[str, list[LedgerEntry]] = {}
@@ -318,9 +372,13 @@ class RedisLedger:
         return _Target(rule, e.bucket, self._bucket_key(e.bucket), e.period_end,
                        self._ttl(e.period_end, e.at), e.period is TASK)
 
-    def _parse(self, redis_key: str, now: float) -> _Target:
+    def _parse_key(self, redis_key: str) -> Bucket:
         scope, period, start = redis_key.removeprefix(f"{self._base}b:").rsplit("|", 2)
-        p = BudgetPeriod(period)
+        return scope, BudgetPeriod(period), float(start)
+
+    def _parse(self, redis_key: str, now: float) -> _Target:
+        scope, p, start_ = self._parse_key(redis_key)
+        start = str(start_)
         end = (period_bounds(p, float(start), self._tz)[1] if p is not TASK
                else now + self._task_window)
         return _Target(self._rule(scope, p), (scope, p, float(start)), redis_key, end,
