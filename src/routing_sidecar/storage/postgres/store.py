@@ -203,11 +203,18 @@ class PostgresStore:
     # -- reads -----------------------------------------------------------------------------
 
     async def _rows(self, query: str, *args: object) -> list[Any]:
-        try:
-            async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn:
-                return list(await conn.fetch(query, *args))
-        except (*LOST, asyncpg.PostgresError) as exc:
-            raise StorageError(f"read failed: {self._redact(exc)}") from None
+        # A read changes nothing, so one whose pooled connection the server had closed (a
+        # restart, an idle timeout) is simply run again on the fresh one the pool opens.
+        for attempt in (1, 2):
+            try:
+                async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn:
+                    return list(await conn.fetch(query, *args))
+            except LOST as exc:
+                if attempt == 2:
+                    raise StorageError(f"read failed: {self._redact(exc)}") from None
+            except asyncpg.PostgresError as exc:
+                raise StorageError(f"read failed: {self._redact(exc)}") from None
+        raise AssertionError("unreachable")
 
     async def get_decision(self, decision_id: str) -> DecisionRecord | None:
         """A recorded decision, or None."""

@@ -39,6 +39,7 @@ LOST = (
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08
     asyncpg.exceptions.OperatorInterventionError,  # 57: admin shutdown, statement cancelled
     asyncpg.InterfaceError,  # the connection closed under the client
+    asyncpg.exceptions.InternalClientError,  # ... while the protocol was reading its goodbye
     OSError,
     TimeoutError,
 )
@@ -84,14 +85,26 @@ class PgWriter(BatchWriter):
         result: list[bool] = await self._exclusive(batch)
         return result
 
+    async def _begin(self) -> tuple[asyncpg.Connection, Any]:
+        """A connection with a transaction started on it.
+
+        Nothing has been written yet, so a connection found dead here (the server restarted,
+        or closed it while idle) is replaced once, and the caller never notices.
+        """
+        for attempt in (1, 2):
+            try:
+                conn = await self._connection()
+                tx = conn.transaction()
+                await tx.start()
+                return conn, tx
+            except LOST as exc:
+                await self._drop()
+                if attempt == 2:
+                    raise ConnectionLost(f"cannot reach the store: {self._redact(exc)}") from exc
+        raise AssertionError("unreachable")
+
     async def _exclusive(self, fn: Exclusive) -> Any:
-        try:
-            conn = await self._connection()
-            tx = conn.transaction()
-            await tx.start()
-        except LOST as exc:
-            await self._drop()
-            raise ConnectionLost(f"cannot reach the store: {self._redact(exc)}") from exc
+        conn, tx = await self._begin()
         try:
             result = await fn(conn)
             await tx.commit()
@@ -128,7 +141,10 @@ class PgWriter(BatchWriter):
         conn, self._conn = self._conn, None
         if conn is not None:
             self._reconnects += 1
-            conn.terminate()
+            # A connection the server closed may already be back in the pool's hands, and
+            # then refuses both calls; either way it is gone and the pool opens a new one.
+            with contextlib.suppress(Exception):
+                conn.terminate()
             with contextlib.suppress(Exception):
                 await self._pool.release(conn)
 
