@@ -26,7 +26,7 @@ from routing_sidecar.storage.postgres.migrations import LOCK_KEY, migrate
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 from tests.conftest import config_dict, free_port
-from tests.pg_server import PgServer
+from tests.pg_server import PgServer, PgServerError, find_bindir
 from tests.store_records import T0, FixedClock, attempt, decision_record, outcome
 
 TABLES = {"model_routing_decisions", "model_selections", "decision_outcomes",
@@ -56,6 +56,17 @@ async def wait_for(conn: asyncpg.Connection, sql: str, *args: object) -> Any:
             return value
         await asyncio.sleep(0.05)
     raise AssertionError(f"never true: {sql}")
+
+
+def test_the_harness_fails_loudly_without_server_binaries(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No silent skip: without initdb and postgres every PostgreSQL test errors with this.
+    monkeypatch.setenv("ROUTING_PG_BINDIR", str(tmp_path))
+    with pytest.raises(PgServerError, match="install the postgresql package"):
+        find_bindir()
+    monkeypatch.delenv("ROUTING_PG_BINDIR")
+    assert (find_bindir() / "initdb").is_file()
 
 
 # -- migrations -------------------------------------------------------------------------------
