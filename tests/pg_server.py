@@ -96,9 +96,8 @@ class PgServer:
             finally:
                 await conn.close()
 
-        # A thread of its own: asyncio.run cannot nest inside a test's running loop.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, run()).result(timeout=60)
+        rows: list[tuple[Any, ...]] = _in_thread(run())
+        return rows
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT), SIGKILL if it hangs, then remove every file."""
@@ -148,11 +147,22 @@ def _initdb(bindir: Path, root: Path, password: str) -> Path:
     return data
 
 
-def _ready(bindir: Path, port: int) -> bool:
-    done = subprocess.run(
-        [str(bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port), "-t", "1"],
-        capture_output=True, timeout=10, check=False)
-    return done.returncode == 0
+def _in_thread(coro: Any) -> Any:
+    # A thread of its own: asyncio.run cannot nest inside a test's running loop.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result(timeout=60)
+
+
+def _ready(dsn: str) -> bool:
+    async def probe() -> bool:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=2)
+        except (OSError, TimeoutError, asyncpg.PostgresError):
+            return False  # not listening yet, or "the database system is starting up"
+        await conn.close()
+        return True
+
+    return bool(_in_thread(probe()))
 
 
 def _launch(bindir: Path, root: Path, data: Path, password: str) -> PgServer:
@@ -169,7 +179,7 @@ def _launch(bindir: Path, root: Path, data: Path, password: str) -> PgServer:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise PgServerError(f"postgres exited with {proc.returncode}:\n{server.logs()}")
-        if _ready(bindir, port):
+        if _ready(server.dsn()):
             return server
         time.sleep(0.1)
     proc.kill()
