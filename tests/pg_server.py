@@ -35,8 +35,8 @@ BIN_GLOB = "/usr/lib/postgresql/*/bin"
 OS_USER = "postgres"
 SUPERUSER = "routing"
 START_TIMEOUT_S = 60.0
-_DB_NUMBERS = itertools.count(1)
 STOP_TIMEOUT_S = 30.0
+_DB_NUMBERS = itertools.count(1)
 
 
 class PgServerError(RuntimeError):
