@@ -22,7 +22,7 @@ from routing_sidecar.service.learning import LEARNED_BOOKS, Learner
 from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService, RoutingState, new_decision_id
 from routing_sidecar.service.upkeep import Upkeep
-from routing_sidecar.storage import SqliteStore
+from routing_sidecar.storage import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Sidecar:
         self._rng = rng or random.Random()  # exploration draws; the core takes randomness here
         self._listen = listen or cfg.server.listen
         self._admin_listen = admin_listen  # overrides telemetry.admin_listen ("" turns it off)
-        self.store: SqliteStore | None = None
+        self.store: Store | None = None
         self.server: SidecarServer | None = None
         self._upkeep_task: asyncio.Task[None] | None = None
         self._stopped = False
@@ -71,9 +71,7 @@ class Sidecar:
         if self._admin_listen is not None:
             tcfg = tcfg.model_copy(update={"admin_listen": self._admin_listen})
         tel = self.telemetry = telemetry.setup(tcfg)
-        store = await SqliteStore.open(
-            cfg.store.path, retention_days=cfg.store.retention_days, clock=self.clock
-        )
+        store = await open_store(cfg.store, clock=self.clock)
         self.store = store
         settings = cfg.settings()
         embedded = Ledger(settings.budgets, ZoneInfo(settings.ledger.timezone))
