@@ -1,23 +1,4 @@
-"""A real redis-server for tests: started on a free loopback port in a temp dir, then stopped.
-
-Reusable by any test that needs Redis (cache, ledger, health):
-
-    from tests.redis_server import redis_server  # noqa: F401  (the fixture)
-
-    async def test_x(redis_server: RedisServer) -> None:
-        client = redis.asyncio.Redis.from_url(redis_server.url)
-
-or, for a server of your own (durable, restarted, killed mid-write):
-
-    server = RedisServer.start(tmp_path, appendonly=True)
-    ...
-    server.kill()           # SIGKILL, like a crash
-    server = server.restart()   # same port and data directory
-
-Nothing is saved unless asked (`--save ''`, `--appendonly no`), the server listens on
-127.0.0.1 only, and it never touches the machine's own Redis on 6379. Tests are skipped when no
-redis-server binary is installed.
-"""
+"""A real redis-server for the tests, on a free loopback port, in a temp dir; never port 6379."""
 
 from __future__ import annotations
 
@@ -30,110 +11,70 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 
-from tests.conftest import free_port
-
-READY_TIMEOUT_S = 10.0
-
-
-def redis_binary() -> str | None:
-    """The redis-server on PATH, or None."""
-    return shutil.which("redis-server")
-
-
-def ping(port: int, timeout_s: float = 0.5) -> bool:
-    """True when a Redis server on 127.0.0.1:port answers PING with PONG."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 @dataclass
 class RedisServer:
-    """One redis-server process and where to reach it."""
+    """One redis-server process the test owns: start, stop (SIGKILL or clean), restart."""
 
-    port: int
-    directory: Path
-    appendonly: bool
-    proc: subprocess.Popen[bytes]
-    password: str | None = None
+    dir: Path
+    port: int = 0
+    appendonly: bool = False
+    proc: subprocess.Popen[bytes] | None = None
+    password: str | None = None  # --requirepass: clients must AUTH
 
     @property
     def url(self) -> str:
-        """redis://127.0.0.1:PORT/0"""
         return f"redis://127.0.0.1:{self.port}/0"
 
-    @classmethod
-    def start(cls, directory: Path, *, appendonly: bool = False, port: int | None = None,
-              password: str | None = None) -> RedisServer:
-        """Start a server with its files in `directory`; return once it answers PING."""
-        binary = redis_binary()
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
         if binary is None:
-            pytest.skip("redis-server is not installed")
-        directory.mkdir(parents=True, exist_ok=True)
-        port = port or free_port()
-        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "yes" if appendonly else "no", "--dir", str(directory),
-                "--daemonize", "no", "--loglevel", "warning",
-                "--logfile", str(directory / "redis.log")]
-        if appendonly:
-            args += ["--appendfsync", "always"]
-        if password is not None:
-            args += ["--requirepass", password]
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        server = cls(port, directory, appendonly, proc, password)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not (ping(port) or (password is not None and server._answers())):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                server.stop()
-                log = directory / "redis.log"
-                text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                raise AssertionError(f"redis-server on port {port} did not start\n{text}")
+            raise RuntimeError("redis-server is not installed (.ci/run installs it)")
+        self.port = self.port or _free_port()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+                "--appendfsync", "always", "--logfile", str(self.dir / "redis.log")]
+        if self.password is not None:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {(self.dir / 'redis.log').read_text()}")
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=0.2) as conn:
+                conn.sendall(b"PING\r\n")
+                # With a password the answer is -NOAUTH: the server is up all the same.
+                if conn.recv(16).startswith((b"+PONG", b"-NOAUTH")):
+                    return self
             time.sleep(0.02)
-        return server
+        raise RuntimeError("redis-server did not answer PING in time")
 
-    def _answers(self) -> bool:
-        # With requirepass, PING answers -NOAUTH: any reply means the server is up.
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return bool(s.recv(64))
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """Terminate the server (SIGTERM, then SIGKILL) and wait for it."""
+    def stop(self, *, kill: bool = False) -> None:
+        if self.proc is None:
+            return
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
+            if kill:
                 self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-
-    def kill(self) -> None:
-        """SIGKILL the server, as a crash would."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=5)
-
-    def restart(self) -> RedisServer:
-        """A new server on the same port and directory (with appendonly, the same data)."""
-        self.stop()
-        return RedisServer.start(self.directory, appendonly=self.appendonly, port=self.port,
-                                 password=self.password)
+            else:
+                self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A fresh, empty, non-persistent redis-server for one test."""
-    server = RedisServer.start(tmp_path / "redis")
+@contextlib.contextmanager
+def redis_server(dir: Path, *, appendonly: bool = False) -> Iterator[RedisServer]:
+    """A started server, stopped at the end whatever happens."""
+    server = RedisServer(dir, appendonly=appendonly).start()
     try:
         yield server
     finally:
-        server.stop()
+        server.stop(kill=True)

@@ -24,12 +24,13 @@ from routing_sidecar.grpc_api.observe import Observer, ProviderHealth
 from routing_sidecar.grpc_api.server import SidecarServer
 from routing_sidecar.grpc_api.servicer import RouterServicer
 from routing_sidecar.ports import Cache, Clock, SystemClock
+from routing_sidecar.service.budgets import LocalBudgets
 from routing_sidecar.service.cache import CacheService
 from routing_sidecar.service.learning import LEARNED_BOOKS, Learner
 from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService, RoutingState, new_decision_id
 from routing_sidecar.service.upkeep import Upkeep
-from routing_sidecar.storage import SqliteStore
+from routing_sidecar.storage import SqliteStore, Store, open_store
 from routing_sidecar.storage.sqlite_cache import SqliteCache
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class Sidecar:
         self._rng = rng or random.Random()  # exploration draws; the core takes randomness here
         self._listen = listen or cfg.server.listen
         self._admin_listen = admin_listen  # overrides telemetry.admin_listen ("" turns it off)
-        self.store: SqliteStore | None = None
+        self.store: Store | None = None
         self.server: SidecarServer | None = None
         self._upkeep_task: asyncio.Task[None] | None = None
         self._cache_task: asyncio.Task[None] | None = None
@@ -81,18 +82,17 @@ class Sidecar:
         if self._admin_listen is not None:
             tcfg = tcfg.model_copy(update={"admin_listen": self._admin_listen})
         tel = self.telemetry = telemetry.setup(tcfg)
-        store = await SqliteStore.open(
-            cfg.store.path, retention_days=cfg.store.retention_days, clock=self.clock
-        )
+        store = await open_store(cfg.store, clock=self.clock)
         self.store = store
         try:
-            backend = await open_cache(cfg.cache, store)
+            backend = await open_cache(cfg.cache, store, self.clock)
         except BaseException:
             await store.close()
             raise
         settings = cfg.settings()
-        ledger = Ledger(settings.budgets, ZoneInfo(settings.ledger.timezone))
-        ledger.restore(await store.load_ledger_entries())
+        embedded = Ledger(settings.budgets, ZoneInfo(settings.ledger.timezone))
+        embedded.restore(await store.load_ledger_entries())
+        ledger = LocalBudgets(embedded)
         digest = config_hash(cfg)
         await store.record_config(digest, cfg.model_dump_json(), self.clock.now())
         learner = Learner.of(settings)
@@ -113,7 +113,7 @@ class Sidecar:
         )
         self.observer = Observer(
             tel.tracer(), tel.meter(), self.clock, tracing=tel.tracing,
-            budgets=lambda: self.routing.ledger.status(self.clock.now()),
+            budgets=lambda: self.routing.ledger.cached_status(self.clock.now()),
             providers=lambda: (m.provider for m in self.routing.catalog.models.values()),
             loop=asyncio.get_running_loop(),
         )
@@ -205,13 +205,24 @@ class Sidecar:
         log.info("config reloaded", extra={"config_hash": digest})
 
 
-async def open_cache(cfg: CacheConfig, store: SqliteStore) -> Cache:
-    """The response cache's back end: tables in the store's file, or a Redis server."""
+async def open_cache(cfg: CacheConfig, store: Store, clock: Clock) -> Cache:
+    """The response cache's back end: tables in the SQLite store's file, or a Redis server.
+
+    With the audit trail in PostgreSQL, backend sqlite keeps the cache in a local file of its
+    own, `cache.path`.
+    """
     if cfg.backend == "sqlite":
-        return await SqliteCache.open(store)
+        if isinstance(store, SqliteStore):
+            return await SqliteCache.open(store)
+        local = await SqliteStore.open(cfg.path, retention_days=1, clock=clock)
+        try:
+            return await SqliteCache.open(local, owns_store=True)
+        except BaseException:
+            await local.close()
+            raise
     assert cfg.redis_url is not None  # the config check requires it for backend redis
     # Imported here: redis-py takes a while to import, and only this back end needs it.
-    from routing_sidecar.storage.redis import RedisCache  # noqa: PLC0415
+    from routing_sidecar.storage.redis.cache import RedisCache  # noqa: PLC0415
 
     password = None
     if cfg.redis_password_env is not None:

@@ -9,11 +9,19 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from routing_sidecar import calls, domain
 from routing_sidecar.errors import ConfigError
@@ -57,11 +65,79 @@ class ServerConfig(_Strict):
         return v
 
 
-class StoreConfig(_Strict):
-    """The embedded SQLite store."""
+DEFAULT_STORE_PATH = "var/routing.db"
+_PG_SCHEMES = ("postgresql", "postgres")
+_PG_ONLY = ("pool_size", "connect_timeout_s", "command_timeout_s")
 
-    path: str = "var/routing.db"
+
+def masked_dsn(url: str) -> str:
+    """The DSN with its password (in the netloc or a password= parameter) replaced by ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    query = "&".join(
+        f"{k}=***" if k == "password" else f"{k}={v}" for k, v in parse_qsl(parts.query)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+class StoreConfig(_Strict):
+    """Where the audit trail lives: a SQLite file (`path`) or one PostgreSQL database (`url`).
+
+    SQLite is the default; a fleet shares one PostgreSQL database. The URL's password never
+    leaves this object unmasked (not in dumps, reprs or errors); it may also come from
+    $PGPASSWORD or a passfile, which libpq and asyncpg read.
+    """
+
+    # The input may hold the DSN's password: validation errors never echo it.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    path: Annotated[str, Field(min_length=1)] | None = None
+    url: str | None = Field(default=None, repr=False)
     retention_days: Annotated[int, Field(ge=1)] = 30
+    # PostgreSQL only: one pooled connection writes, the others read.
+    pool_size: Annotated[int, Field(ge=2, le=100)] = 4
+    connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+    command_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_path(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("path") is None and data.get("url") is None:
+            return {**data, "path": DEFAULT_STORE_PATH}
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _dsn_shape(cls, v: str | None) -> str | None:
+        # Messages here never quote the value: it may hold the password.
+        if v is None:
+            return v
+        try:
+            parts = urlsplit(v)
+            _ = parts.port
+        except ValueError:
+            raise ValueError("not a valid postgresql:// URL (bad host or port)") from None
+        if parts.scheme not in _PG_SCHEMES:
+            raise ValueError("expected a postgresql:// or postgres:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> StoreConfig:
+        if self.path is not None and self.url is not None:
+            raise ValueError("give store.path (SQLite) or store.url (PostgreSQL), not both")
+        if self.url is None:
+            extra = [f"store.{k}" for k in _PG_ONLY if k in self.model_fields_set]
+            if extra:
+                raise ValueError(f"only a PostgreSQL store (store.url) takes {', '.join(extra)}")
+        return self
+
+    @field_serializer("url")
+    def _mask(self, v: str | None) -> str | None:
+        # Dumps feed the config hash and the stored config versions: no password there.
+        return None if v is None else masked_dsn(v)
 
 
 class LedgerConfig(_Strict):
@@ -412,6 +488,8 @@ class CacheConfig(_Strict):
     partition_labels: list[str] = ["project"]
     deterministic_only: bool = True
     sweep_interval_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 10.0
+    # The cache's own SQLite file, used only when the audit trail is in PostgreSQL (store.url).
+    path: Annotated[str, Field(min_length=1)] = "var/cache.db"
     redis_url: Annotated[str, Field(min_length=1)] | None = None
     redis_password_env: str | None = None
     redis_key_prefix: Annotated[str, Field(max_length=64)] = "routing:"
@@ -585,8 +663,8 @@ RESTART_ONLY: Mapping[str, Callable[[RouterConfig], object]] = MappingProxyType(
     "store": lambda c: c.store,
     "telemetry": lambda c: c.telemetry,
     "ledger.timezone": lambda c: c.ledger.timezone,
-    "cache.backend": lambda c: (c.cache.backend, c.cache.redis_url, c.cache.redis_password_env,
-                                c.cache.redis_key_prefix),
+    "cache.backend": lambda c: (c.cache.backend, c.cache.path, c.cache.redis_url,
+                                c.cache.redis_password_env, c.cache.redis_key_prefix),
 })
 
 

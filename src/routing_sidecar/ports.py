@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -12,7 +12,8 @@ import orjson
 
 from routing_sidecar import domain
 from routing_sidecar.calls import ProviderCall, StreamEvent
-from routing_sidecar.core.budget_rules import EntryKind, LedgerEntry
+from routing_sidecar.core.budget_rules import EntryKind, LedgerChange, LedgerEntry
+from routing_sidecar.core.view import BudgetLine
 
 
 class Clock(Protocol):
@@ -207,6 +208,67 @@ class LedgerTotal:
     period_start: float
     kind: EntryKind
     amount_micros: int
+
+
+class BudgetBook(Protocol):
+    """The budget ledger as the services use it: embedded in the process, or shared (Redis).
+
+    Reads on the decision path are synchronous, from what the book holds locally; every change
+    is awaited. A shared book that cannot reach its store says so with `unavailable`.
+    """
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why the budgets cannot be checked right now, or None when they can."""
+        ...
+
+    def lines(self, labels: Mapping[str, str], model: domain.ModelSpec, policy: str,
+              task_id: str, now: float) -> tuple[BudgetLine, ...]:
+        """Every budget a decision for the model falls under, with what it used."""
+        ...
+
+    def statuses_for(self, labels: Mapping[str, str], model: domain.ModelSpec, policy: str,
+                     task_id: str, now: float) -> list[domain.BudgetStatus]:
+        """Standing of every budget one decision falls under."""
+        ...
+
+    def cached_status(self, now: float,
+                      scopes: Collection[str] = ()) -> list[domain.BudgetStatus]:
+        """Every scope's standing as held locally (gauges read this)."""
+        ...
+
+    async def status(self, now: float,
+                     scopes: Collection[str] = ()) -> list[domain.BudgetStatus]:
+        """Every scope's standing, read fresh from where the totals live."""
+        ...
+
+    async def reserve(self, reservation_id: str, labels: Mapping[str, str],
+                      model: domain.ModelSpec, policy: str, task_id: str, amount_micros: int,
+                      now: float, expires_at: float) -> tuple[BudgetLine | None, LedgerChange]:
+        """Hold the amount on every budget, if it fits; else the first budget it breaks."""
+        ...
+
+    async def settle(self, reservation_id: str, labels: Mapping[str, str], policy: str,
+                     task_id: str, charges: Sequence[tuple[domain.ModelSpec, int]], at: float,
+                     now: float) -> LedgerChange:
+        """Close the reservation and charge each attempt to its own budgets."""
+        ...
+
+    async def release(self, reservation_id: str, now: float) -> LedgerChange:
+        """Drop an open reservation without charging it."""
+        ...
+
+    async def expire(self, now: float) -> LedgerChange:
+        """Release reservations past their expiry."""
+        ...
+
+    async def revert(self, change: LedgerChange) -> None:
+        """Undo a change whose rows failed to commit (or that was a duplicate)."""
+        ...
+
+    def replace_rules(self, rules: Sequence[domain.BudgetRule]) -> None:
+        """Swap in reloaded rules, keeping every total and reservation."""
+        ...
 
 
 class LedgerStore(Protocol):

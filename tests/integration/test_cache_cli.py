@@ -1,4 +1,4 @@
-"""`routing-sidecar cache stats|purge` and `report` against a running sidecar, as a user runs them."""
+"""`routing-sidecar cache stats|purge` and `report` against a running sidecar, as run by a user."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from routing_sidecar.domain import CacheEntry
 from routing_sidecar.errors import StorageError
 from routing_sidecar.ports import Cache, CacheUsage, PendingStore
 from routing_sidecar.storage import SqliteStore
-from routing_sidecar.storage.redis import RedisCache
+from routing_sidecar.storage.redis.cache import RedisCache
 from routing_sidecar.storage.sqlite_cache import SqliteCache
 from tests.fakes import JAN_31, FakeClock
 from tests.redis_server import RedisServer
@@ -64,14 +64,15 @@ async def _sqlite(tmp_path: Path) -> AsyncIterator[Backend]:
 
 
 async def _redis(tmp_path: Path) -> AsyncIterator[Backend]:
-    server = RedisServer.start(tmp_path / "redis", appendonly=True)
+    server = RedisServer(tmp_path / "redis", appendonly=True).start()
     prefix = f"test{next(_prefixes)}:"
     opened = [await RedisCache.open(server.url, prefix=prefix)]
 
     async def reopen() -> Cache:
         nonlocal server
         await opened[-1].close()
-        server = server.restart()
+        server.stop()
+        server.start()
         opened.append(await RedisCache.open(server.url, prefix=prefix))
         return opened[-1]
 
@@ -233,10 +234,10 @@ async def test_concurrent_puts_all_land(backend: Backend) -> None:
 
 
 async def test_redis_down_is_a_storage_error(tmp_path: Path) -> None:
-    server = RedisServer.start(tmp_path / "redis")
+    server = RedisServer(tmp_path / "redis").start()
     cache = await RedisCache.open(server.url, timeout_s=0.5)
     try:
-        server.kill()
+        server.stop(kill=True)
         with pytest.raises(StorageError, match="cache"):
             await cache.get("k", NOW)
     finally:
@@ -251,7 +252,7 @@ async def test_redis_refuses_to_start_without_a_server() -> None:
 
 
 async def test_redis_with_a_password(tmp_path: Path) -> None:
-    server = RedisServer.start(tmp_path / "redis", password="s3cret-pw")
+    server = RedisServer(tmp_path / "redis", password="s3cret-pw").start()
     try:
         with pytest.raises(StorageError) as err:
             await RedisCache.open(server.url, timeout_s=0.5)

@@ -316,7 +316,7 @@ async def test_the_route_span_says_hit_or_miss(tmp_path: Path) -> None:
 
 
 async def test_two_sidecars_share_a_redis_cache(tmp_path: Path) -> None:
-    server = RedisServer.start(tmp_path / "redis")
+    server = RedisServer(tmp_path / "redis").start()
     cars: list[Sidecar] = []
     try:
         for name in ("a", "b"):
@@ -334,7 +334,7 @@ async def test_two_sidecars_share_a_redis_cache(tmp_path: Path) -> None:
             assert hit.cache_source_decision_id == stored.decision_id
             assert (await b.stub.GetCacheStats(pb.CacheQuery())).backend == "redis"
             # Redis gone: lookups are misses, Routes keep being answered.
-            server.kill()
+            server.stop(kill=True)
             d = await b.route("fleet-key")
             assert d.status == pb.DECISION_STATUS_ROUTED
             assert not (await b.report(d, b"v")).cache_stored

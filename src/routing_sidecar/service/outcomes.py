@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from routing_sidecar import domain
-from routing_sidecar.core.budget import Ledger
 from routing_sidecar.core.budget_rules import NO_CHANGE
 from routing_sidecar.core.catalog import Catalog
 from routing_sidecar.core.outcome_checks import DEFAULT_LIMITS, check_outcome
@@ -15,6 +14,7 @@ from routing_sidecar.errors import NotFound, StorageError
 from routing_sidecar.ports import (
     AttemptRecord,
     AuditLog,
+    BudgetBook,
     Clock,
     DecisionRecord,
     OutcomeRecord,
@@ -76,7 +76,7 @@ class OutcomeService:
     def __init__(
         self,
         catalog: Callable[[], Catalog],
-        ledger: Ledger,
+        ledger: BudgetBook,
         audit: AuditLog,
         clock: Clock,
         learner: Learner,
@@ -110,7 +110,7 @@ class OutcomeService:
         actual = sum(c.cost_micros for c in checked)
         change = NO_CHANGE
         if not record.dry_run:
-            change = self._ledger.settle(
+            change = await self._ledger.settle(
                 record.decision_id, labels, record.policy, record.task_id,
                 [(catalog.models[c.attempt.model], c.cost_micros) for c in checked],
                 record.decided_at, now)
@@ -120,12 +120,12 @@ class OutcomeService:
                 record.decision_id, rows, result, change.entries,
                 _performance(record.task_type, rows, outcome, now))
         except StorageError:
-            self._ledger.revert(change)
+            await self._ledger.revert(change)
             raise
         if not fresh:
             # A repeat (or the loser of a race with the first report): undo its charges and
             # answer with what was recorded the first time.
-            self._ledger.revert(change)
+            await self._ledger.revert(change)
             recorded = await self._audit.get_outcome(record.decision_id)
             return OutcomeAck(record.decision_id,
                               recorded.actual_cost_micros if recorded else actual,

@@ -75,27 +75,32 @@ def _where(namespace: str | None, project: str | None) -> tuple[str, tuple[str, 
 class SqliteCache:
     """`Cache` over the tables of migration 4, sharing the store's writer."""
 
-    def __init__(self, read: aiosqlite.Connection, writer: GroupWriter) -> None:
+    def __init__(self, read: aiosqlite.Connection, writer: GroupWriter,
+                 owned: SqliteStore | None = None) -> None:
         self._read = read
         self._writer = writer
+        self._owned = owned
         self._closed = False
 
     @classmethod
-    async def open(cls, store: SqliteStore, busy_timeout_ms: int = 5000) -> SqliteCache:
-        """A cache on an open (and so migrated) store's file."""
+    async def open(cls, store: SqliteStore, busy_timeout_ms: int = 5000,
+                   owns_store: bool = False) -> SqliteCache:
+        """A cache on an open (and so migrated) store's file; `owns_store`: close it too."""
         try:
             read = await aiosqlite.connect(store.path, isolation_level=None)
             await read.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             await read.execute("PRAGMA query_only = ON")
         except sqlite3.Error as exc:
             raise StorageError(f"{store.path}: cannot open the cache: {exc}") from exc
-        return cls(read, store.writer)
+        return cls(read, store.writer, store if owns_store else None)
 
     async def close(self) -> None:
-        """Close the read connection (the writer belongs to the store); idempotent."""
+        """Close the read connection (and a store of its own); idempotent."""
         if not self._closed:
             self._closed = True
             await self._read.close()
+            if self._owned is not None:
+                await self._owned.close()
 
     async def _rows(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
         try:
