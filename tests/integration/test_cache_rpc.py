@@ -342,3 +342,23 @@ async def test_two_sidecars_share_a_redis_cache(tmp_path: Path) -> None:
         for c in cars:
             await c.stop()
         server.stop()
+
+
+async def test_with_the_audit_trail_in_postgres_the_cache_keeps_a_file_of_its_own(
+    tmp_path: Path, pg_dsn: str,
+) -> None:
+    raw = cache_config(tmp_path, path=str(tmp_path / "local-cache.db"))
+    raw["store"] = {"url": pg_dsn}
+    sidecar, _ = await start_car(raw)
+    try:
+        async with grpc.aio.insecure_channel(sidecar.address) as ch:
+            c = Car(sidecar, FakeClock(), pb_grpc.RouterStub(ch))
+            stored = await c.store("pg-key", b"kept locally")
+            hit = await c.route("pg-key")
+            assert (hit.status, hit.cached_value) == (pb.DECISION_STATUS_CACHE_HIT,
+                                                      b"kept locally")
+            assert hit.cache_source_decision_id == stored.decision_id
+    finally:
+        await sidecar.stop()
+    assert (tmp_path / "local-cache.db").exists()
+    assert not (tmp_path / "routing.db").exists()  # the audit trail went to PostgreSQL
