@@ -11,6 +11,8 @@ from pathlib import Path
 import grpc
 from google import protobuf
 
+from bench import cache as cache_bench
+from bench.cache import CacheBench
 from bench.core import CoreResult
 from bench.rpc import Summary, ratios
 from bench.startup import StartupResult
@@ -36,6 +38,7 @@ class Results:
     startup: list[StartupResult] = field(default_factory=list)
     store_files: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
+    cache: CacheBench | None = None  # bench/cache.py
 
 
 def _first(path: str, key: str) -> str:
@@ -207,6 +210,7 @@ def console(res: Results) -> str:
         text_table(START_HEAD, startup_rows(res)),
         "SQLite store after the load: " + _stores(res),
         "Targets (not assertions)\n" + "\n".join(f"  {v}" for v in verdicts(res)),
+        *([cache_bench.markdown(res.cache)] if res.cache else []),
         f"total {res.duration_s:.0f} s",
     ])
 
@@ -295,6 +299,7 @@ ratios and orders of magnitude, not absolute figures across machines).
 
 SQLite store after the load: {_stores(res)}.
 
+{cache_bench.markdown(res.cache) if res.cache else ""}
 ## Method
 
 {_method(res)}"""
