@@ -338,6 +338,12 @@ async def test_two_sidecars_share_a_redis_cache(tmp_path: Path) -> None:
             d = await b.route("fleet-key")
             assert d.status == pb.DECISION_STATUS_ROUTED
             assert not (await b.report(d, b"v")).cache_stored
+            # The routing report goes on without the cache; the cache's own stats say why not.
+            assert (await b.stub.GetRoutingStats(pb.StatsQuery())).cells
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await b.stub.GetCacheStats(pb.CacheQuery())
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "redis" in (err.value.details() or "")
     finally:
         for c in cars:
             await c.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
@@ -10,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from routing_sidecar import logs
-from routing_sidecar.errors import FailedPrecondition, InvalidArgument
+from routing_sidecar.errors import FailedPrecondition, InvalidArgument, StorageError
 from routing_sidecar.grpc_api import (
     convert,
     convert_cache,
@@ -19,13 +20,14 @@ from routing_sidecar.grpc_api import (
     observe,
 )
 from routing_sidecar.grpc_api.status import streaming, unary
-from routing_sidecar.ports import AuditLog, Clock
+from routing_sidecar.ports import AuditLog, CacheUsage, Clock
 from routing_sidecar.service.cache import CacheService
 from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 
+log = logging.getLogger(__name__)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
@@ -132,8 +134,12 @@ class RouterServicer(pb_grpc.RouterServicer):
         since = now - (request.hours or 24) * 3600.0
         stats = await self._audit.routing_stats(since, tuple(request.label_keys))
         report = self._service.learner.report(now, self._service.catalog.providers())
-        cache = self._service.cache
-        usage = (await cache.report(since)).usage if cache is not None else ()
+        usage: tuple[CacheUsage, ...] = ()
+        if self._service.cache is not None:
+            try:
+                usage = (await self._service.cache.report(since)).usage
+            except StorageError:  # the routing report goes on without the cache's rows
+                log.warning("cache usage left out of the routing stats: the cache is down")
         return convert_stats.stats_to_pb(stats, now, report, usage)
 
     @unary
