@@ -8,12 +8,14 @@ import logging
 import os
 import random
 import signal
+import socket
+import uuid
+from collections.abc import Iterable
 from zoneinfo import ZoneInfo
 
 from routing_sidecar import logs, telemetry
 from routing_sidecar.config import (
     RESTART_ONLY,
-    CacheConfig,
     RouterConfig,
     config_hash,
     load_config,
@@ -23,14 +25,19 @@ from routing_sidecar.errors import ConfigError, StorageError
 from routing_sidecar.grpc_api.observe import Observer, ProviderHealth
 from routing_sidecar.grpc_api.server import SidecarServer
 from routing_sidecar.grpc_api.servicer import RouterServicer
-from routing_sidecar.ports import Cache, Clock, SystemClock
+from routing_sidecar.ports import BudgetBook, Cache, Clock, SystemClock
 from routing_sidecar.service.budgets import LocalBudgets
 from routing_sidecar.service.cache import CacheService
+from routing_sidecar.service.fleet_budgets import FleetBudgets
+from routing_sidecar.service.fleet_sync import FleetSync
 from routing_sidecar.service.learning import LEARNED_BOOKS, Learner
 from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService, RoutingState, new_decision_id
 from routing_sidecar.service.upkeep import Upkeep
+from routing_sidecar.settings import RouterSettings
 from routing_sidecar.storage import SqliteStore, Store, open_store
+from routing_sidecar.storage.outbox import Outbox
+from routing_sidecar.storage.redis import Fleet, open_fleet
 from routing_sidecar.storage.sqlite_cache import SqliteCache
 
 log = logging.getLogger(__name__)
@@ -60,6 +67,11 @@ class Sidecar:
         self._upkeep_task: asyncio.Task[None] | None = None
         self._cache_task: asyncio.Task[None] | None = None
         self.cache: CacheService | None = None
+        # Fleet mode (fleet.redis_url): the shared books, the outbox and the sync loop.
+        self.sidecar_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.fleet: Fleet | None = None
+        self.outbox: Outbox | None = None
+        self.fleet_sync: FleetSync | None = None
         self._stopped = False
         self.telemetry: telemetry.Telemetry | None = None
 
@@ -84,15 +96,8 @@ class Sidecar:
         tel = self.telemetry = telemetry.setup(tcfg)
         store = await open_store(cfg.store, clock=self.clock)
         self.store = store
-        try:
-            backend = await open_cache(cfg.cache, store, self.clock)
-        except BaseException:
-            await store.close()
-            raise
         settings = cfg.settings()
-        embedded = Ledger(settings.budgets, ZoneInfo(settings.ledger.timezone))
-        embedded.restore(await store.load_ledger_entries())
-        ledger = LocalBudgets(embedded)
+        ledger = await self._budgets(settings, store)
         digest = config_hash(cfg)
         await store.record_config(digest, cfg.model_dump_json(), self.clock.now())
         learner = Learner.of(settings)
@@ -119,11 +124,12 @@ class Sidecar:
         )
         self.observer.set_provider_health(self._provider_health)
         self.routing.alert_hook = self.outcomes.alert_hook = self.observer.budget_alert
-        self.cache = CacheService(backend, self.clock, lambda: self.routing.state.settings.cache,
-                                  cfg.cache.backend)
+        self.cache = CacheService(await self._open_cache(store), self.clock,
+                                  lambda: self.routing.state.settings.cache, cfg.cache.backend)
         self.cache.on_lookup = self.observer.cache_lookup
         self.routing.cache = self.outcomes.cache = self.cache
         self._cache_task = asyncio.create_task(self.cache.run(), name="cache-sweeper")
+        await self._join_fleet(learner, ledger)
         servicer = RouterServicer(self.routing, self.outcomes, store, self.clock, self.observer)
         self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes)
         self._upkeep_task = asyncio.create_task(self.upkeep.run(), name="upkeep")
@@ -131,6 +137,56 @@ class Sidecar:
         log.info("sidecar started", extra={
             "address": self.address, "config_hash": digest, "metrics": self.admin_address,
         })
+
+    async def _budgets(self, settings: RouterSettings, store: Store) -> BudgetBook:
+        """The embedded ledger rebuilt from the store, or in fleet mode the shared one."""
+        tz = ZoneInfo(settings.ledger.timezone)
+        fleet = self.cfg.fleet
+        if not fleet.enabled:
+            embedded = Ledger(settings.budgets, tz)
+            embedded.restore(await store.load_ledger_entries())
+            return LocalBudgets(embedded)
+        self.fleet = open_fleet(fleet, settings, tz, origin=self.sidecar_id)
+        self.outbox = await Outbox.open(fleet.outbox_path)
+        return FleetBudgets(self.fleet.ledger, settings.budgets, tz, mode=fleet.on_redis_down,
+                            local_share=fleet.local_share, outbox=self.outbox,
+                            models=lambda: self.routing.catalog.models)
+
+    async def _join_fleet(self, learner: Learner, budgets: BudgetBook) -> None:
+        """Fleet mode: keep breakers, learned quality and budget copies in step with Redis."""
+        if self.fleet is None or not isinstance(budgets, FleetBudgets):
+            return
+        def models() -> Iterable[str]:  # the catalog of the moment: reloads change it
+            return self.routing.catalog.models.keys()
+
+        self.fleet_sync = FleetSync(
+            learner, budgets, self.fleet.breakers, self.fleet.learning, self.clock,
+            interval_s=self.cfg.fleet.sync_interval_s, models=models,
+            refresh=self.fleet.ledger.refresh)
+        await self.fleet_sync.start()
+
+    async def _open_cache(self, store: Store) -> Cache:
+        """The response cache's back end: tables in the SQLite store's file, or the fleet's Redis.
+
+        With the audit trail in PostgreSQL, backend sqlite keeps the cache in a local file of
+        its own, `cache.path`.
+        """
+        cfg = self.cfg.cache
+        if cfg.backend == "redis":
+            assert self.fleet is not None, "the config check requires fleet mode for redis"
+            # Imported here: only this back end needs it (redis-py is already loaded for the
+            # fleet by now).
+            from routing_sidecar.storage.redis.cache import RedisCache  # noqa: PLC0415
+
+            return RedisCache(self.fleet.client, self.cfg.fleet.key_prefix)
+        if isinstance(store, SqliteStore):
+            return await SqliteCache.open(store)
+        local = await SqliteStore.open(cfg.path, retention_days=1, clock=self.clock)
+        try:
+            return await SqliteCache.open(local, owns_store=True)
+        except BaseException:
+            await local.close()
+            raise
 
     def _provider_health(self) -> list[ProviderHealth]:
         """Detection and breaker state of every catalog provider, for the provider gauges."""
@@ -158,8 +214,14 @@ class Sidecar:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self.cache is not None:  # before the store: its counts go through the store
+        if self.cache is not None:  # before the store (its counts go through it) and the fleet
             await self.cache.close()
+        if self.fleet_sync is not None:
+            await self.fleet_sync.stop()
+        if self.fleet is not None:
+            await self.fleet.close()
+        if self.outbox is not None:
+            await self.outbox.close()
         if self.store is not None:
             try:
                 await self.upkeep.save_learned()
@@ -203,34 +265,6 @@ class Sidecar:
         if self.store is not None:
             await self.store.record_config(digest, cfg.model_dump_json(), self.clock.now())
         log.info("config reloaded", extra={"config_hash": digest})
-
-
-async def open_cache(cfg: CacheConfig, store: Store, clock: Clock) -> Cache:
-    """The response cache's back end: tables in the SQLite store's file, or a Redis server.
-
-    With the audit trail in PostgreSQL, backend sqlite keeps the cache in a local file of its
-    own, `cache.path`.
-    """
-    if cfg.backend == "sqlite":
-        if isinstance(store, SqliteStore):
-            return await SqliteCache.open(store)
-        local = await SqliteStore.open(cfg.path, retention_days=1, clock=clock)
-        try:
-            return await SqliteCache.open(local, owns_store=True)
-        except BaseException:
-            await local.close()
-            raise
-    assert cfg.redis_url is not None  # the config check requires it for backend redis
-    # Imported here: redis-py takes a while to import, and only this back end needs it.
-    from routing_sidecar.storage.redis.cache import RedisCache  # noqa: PLC0415
-
-    password = None
-    if cfg.redis_password_env is not None:
-        password = os.environ.get(cfg.redis_password_env)
-        if password is None:
-            raise StorageError(f"cache.redis_password_env: the variable "
-                               f"{cfg.redis_password_env} is not set")
-    return await RedisCache.open(cfg.redis_url, password=password, prefix=cfg.redis_key_prefix)
 
 
 async def serve(

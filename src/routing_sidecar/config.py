@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from routing_sidecar import calls, domain
+from routing_sidecar.config_fleet import FleetConfig
 from routing_sidecar.errors import ConfigError
 from routing_sidecar.settings import (
     BreakerSettings,
@@ -474,9 +475,9 @@ LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9_.:/@+\-]{1,64}$")
 class CacheConfig(_Strict):
     """The response cache (README: Response cache).
 
-    `backend: sqlite` keeps entries in the store's file; `backend: redis` shares them between
-    sidecars at `redis_url` (no password in the URL: `redis_password_env` names the variable
-    holding it).
+    `backend: sqlite` keeps entries in the store's file (in `path` when the store is
+    PostgreSQL); `backend: redis` shares them between the sidecars of a fleet, on the fleet's
+    Redis (`fleet.redis_url`, under `fleet.key_prefix`).
     """
 
     enabled: bool = True
@@ -490,9 +491,6 @@ class CacheConfig(_Strict):
     sweep_interval_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 10.0
     # The cache's own SQLite file, used only when the audit trail is in PostgreSQL (store.url).
     path: Annotated[str, Field(min_length=1)] = "var/cache.db"
-    redis_url: Annotated[str, Field(min_length=1)] | None = None
-    redis_password_env: str | None = None
-    redis_key_prefix: Annotated[str, Field(max_length=64)] = "routing:"
 
     @field_validator("partition_labels")
     @classmethod
@@ -512,23 +510,14 @@ class CacheConfig(_Strict):
         )
 
 
-def _check_cache(c: CacheConfig) -> Iterator[str]:
+def _check_cache(cfg: RouterConfig) -> Iterator[str]:
+    c = cfg.cache
     if c.max_value_bytes > c.max_bytes:
         yield (f"cache.max_value_bytes: {c.max_value_bytes} is above max_bytes {c.max_bytes}, "
                "so such an entry could never be kept")
-    if c.backend == "redis" and c.redis_url is None:
-        yield "cache.redis_url: required for backend redis"
-    if c.redis_url is not None:
-        parts = urlsplit(c.redis_url)
-        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
-            yield f"cache.redis_url: expected redis://HOST:PORT/DB, rediss:// or unix://, got " \
-                  f"{parts.scheme or '(no scheme)'}://..."
-        elif parts.password is not None:
-            yield ("cache.redis_url: credentials do not belong in the URL (name the variable "
-                   "holding the password in redis_password_env)")
-    if c.redis_password_env is not None and not ENV_NAME_RE.match(c.redis_password_env):
-        yield f"cache.redis_password_env: {c.redis_password_env!r} is not an environment " \
-              "variable name"
+    if c.backend == "redis" and not cfg.fleet.enabled:
+        yield ("cache.backend: redis shares the fleet's Redis; set fleet.redis_url or "
+               "fleet.redis_url_env")
 
 
 class RouterConfig(_Strict):
@@ -549,6 +538,7 @@ class RouterConfig(_Strict):
     learning: LearningConfig = LearningConfig()
     critical_lanes: list[str] = []
     outcomes: OutcomesConfig = OutcomesConfig()
+    fleet: FleetConfig = FleetConfig()
     providers: dict[str, ProviderConfig] = {}  # execute mode: how to reach each provider
     cache: CacheConfig = CacheConfig()
 
@@ -663,13 +653,15 @@ RESTART_ONLY: Mapping[str, Callable[[RouterConfig], object]] = MappingProxyType(
     "store": lambda c: c.store,
     "telemetry": lambda c: c.telemetry,
     "ledger.timezone": lambda c: c.ledger.timezone,
-    "cache.backend": lambda c: (c.cache.backend, c.cache.path, c.cache.redis_url,
-                                c.cache.redis_password_env, c.cache.redis_key_prefix),
+    "fleet": lambda c: c.fleet,
+    "cache.backend": lambda c: (c.cache.backend, c.cache.path),
 })
 
 
 def _cross_check(cfg: RouterConfig) -> Iterator[str]:
     """Yield every inconsistency between sections, each prefixed by its path."""
+    if cfg.fleet.redis_url is not None and cfg.fleet.redis_url_env is not None:
+        yield "fleet: give redis_url or redis_url_env, not both"
     providers = {m.provider for m in cfg.models.values()}
     for pname, pol in cfg.policies.items():
         seen: set[str] = set()
@@ -692,7 +684,7 @@ def _cross_check(cfg: RouterConfig) -> Iterator[str]:
         yield f"default_policy: unknown policy {cfg.default_policy!r}"
     yield from _check_budgets(cfg, providers)
     yield from _check_providers(cfg)
-    yield from _check_cache(cfg.cache)
+    yield from _check_cache(cfg)
     breaker = cfg.health.breaker
     if breaker.cooldown_s > breaker.max_cooldown_s:
         yield (f"health.breaker.cooldown_s: {breaker.cooldown_s:g} is above max_cooldown_s "

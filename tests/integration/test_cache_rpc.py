@@ -320,8 +320,10 @@ async def test_two_sidecars_share_a_redis_cache(tmp_path: Path) -> None:
     cars: list[Sidecar] = []
     try:
         for name in ("a", "b"):
-            raw = cache_config(tmp_path / name, backend="redis", redis_url=server.url,
-                               redis_key_prefix="fleet-test:")
+            raw = cache_config(tmp_path / name, backend="redis")
+            raw["fleet"] = {"redis_url": server.url, "key_prefix": "fleet-test:",
+                            "on_redis_down": "local",
+                            "outbox_path": str(tmp_path / name / "outbox.db")}
             cars.append((await start_car(raw))[0])
         async with grpc.aio.insecure_channel(cars[0].address) as ch_a, \
                 grpc.aio.insecure_channel(cars[1].address) as ch_b:

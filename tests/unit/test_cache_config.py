@@ -14,9 +14,11 @@ from routing_sidecar.settings import CacheSettings
 from tests.conftest import config_dict
 
 
-def parse(tmp_path: Path, **cache: Any) -> RouterConfig:
+def parse(tmp_path: Path, fleet: dict[str, Any] | None = None, **cache: Any) -> RouterConfig:
     raw = config_dict(tmp_path)
     raw["cache"] = cache
+    if fleet is not None:
+        raw["fleet"] = fleet
     return parse_config(yaml.safe_dump(raw), "test.yaml")
 
 
@@ -30,13 +32,12 @@ def test_defaults_follow_the_design(tmp_path: Path) -> None:
 def test_every_key_converts(tmp_path: Path) -> None:
     cfg = parse(tmp_path, enabled=False, ttl_s=60, max_entries=10, max_bytes=4096,
                 max_value_bytes=2048, partition_labels=["project", "team"],
-                deterministic_only=False, sweep_interval_s=2, backend="redis",
-                redis_url="redis://127.0.0.1:6380/2", redis_password_env="CACHE_REDIS_PW",
-                redis_key_prefix="pod-a:")
+                deterministic_only=False, sweep_interval_s=2, path="var/pod-cache.db")
     assert cfg.settings().cache == CacheSettings(False, 60.0, 10, 4096, 2048,
                                                  ("project", "team"), False, 2.0)
-    assert (cfg.cache.backend, cfg.cache.redis_url, cfg.cache.redis_key_prefix) == (
-        "redis", "redis://127.0.0.1:6380/2", "pod-a:")
+    assert (cfg.cache.backend, cfg.cache.path) == ("sqlite", "var/pod-cache.db")
+    fleet = parse(tmp_path, fleet={"redis_url_env": "FLEET_REDIS_URL"}, backend="redis")
+    assert fleet.cache.backend == "redis"
 
 
 @pytest.mark.parametrize(("cache", "problem"), [
@@ -47,11 +48,8 @@ def test_every_key_converts(tmp_path: Path) -> None:
     ({"partition_labels": ["project", "project"]}, "cache.partition_labels:"),
     ({"partition_labels": ["not a label"]}, "cache.partition_labels:"),
     ({"backend": "memcached"}, "cache.backend:"),
-    ({"backend": "redis"}, "cache.redis_url: required for backend redis"),
-    ({"redis_url": "http://127.0.0.1:6379"}, "cache.redis_url: expected redis://"),
-    ({"redis_url": "redis://:hunter2@127.0.0.1:6379/0"},
-     "cache.redis_url: credentials do not belong in the URL"),
-    ({"redis_password_env": "not-a-name"}, "cache.redis_password_env:"),
+    ({"backend": "redis"}, "cache.backend: redis shares the fleet's Redis"),
+    ({"path": ""}, "cache.path:"),
     ({"tll_s": 5}, "cache.tll_s:"),
 ])
 def test_bad_values_name_their_path(tmp_path: Path, cache: dict[str, Any],
@@ -59,12 +57,11 @@ def test_bad_values_name_their_path(tmp_path: Path, cache: dict[str, Any],
     with pytest.raises(ConfigError) as info:
         parse(tmp_path, **cache)
     assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
-    assert "hunter2" not in info.value.message
 
 
 def test_the_back_end_changes_only_on_restart(tmp_path: Path) -> None:
     a = parse(tmp_path)
-    b = parse(tmp_path, backend="redis", redis_url="redis://127.0.0.1:6380/0")
+    b = parse(tmp_path, path="elsewhere.db")
     c = parse(tmp_path, ttl_s=5, max_entries=7)
     stale = [k for k, read in RESTART_ONLY.items() if read(a) != read(b)]
     assert stale == ["cache.backend"]

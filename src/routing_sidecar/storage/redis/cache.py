@@ -108,8 +108,10 @@ def _matches(tag: bytes, namespace: str | None, project: str | None) -> bool:
 class RedisCache:
     """`Cache` on a Redis server (or a cluster's slot), keys under `prefix`."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "routing:") -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str = "routing:", *,
+                 owns_client: bool = False) -> None:
         self._r = client
+        self._owns_client = owns_client  # else the client is shared (the fleet's) and stays open
         base = f"{prefix}{{cache}}:"
         self._entry = base + "e:"
         self._lru, self._exp = base + "lru", base + "exp"
@@ -137,13 +139,14 @@ class RedisCache:
         except StorageError:
             await client.aclose()
             raise
-        return cls(client, prefix)
+        return cls(client, prefix, owns_client=True)
 
     async def close(self) -> None:
-        """Close the connection pool; idempotent."""
+        """Close the connection pool when it is this cache's own; idempotent."""
         if not self._closed:
             self._closed = True
-            await self._r.aclose()
+            if self._owns_client:
+                await self._r.aclose()
 
     # -- entries ---------------------------------------------------------------------------
 
