@@ -15,6 +15,7 @@ from routing_sidecar.app import serve
 from routing_sidecar.config import TelemetryConfig, load_config
 from routing_sidecar.errors import ConfigError, InvalidArgument
 from routing_sidecar.grpc_api import client
+from routing_sidecar.workers import WORKER_FLAG, check_workers, supervise
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -37,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
                    help='HOST:PORT for /metrics, or "" for none (overrides '
                         "telemetry.admin_listen)")
     s.add_argument("--log-level", default="INFO")
+    s.add_argument("--workers", type=int, default=1,
+                   help="server processes on one port (SO_REUSEPORT); more than one needs "
+                        "fleet.redis_url and store.url")
+    s.add_argument(WORKER_FLAG, type=int, dest="worker_index", help=argparse.SUPPRESS)
     v = sub.add_parser("validate", help="check a config file; prints ok or every problem")
     v.add_argument("path")
     r = sub.add_parser("route", help="ask a running sidecar for a decision")
@@ -128,13 +133,28 @@ def _route(args: argparse.Namespace) -> int:
     return 0
 
 
+def _supervise(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    check_workers(cfg, args.workers, args.listen or cfg.server.listen)
+    argv = [sys.executable, "-m", "routing_sidecar.cli", "serve", "--config", args.config,
+            "--log-level", args.log_level]
+    if args.listen:
+        argv += ["--listen", args.listen]
+    if args.admin_listen is not None:
+        argv += ["--admin-listen", args.admin_listen]
+    return supervise(argv, args.workers, cfg.server.grace_period_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the routing-sidecar command."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
             logs.configure(args.log_level)
-            return asyncio.run(serve(args.config, args.listen, args.admin_listen))
+            if args.workers > 1 and args.worker_index is None:
+                return _supervise(args)
+            return asyncio.run(serve(args.config, args.listen, args.admin_listen,
+                                     worker=args.worker_index))
         if args.command == "validate":
             return _validate(args.path)
         if args.command == "fake-provider":
