@@ -166,7 +166,8 @@ def test_manifests_validate_against_the_kubernetes_schemas() -> None:
             kubernetes_validate.validate(doc, version, strict=True)
     # The validator is live: a misspelt probe field and a wrong type are refused.
     bad = copy.deepcopy(objects["Pod", "orchestrator"])
-    bad["spec"]["initContainers"][0]["readinessProbe"]["grpc"]["servce"] = ROUTER
+    car = next(c for c in bad["spec"]["initContainers"] if c["name"] == "routing-sidecar")
+    car["readinessProbe"]["grpc"]["servce"] = ROUTER
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(bad, K8S_VERSIONS[0], strict=True)
     bad = copy.deepcopy(objects["Pod", "orchestrator"])
@@ -274,6 +275,8 @@ def test_the_metrics_agent_scrapes_the_loopback_admin_port() -> None:
     spec = objects["Pod", "orchestrator"]["spec"]
     admin = arg_value(container(spec, "routing-sidecar")["args"], "--admin-listen")
     agent = container(spec, "metrics-agent")
+    order = [c["name"] for c in spec["initContainers"]]
+    assert order.index("metrics-agent") < order.index("routing-sidecar")  # it stops last
     assert "--agent" in agent["args"] and "ports" not in agent
     assert any(a.startswith("--web.listen-address=127.0.0.1:") for a in agent["args"])
     agent_map = objects["ConfigMap", "routing-sidecar-metrics-agent"]
@@ -445,7 +448,7 @@ def test_every_dashboard_query_reads_what_the_sidecar_exports(
     for var in _dashboard()["templating"]["list"]:
         if var["type"] == "query":
             problems += [f"${var['name']}: {p}" for p in
-                         promql_check.check_label_values(var["query"]["query"], exported)]
+                         promql_check.check_label_values(var["query"], exported)]
     assert not problems, "\n".join(problems)
     used = {s.name for _, t in _targets() for s in promql_check.analyse(t["expr"]).selectors}
     assert {"routing_decisions_total", "routing_decision_duration_seconds_bucket",
