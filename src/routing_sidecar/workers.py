@@ -16,9 +16,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from routing_sidecar.config import RouterConfig
 from routing_sidecar.errors import ConfigError
+
+if TYPE_CHECKING:  # the CLI imports this module; pydantic only when a sidecar starts
+    from routing_sidecar.config import RouterConfig
 
 WORKER_FLAG = "--worker-index"
 
