@@ -39,6 +39,7 @@ from routing_sidecar.storage import SqliteStore, Store, open_store
 from routing_sidecar.storage.outbox import Outbox
 from routing_sidecar.storage.redis import Fleet, open_fleet
 from routing_sidecar.storage.sqlite_cache import SqliteCache
+from routing_sidecar.workers import worker_admin, worker_outbox
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,17 @@ class Sidecar:
         admin_listen: str | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        worker: int | None = None,
     ) -> None:
+        if worker is not None:  # one of several processes on one port: its own admin, outbox
+            admin = admin_listen if admin_listen is not None else cfg.telemetry.admin_listen
+            admin_listen = worker_admin(admin, worker)
+            cfg = cfg.model_copy(update={"fleet": cfg.fleet.model_copy(
+                update={"outbox_path": worker_outbox(cfg.fleet.outbox_path, worker)})})
+            # A local cache file (backend sqlite beside PostgreSQL) is one per worker too.
+            cfg = cfg.model_copy(update={"cache": cfg.cache.model_copy(
+                update={"path": worker_outbox(cfg.cache.path, worker)})})
+        self.worker = worker
         self.cfg = cfg
         self.config_path = config_path
         self.clock = clock or SystemClock()
@@ -131,7 +142,8 @@ class Sidecar:
         self._cache_task = asyncio.create_task(self.cache.run(), name="cache-sweeper")
         await self._join_fleet(learner, ledger)
         servicer = RouterServicer(self.routing, self.outcomes, store, self.clock, self.observer)
-        self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes)
+        self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes,
+                                    reuse_port=self.worker is not None)
         self._upkeep_task = asyncio.create_task(self.upkeep.run(), name="upkeep")
         await self.server.start()
         log.info("sidecar started", extra={
@@ -268,11 +280,15 @@ class Sidecar:
 
 
 async def serve(
-    config_path: str, listen: str | None = None, admin_listen: str | None = None
+    config_path: str, listen: str | None = None, admin_listen: str | None = None,
+    *, worker: int | None = None,
 ) -> int:
-    """Run a sidecar until SIGTERM or SIGINT; SIGHUP reloads the config."""
+    """Run a sidecar until SIGTERM or SIGINT; SIGHUP reloads the config.
+
+    `worker` (serve --workers): this process is worker i of a set sharing one port.
+    """
     sidecar = Sidecar(load_config(config_path), config_path=config_path, listen=listen,
-                      admin_listen=admin_listen)
+                      admin_listen=admin_listen, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
