@@ -7,20 +7,31 @@ import contextlib
 import logging
 import random
 import signal
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from routing_sidecar import logs, telemetry
-from routing_sidecar.config import RouterConfig, config_hash, load_config
+from routing_sidecar.config import (
+    RouterConfig,
+    config_hash,
+    is_loopback_host,
+    load_config,
+    remote_admin_problem,
+)
 from routing_sidecar.core.budget import Ledger
 from routing_sidecar.core.budget_rules import rules_from_config
 from routing_sidecar.core.catalog import Catalog
 from routing_sidecar.core.health import HealthBook
 from routing_sidecar.core.learning import QualityBook
 from routing_sidecar.errors import ConfigError, StorageError
+from routing_sidecar.grpc_api import jsonwire
 from routing_sidecar.grpc_api.observe import Observer, ProviderHealth
 from routing_sidecar.grpc_api.server import SidecarServer
 from routing_sidecar.grpc_api.servicer import RouterServicer
+from routing_sidecar.http_api.backend import Backend, Settings
+from routing_sidecar.http_api.server import AdminServer
 from routing_sidecar.ports import Clock, SystemClock
+from routing_sidecar.service.admin import Operator, PolicyEditor
 from routing_sidecar.service.learning import LEARNED_BOOKS, Learner
 from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService, new_decision_id
@@ -48,7 +59,8 @@ class Sidecar:
         self.clock = clock or SystemClock()
         self._rng = rng or random.Random()  # exploration draws; the core takes randomness here
         self._listen = listen or cfg.server.listen
-        self._admin_listen = admin_listen  # overrides telemetry.admin_listen ("" turns it off)
+        self._admin_listen = admin_listen  # overrides admin.listen ("" turns it off)
+        self.admin: AdminServer | None = None
         self.store: SqliteStore | None = None
         self.server: SidecarServer | None = None
         self._upkeep_task: asyncio.Task[None] | None = None
@@ -63,16 +75,14 @@ class Sidecar:
 
     @property
     def admin_address(self) -> str | None:
-        """HOST:PORT serving Prometheus /metrics (port as bound), or None when turned off."""
-        return self.telemetry.admin_address if self.telemetry else None
+        """HOST:PORT of the admin port (port as bound), or None when turned off."""
+        return self.admin.address if self.admin else None
 
     async def start(self) -> None:
         """Open the store, rebuild the ledger from it, and start serving."""
         cfg = self.cfg
-        # First, so a busy admin port stops the start before anything else is opened.
-        tcfg = cfg.telemetry
-        if self._admin_listen is not None:
-            tcfg = tcfg.model_copy(update={"admin_listen": self._admin_listen})
+        admin = self._admin_settings(cfg)  # first: a refused admin port opens nothing
+        tcfg = cfg.telemetry.model_copy(update={"admin_listen": admin.listen if admin else ""})
         tel = self.telemetry = telemetry.setup(tcfg)
         store = await SqliteStore.open(
             cfg.store.path, retention_days=cfg.store.retention_days, clock=self.clock
@@ -106,8 +116,10 @@ class Sidecar:
         self.routing.alert_hook = self.outcomes.alert_hook = self.observer.budget_alert
         servicer = RouterServicer(self.routing, self.outcomes, store, self.clock, self.observer)
         self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes)
+        await self._restore_admin_state(store)
         self._upkeep_task = asyncio.create_task(self.upkeep.run(), name="upkeep")
         await self.server.start()
+        await self._start_admin(admin)
         log.info("sidecar started", extra={
             "address": self.address, "config_hash": digest, "metrics": self.admin_address,
         })
@@ -143,6 +155,7 @@ class Sidecar:
         if self._stopped:
             return
         self._stopped = True
+        await self._stop_admin()
         if self.server is not None:
             await self.server.stop(self.cfg.server.grace_period_s)
         if self._upkeep_task is not None:
@@ -158,6 +171,79 @@ class Sidecar:
         if self.telemetry is not None:  # last: flushes the spans and metrics of the drain too
             await asyncio.to_thread(self.telemetry.shutdown)
         log.info("sidecar stopped")
+
+    # -- the admin port (http_api) ------------------------------------------------------
+
+    def _admin_settings(self, cfg: RouterConfig) -> Settings | None:
+        """The admin port's settings, its token read; None when off. ConfigError if refused."""
+        listen = cfg.admin_listen() if self._admin_listen is None else self._admin_listen
+        if not listen:
+            return None
+        source = self.config_path or "config"
+        problem = remote_admin_problem(listen, cfg.admin.token_file)
+        if problem:
+            raise ConfigError(source, [f"admin.listen: {problem}"])
+        token = None
+        if cfg.admin.token_file:
+            try:
+                token = Path(cfg.admin.token_file).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                why = getattr(exc, "strerror", None) or "not UTF-8 text"
+                raise ConfigError(source, [f"admin.token_file: cannot read "
+                                           f"{cfg.admin.token_file}: {why}"]) from None
+            if not token:
+                raise ConfigError(source, [f"admin.token_file: {cfg.admin.token_file} is empty"])
+        a = cfg.admin
+        return Settings(listen, a.idle_timeout_s, a.read_timeout_s, a.max_request_bytes, token,
+                        remote=not is_loopback_host(listen.rpartition(":")[0]))
+
+    async def _restore_admin_state(self, store: SqliteStore) -> None:
+        """Paused models and policy edits made through the admin API, before anything routes."""
+        self.policies = PolicyEditor(store, self.clock, self.apply_config, self.cfg)
+        self.operator = Operator(store, self.clock, lambda: self.routing.pauses,
+                                 lambda: self.routing.catalog, lambda: self.routing.learner.health)
+        await self.operator.restore()
+        edited = await self.policies.restore()
+        if edited is not None:
+            await self.apply_config(edited)
+
+    async def _start_admin(self, settings: Settings | None) -> None:
+        """Serve the admin port; after gRPC serves, so /health never answers before it."""
+        if settings is None or self.store is None or self.server is None:
+            return
+        tel = self.telemetry or telemetry.disabled()
+        health = self.server.health
+        backend = Backend(
+            self.routing, self.outcomes, self.store, self.clock, self.observer, self.policies,
+            self.operator, config=lambda: self.cfg, serving=lambda: jsonwire.serving(health),
+            metrics=tel.metrics_text, metrics_content_type=telemetry.METRICS_CONTENT_TYPE,
+            tracer=tel.tracer() if tel.tracing else None,
+        )
+        admin = AdminServer(backend, settings, self.cfg.server.grace_period_s)
+        await admin.start()
+        self.admin = admin
+
+    async def _stop_admin(self) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
+
+    async def apply_config(self, cfg: RouterConfig) -> None:
+        """Swap everything derived from a validated config at once.
+
+        Minimal version for the admin API's policy edits (catalog, budget rules, config
+        version); the SIGHUP reload is to share one such method.
+        """
+        catalog = Catalog.from_config(cfg)
+        rules = rules_from_config(cfg)
+        digest = config_hash(cfg)
+        if self.store is not None:  # the version exists before any decision names it
+            await self.store.record_config(digest, cfg.model_dump_json(), self.clock.now())
+        # No await from here on: no request sees half of the change.
+        self.routing.catalog = catalog
+        self.routing.ledger.replace_rules(rules)
+        self.routing.config_hash = digest
+        self.cfg = cfg
+        log.info("config applied", extra={"config_hash": digest})
 
     async def reload(self) -> bool:
         """Re-read the config file; one that fails validation never replaces the running one."""

@@ -47,6 +47,7 @@ class Rejection(StrEnum):
     FALLBACK = "fallback"
     OUTSCORED = "outscored"
     EXCLUDED = "excluded"
+    PAUSED = "paused"  # taken out of routing by an operator (POST /api/routing/models/X/pause)
     CAPABILITY = "capability"
     MIN_TIER = "min_tier"
     CONTEXT_WINDOW = "context_window"

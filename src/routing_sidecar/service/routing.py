@@ -18,6 +18,7 @@ from routing_sidecar.ports import AuditLog, Clock, DecisionRecord
 from routing_sidecar.service.budgets import AlertHook, apply_on_exceed, log_alerts
 from routing_sidecar.service.ev import EvWindow
 from routing_sidecar.service.learning import Learner
+from routing_sidecar.service.pauses import ModelPauses
 
 
 def new_decision_id() -> str:
@@ -83,6 +84,7 @@ class RoutingService:
         self.ledger = ledger
         self.learner = learner
         self.alert_hook: AlertHook | None = None  # set by the app to count crossings
+        self.pauses = ModelPauses()  # models an operator took out of routing
         self.config_hash = config_hash
         self.reservation_ttl_s = reservation_ttl_s
         self._audit = audit
@@ -127,7 +129,7 @@ class RoutingService:
         health = self.learner.health
         signals = Signals(
             ev_threshold=self.ev_window.threshold(),
-            capability_filters=(health.as_filter(now),),
+            capability_filters=(self.pauses.as_filter(), health.as_filter(now)),
             cost_filters=(self.ledger.as_filter(policy.name, now),),
             quality=self.learner.quality.quality,
             penalty=health.penalty_fn(now),

@@ -111,7 +111,28 @@ CREATE TABLE IF NOT EXISTS learned_state (
 ) STRICT;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# The admin HTTP API: policy edits (each producing a config version in routing_policies),
+# models an operator paused, and spend by the hour it was reported in.
+_V3 = """
+CREATE TABLE IF NOT EXISTS routing_policy_changes (
+    version               INTEGER PRIMARY KEY,
+    policy                TEXT NOT NULL,
+    action                TEXT NOT NULL CHECK (action IN ('set', 'revert')),
+    policy_json           TEXT NOT NULL,
+    config_hash           TEXT NOT NULL,
+    changed_at            REAL NOT NULL
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS model_pauses (
+    model                 TEXT PRIMARY KEY,
+    paused_at             REAL NOT NULL,
+    reason                TEXT NOT NULL DEFAULT ''
+) STRICT;
+
+CREATE INDEX IF NOT EXISTS outcomes_by_time ON decision_outcomes (reported_at);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -382,7 +382,8 @@ class Alternative(_message.Message):
     chosen: _builtins.bool
     rejection: _builtins.str
     """Short machine-readable code: chosen, fallback, outscored, capability, min_tier,
-    context_window, max_cost, excluded, no_slot, tier_reserved, budget, circuit_open, quality.
+    context_window, max_cost, excluded, paused (taken out of routing by an operator),
+    no_slot, tier_reserved, budget, circuit_open, quality.
     """
     reason: _builtins.str
     """Why, in words a person can read."""
