@@ -58,8 +58,10 @@ def _row(cells: Iterable[str], tag: str = "td") -> str:
     return "<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>"
 
 
-def _badge(state: str) -> str:
-    return f'<span class="badge state-{_e(state or "none")}">{_e(state or "-")}</span>'
+def _badge(state: str, text: str | None = None, ident: str = "") -> str:
+    where = f' id="{ident}"' if ident else ""
+    return (f'<span{where} class="badge state-{_e(state or "none")}">'
+            f'{_e(text or state or "-")}</span>')
 
 
 def heat(spend: int, top: int) -> int:
@@ -219,7 +221,10 @@ async def page(request: web.Request, b: Backend, s: Settings) -> web.Response:
     m, d, a = await asyncio.gather(documents.matrix(b, hours, by),
                                    documents.decisions(b, RECENT), documents.activity(b))
     c, p = documents.costs(b), documents.performance(b)
+    serving = await b.serving()
     parts = {
+        "health": _badge("healthy", "SERVING", "health") if serving
+        else _badge("degraded", "NOT_SERVING", "health"),
         "by_options": by_options(m), "hours_options": hours_options(hours),
         "matrix": matrix_table(m),
         "providers": providers_table(m), "budgets": budgets_table(c), "cache": cache_panel(c),

@@ -55,8 +55,10 @@ def _operation(e: Endpoint, keys: dict[Any, dict[str, Any]]) -> dict[str, Any]:
                             for p in e.params]
     body = _ref(e.body, keys, "validation")
     if body is not None:
-        op["requestBody"] = {"required": e.body_required,
-                             "content": {"application/json": {"schema": body}}}
+        media: dict[str, Any] = {"schema": body}
+        if e.example is not None:
+            media["example"] = e.example
+        op["requestBody"] = {"required": e.body_required, "content": {"application/json": media}}
     answer = _ref(e.answer, keys, "serialization")
     content = {e.media: {"schema": answer or {"type": "string"}}}
     responses: dict[str, Any] = {str(s): {"description": DESCRIPTIONS[s], "content": content}

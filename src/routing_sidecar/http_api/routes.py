@@ -56,6 +56,7 @@ class Endpoint:
     errors: tuple[int, ...] = ()
     access: Access = "open"
     traced: bool = False  # a SERVER span continuing the caller's traceparent
+    example: dict[str, Any] | None = None  # a request body that succeeds, for the document
 
 
 def _name(where: Literal["query", "path"], name: str, description: str) -> Param:
@@ -67,6 +68,13 @@ HOURS = Param("hours", "query", {"type": "integer", "minimum": 1,
               "window length in hours")
 BY = Param("by", "query", {"type": "string", "pattern": LABEL_KEY, "default": "task_type"},
            "task_type, or a label key such as layer")
+ROUTE_EXAMPLE = {"taskId": "T-42", "taskType": "fix_bug", "priority": 50,
+                 "estimatedInputTokens": "2000", "maxOutputTokens": "1000",
+                 "labels": {"project": "alpha", "layer": "api"}}
+OUTCOME_EXAMPLE = {"decisionId": "3f6c0a9e5b1d4c2a8e7f6a5b4c3d2e1f", "success": True,
+                   "quality": 0.9, "attempts": [
+                       {"model": "minimax-m2", "status": "ATTEMPT_STATUS_SUCCESS",
+                        "duration": "2.5s", "inputTokens": "2000", "outputTokens": "800"}]}
 BODY_ERRORS = (400, 408, 413, 415)
 AUTH_ERRORS = (401, 403)
 
@@ -77,17 +85,21 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              media="text/plain"),
     Endpoint("POST", "/route", handlers.route, "Decide one task (Router/Route)", "routing",
              jsonwire.DECISION, body=jsonwire.ROUTE_REQUEST,
-             errors=(*BODY_ERRORS, *AUTH_ERRORS, 503), access="data", traced=True),
+             errors=(*BODY_ERRORS, *AUTH_ERRORS, 503), access="data", traced=True,
+             example=ROUTE_EXAMPLE),
     Endpoint("POST", "/outcome", handlers.outcome,
              "Report what happened to a decision (Router/ReportOutcome)", "routing",
              jsonwire.OUTCOME_ACK, body=jsonwire.OUTCOME,
-             errors=(*BODY_ERRORS, *AUTH_ERRORS, 404, 503), access="data", traced=True),
+             errors=(*BODY_ERRORS, *AUTH_ERRORS, 404, 503), access="data", traced=True,
+             example=OUTCOME_EXAMPLE),
     Endpoint("GET", "/api/routing/policies", handlers.policies,
              "Policies now routing, their source and recent edits", "policies", v.Policies),
     Endpoint("POST", "/api/routing/policies", actions.set_policy,
              "Create or replace one policy (validated as the config file is)", "policies",
              v.PolicyApplied, ok=(200, 201), body=v.PolicyUpdate,
-             errors=(*BODY_ERRORS, *AUTH_ERRORS, 503), access="token"),
+             errors=(*BODY_ERRORS, *AUTH_ERRORS, 503), access="token",
+             example={"name": "code", "policy": {"models": ["minimax-m2", "glm-4.6"],
+                                                 "objective": "cost_speed", "fallbacks": 1}}),
     Endpoint("DELETE", "/api/routing/policies/{name}", actions.revert_policy,
              "Revert a policy to the config file's", "policies", v.PolicyApplied,
              params=(_name("path", "name", "policy name"),),
@@ -118,7 +130,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "Take a model out of routing", "operator", v.PauseState,
              body=v.PauseRequest, body_required=False,
              params=(_name("path", "name", "catalog model"),),
-             errors=(*BODY_ERRORS, *AUTH_ERRORS, 404, 503), access="token"),
+             errors=(*BODY_ERRORS, *AUTH_ERRORS, 404, 503), access="token",
+             example={"reason": "provider incident"}),
     Endpoint("POST", "/api/routing/models/{name}/resume", actions.resume,
              "Put a paused model back into routing", "operator", v.PauseState,
              params=(_name("path", "name", "catalog model"),),

@@ -295,6 +295,7 @@
   function start() {
     const tokenForm = $("token-form");
     tokenForm.hidden = false;
+    $("charts").hidden = false;
     const token = $("token");
     token.value = sessionStorage.getItem(TOKEN_KEY) || "";
     token.addEventListener("change", () => sessionStorage.setItem(TOKEN_KEY, token.value.trim()));
