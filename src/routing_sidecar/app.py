@@ -251,6 +251,7 @@ class Sidecar:
             return False
         try:
             cfg = load_config(self.config_path)
+            cfg = self.policies.with_overrides(cfg)  # policy edits made over HTTP stay
         except ConfigError as exc:
             log.error("config reload refused", extra={"problems": exc.problems})
             return False

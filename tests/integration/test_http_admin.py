@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 from routing_sidecar.app import Sidecar
+from routing_sidecar.config import load_config
+from tests.conftest import write_config
 from tests.integration.test_http_api import AUTH, admin_config, route_body, started
 
 Open = Callable[[], Awaitable[tuple[Sidecar, httpx.AsyncClient]]]
@@ -209,3 +211,22 @@ async def test_a_breaker_reset_closes_it_and_the_model_is_a_candidate_again(
     assert r.status_code == 400 and r.json()["error"]["field"] == "scope"
     r = await http.post("/api/routing/breakers/provider/nobody/reset", headers=AUTH)
     assert r.status_code == 404
+
+
+async def test_a_reload_of_the_file_keeps_the_policy_edits(tmp_path: Path) -> None:
+    raw = admin_config(tmp_path)
+    path = write_config(tmp_path, raw)
+    car = Sidecar(load_config(path), config_path=str(path))
+    await car.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{car.admin_address}") as http:
+            r = await http.post("/api/routing/policies", headers=AUTH, json={
+                "name": "code", "policy": {"models": ["claude-haiku-4-5"]}})
+            assert r.status_code == 200, r.text
+            raw["budgets"].append({"scope": "project:beta", "period": "day", "limit_usd": 5})
+            write_config(tmp_path, raw)
+            assert await car.reload() is True
+            assert any(b.scope == "project:beta" for b in car.cfg.budgets)
+            assert (await chosen(http, "rl-1"))["model"] == "claude-haiku-4-5"
+    finally:
+        await car.stop()

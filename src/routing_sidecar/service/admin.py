@@ -54,8 +54,9 @@ class PolicyEditor:
 
     def with_overrides(self, file_cfg: RouterConfig) -> RouterConfig:
         """A (re)loaded config file with the API's edits on top; ConfigError if they don't fit."""
+        cfg = compose(file_cfg, self.overrides, "policy edits over the config file")
         self.file_cfg = file_cfg
-        return compose(file_cfg, self.overrides, "policy edits over the config file")
+        return cfg
 
     async def restore(self) -> RouterConfig | None:
         """Replay stored edits; the config they make, or None when there are none (or they fail)."""
