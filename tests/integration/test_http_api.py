@@ -18,9 +18,13 @@ from grpc_health.v1 import health_pb2
 from routing_sidecar.app import Sidecar
 from routing_sidecar.config import parse_config
 from routing_sidecar.errors import ConfigError
+from routing_sidecar.http_api.backend import Settings
+from routing_sidecar.http_api.server import AdminServer
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 from tests.conftest import config_dict
+from tests.integration.otlp_receiver import attrs, otlp_receiver
+from tests.integration.test_telemetry import ROUTE_PARENT, TRACE_ID, by_name, traced_config
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -397,9 +401,6 @@ async def test_a_remote_admin_port_needs_a_token_file_and_the_data_plane_needs_t
         await refused.start()
     assert refused.store is None and refused.server is None
     # The same API served as on a remote address: /route needs the token, reads do not.
-    from routing_sidecar.http_api.backend import Settings
-    from routing_sidecar.http_api.server import AdminServer
-
     assert car.admin is not None
     remote = AdminServer(car.admin.backend, Settings("127.0.0.1:0", token=TOKEN, remote=True))
     await remote.start()
@@ -447,3 +448,39 @@ async def test_idle_connections_and_slow_clients_are_cut_off(tmp_path: Path) -> 
         assert await decisions_in_store(car) == 0
     finally:
         await car.stop()
+
+
+# -- traces ---------------------------------------------------------------------------------
+
+
+async def test_http_routes_and_outcomes_continue_the_callers_trace(tmp_path: Path) -> None:
+    async with otlp_receiver() as (endpoint, got):
+        car = Sidecar(traced_config(tmp_path, endpoint))
+        await car.start()
+        try:
+            async with httpx.AsyncClient(base_url=f"http://{car.admin_address}") as http:
+                header = {"traceparent": f"00-{TRACE_ID}-{ROUTE_PARENT}-01"}
+                d = (await http.post("/route", json=route_body("tr-1"), headers=header)).json()
+                await http.post("/outcome", headers=header, json={
+                    "decisionId": d["decisionId"], "success": True, "attempts": [
+                        {"model": d["model"], "status": "ATTEMPT_STATUS_SUCCESS",
+                         "duration": "1s"}]})
+                bad = await http.post("/route", json={"priority": 300}, headers=header)
+                assert bad.status_code == 400
+            assert car.store is not None
+            record = await car.store.get_decision(d["decisionId"])
+        finally:
+            await car.stop()
+    spans = got.spans()
+    first, refused = by_name(spans, "POST /route")
+    assert first.trace_id.hex() == TRACE_ID and first.parent_span_id.hex() == ROUTE_PARENT
+    a = attrs(first.attributes)
+    assert a["http.response.status_code"] == 200 and a["routing.decision.id"] == d["decisionId"]
+    assert a["gen_ai.request.model"] == d["model"]
+    assert attrs(refused.attributes)["http.response.status_code"] == 400
+    assert refused.status.code != 2  # the caller's fault, not an error of the server
+    assert record is not None and record.span_id == first.span_id.hex()
+    (report,) = by_name(spans, "POST /outcome")
+    (call,) = [s for s in spans if s.name.startswith("chat ")]
+    assert call.parent_span_id == first.span_id  # the attempt joins the decision's span
+    assert report.trace_id.hex() == TRACE_ID

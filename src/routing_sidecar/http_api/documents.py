@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 from routing_sidecar import domain
 from routing_sidecar.http_api import views as v
@@ -133,10 +134,16 @@ def performance(b: Backend) -> v.Performance:
         learned=learned)
 
 
+def _known(model: type[v.View], row: dict[str, Any]) -> dict[str, Any]:
+    """The stored row's fields the document has (rows written by newer builds carry more)."""
+    return {k: x for k, x in row.items() if k in model.model_fields}
+
+
 def decision_item(view: DecisionView) -> v.DecisionItem:
     """One audited decision as the API shows it."""
     d = view.decision
-    alternatives = [v.Alternative(**a, chosen=a["rejection"] == domain.Rejection.CHOSEN)
+    alternatives = [v.Alternative(**{**_known(v.Alternative, a),
+                                     "chosen": a["rejection"] == domain.Rejection.CHOSEN})
                     for a in json.loads(d.alternatives_json)]
     attempts = [
         v.Attempt(index=a.attempt_index, model=a.model, provider=a.provider,
@@ -159,7 +166,7 @@ def decision_item(view: DecisionView) -> v.DecisionItem:
         reason=d.reason, labels=json.loads(d.labels_json), dry_run=d.dry_run,
         decided_at=v.at(d.decided_at), config_hash=d.config_hash,
         trace_id=d.trace_id, alternatives=alternatives,
-        fallbacks=[v.Fallback(**f) for f in json.loads(d.fallbacks_json)],
+        fallbacks=[v.Fallback(**_known(v.Fallback, f)) for f in json.loads(d.fallbacks_json)],
         outcome=outcome, attempts=attempts)
 
 

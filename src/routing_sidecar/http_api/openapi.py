@@ -46,9 +46,9 @@ def _ref(answer: Answer, keys: dict[tuple[type[BaseModel], str], dict[str, Any]]
 
 
 def _operation(e: Endpoint, keys: dict[Any, dict[str, Any]]) -> dict[str, Any]:
+    where = e.path.strip("/").replace("/", "_").replace("{", "").replace("}", "") or "dashboard"
     op: dict[str, Any] = {"summary": e.summary, "tags": [e.tag],
-                          "operationId": f"{e.method.lower()}_{e.path.strip('/')}"
-                          .replace("/", "_").replace("{", "").replace("}", "") or "page"}
+                          "operationId": f"{e.method.lower()}_{where}"}
     if e.params:
         op["parameters"] = [{"name": p.name, "in": p.where, "required": p.where == "path",
                              "schema": p.schema, "description": p.description}
