@@ -1,1 +1,1 @@
-"""Benchmark harness: Route RPC vs a no-op gRPC service, core selection, cold start, memory."""
+"""Benchmark harness: Route RPC vs a no-op gRPC service, core decision, cold start, memory."""

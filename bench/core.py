@@ -1,4 +1,4 @@
-"""Microbenchmark of the pure core's select(): a synthetic 50-model, 100-rule catalog.
+"""Microbenchmark of the pure core's decide(): a synthetic 50-model, 100-rule catalog.
 
 Standalone: `python -m bench.core [--calls N]`.
 """
@@ -17,7 +17,8 @@ from bench.procs import REPO
 from bench.workload import MIX, PROJECTS
 from routing_sidecar.config import load_config
 from routing_sidecar.core.catalog import Catalog
-from routing_sidecar.core.selection import Signals, select
+from routing_sidecar.core.decide import decide
+from routing_sidecar.core.view import DecisionView
 from routing_sidecar.domain import (
     Match,
     ModelSpec,
@@ -43,7 +44,7 @@ TASK_TYPES = (
 
 @dataclass(frozen=True)
 class CoreResult:
-    """Per-call timings of select() on one catalog."""
+    """Per-call timings of decide() on one catalog."""
 
     label: str
     models: int
@@ -152,11 +153,11 @@ def mix_tasks() -> list[Task]:
 
 def time_select(label: str, catalog: Catalog, tasks: Sequence[Task], calls: int,
                 warmup: int) -> CoreResult:
-    """Time `calls` select() calls one by one with perf_counter_ns, after `warmup` calls."""
-    signals = Signals(ev_threshold=1_000.0)
+    """Time `calls` decide() calls one by one with perf_counter_ns, after `warmup` calls."""
+    signals = DecisionView(ev_threshold=1_000.0)
     n = len(tasks)
     for i in range(warmup):
-        select(tasks[i % n], catalog, signals)
+        decide(tasks[i % n], catalog, signals)
     lat = [0] * calls
     statuses: Counter[str] = Counter()
     clock = time.perf_counter_ns
@@ -164,7 +165,7 @@ def time_select(label: str, catalog: Catalog, tasks: Sequence[Task], calls: int,
     for i in range(calls):
         task = tasks[i % n]
         t0 = clock()
-        sel = select(task, catalog, signals)
+        sel = decide(task, catalog, signals)
         lat[i] = clock() - t0
         statuses[sel.status.value] += 1
     lat.sort()
@@ -177,8 +178,8 @@ def time_select(label: str, catalog: Catalog, tasks: Sequence[Task], calls: int,
 
 
 def run_core(calls: int = 20_000, warmup: int = 2_000) -> list[CoreResult]:
-    """select() on the synthetic catalog (also with 50 candidates), then the shipped one."""
-    shipped = Catalog.from_config(load_config(REPO / "config" / "router.yaml"))
+    """decide() on the synthetic catalog (also with 50 candidates), then the shipped one."""
+    shipped = Catalog.from_settings(load_config(REPO / "config" / "router.yaml").settings())
     synthetic = synthetic_catalog()
     return [
         time_select("synthetic, policies of 6-12 models", synthetic, synthetic_tasks(), calls,

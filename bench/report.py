@@ -155,7 +155,7 @@ def verdicts(res: Results) -> list[str]:
                        f"(target <= {RATIO_TARGET}x): {_ok(r[q] <= RATIO_TARGET)}")
     out += pair_verdicts(res)
     for c in res.core[:1]:
-        out.append(f"core select() p99 ({c.label}): {c.p99_us:.1f} µs "
+        out.append(f"core decide() p99 ({c.label}): {c.p99_us:.1f} µs "
                    f"(target < {CORE_P99_TARGET_US:.0f} µs): {_ok(c.p99_us < CORE_P99_TARGET_US)}")
     return out
 
@@ -201,7 +201,7 @@ def console(res: Results) -> str:
         f"target and concurrency, {s['warmup']} warm-up calls\nDecision sizes: "
         + ", ".join(f"{k} {v} B" for k, v in res.decision_bytes.items()),
         text_table(RPC_HEAD, rpc_rows(res)),
-        "Core select()",
+        "Core decide()",
         text_table(CORE_HEAD, core_rows(res)),
         "Cold start (health polled every 5 ms) and memory",
         text_table(START_HEAD, startup_rows(res)),
@@ -245,7 +245,7 @@ Each sidecar gets a temp copy of `config/router.yaml` with `store.path` in a tem
 and non-task budget limits raised {s['budget_headroom']}x so a long run never exhausts them
 (every decision still reserves on every scope).
 
-Core: `select(task, catalog, Signals(ev_threshold=1000))` timed call by call with
+Core: `decide(task, catalog, DecisionView(ev_threshold=1000))` timed call by call with
 `perf_counter_ns`, GC on, after warm-up, over 1000 varied tasks (types, priorities 0-100,
 capabilities, min tiers, 500-250k input tokens, labels, some ev) on a synthetic catalog:
 50 models from 8 providers, tiers 1-3, varied prices, windows and capabilities; 10 policies

@@ -34,7 +34,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="short run (under ~40 s)")
     p.add_argument("--requests", type=int, help="calls per round (default 750, quick 250)")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 6, quick 2)")
-    p.add_argument("--core-calls", type=int, help="select() calls (default 20000, quick 5000)")
+    p.add_argument("--core-calls", type=int, help="decide() calls (default 20000, quick 5000)")
     p.add_argument("--store-path", type=Path,
                    help="directory for the sidecars' SQLite files (default: a temp dir)")
     p.add_argument("--variants", help="comma-separated variant names (default: all; quick: "
@@ -108,7 +108,7 @@ def store_files(store_dir: Path, name: str) -> str:
 def run(args: argparse.Namespace, res: report.Results, work: Path, store_dir: Path) -> None:
     """Core, RPC and cold-start phases in that order."""
     variants = list(res.variants)
-    print(f"core select(): {args.core_calls} calls ...", flush=True)
+    print(f"core decide(): {args.core_calls} calls ...", flush=True)
     res.core = run_core(args.core_calls, args.core_calls // 10)
     rpc_phase(args, res, variants, work, store_dir)
     print(f"cold start: {args.startup_repeats} runs per server ...", flush=True)

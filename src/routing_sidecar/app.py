@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 from routing_sidecar import logs, telemetry
 from routing_sidecar.config import (
+    RESTART_ONLY,
     RouterConfig,
     config_hash,
     is_loopback_host,
@@ -19,10 +20,6 @@ from routing_sidecar.config import (
     remote_admin_problem,
 )
 from routing_sidecar.core.budget import Ledger
-from routing_sidecar.core.budget_rules import rules_from_config
-from routing_sidecar.core.catalog import Catalog
-from routing_sidecar.core.health import HealthBook
-from routing_sidecar.core.learning import QualityBook
 from routing_sidecar.errors import ConfigError, StorageError
 from routing_sidecar.grpc_api import jsonwire
 from routing_sidecar.grpc_api.observe import Observer, ProviderHealth
@@ -32,11 +29,12 @@ from routing_sidecar.http_api.backend import Backend, Settings
 from routing_sidecar.http_api.server import AdminServer
 from routing_sidecar.ports import Clock, SystemClock
 from routing_sidecar.service.admin import Operator, PolicyEditor
+from routing_sidecar.service.budgets import LocalBudgets
 from routing_sidecar.service.learning import LEARNED_BOOKS, Learner
 from routing_sidecar.service.outcomes import OutcomeService
-from routing_sidecar.service.routing import RoutingService, new_decision_id
+from routing_sidecar.service.routing import RoutingService, RoutingState, new_decision_id
 from routing_sidecar.service.upkeep import Upkeep
-from routing_sidecar.storage import SqliteStore
+from routing_sidecar.storage import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +59,7 @@ class Sidecar:
         self._listen = listen or cfg.server.listen
         self._admin_listen = admin_listen  # overrides admin.listen ("" turns it off)
         self.admin: AdminServer | None = None
-        self.store: SqliteStore | None = None
+        self.store: Store | None = None
         self.server: SidecarServer | None = None
         self._upkeep_task: asyncio.Task[None] | None = None
         self._stopped = False
@@ -84,22 +82,24 @@ class Sidecar:
         admin = self._admin_settings(cfg)  # first: a refused admin port opens nothing
         tcfg = cfg.telemetry.model_copy(update={"admin_listen": admin.listen if admin else ""})
         tel = self.telemetry = telemetry.setup(tcfg)
-        store = await SqliteStore.open(
-            cfg.store.path, retention_days=cfg.store.retention_days, clock=self.clock
-        )
+        store = await open_store(cfg.store, clock=self.clock)
         self.store = store
-        ledger = Ledger(rules_from_config(cfg), ZoneInfo(cfg.ledger.timezone))
-        ledger.restore(await store.load_ledger_entries())
+        settings = cfg.settings()
+        embedded = Ledger(settings.budgets, ZoneInfo(settings.ledger.timezone))
+        embedded.restore(await store.load_ledger_entries())
+        ledger = LocalBudgets(embedded)
         digest = config_hash(cfg)
         await store.record_config(digest, cfg.model_dump_json(), self.clock.now())
-        learner = await self._learner(cfg, store)
+        learner = Learner.of(settings)
+        learner.load({book: await store.load_learned(book) for book in LEARNED_BOOKS})
         self.routing = RoutingService(
-            Catalog.from_config(cfg), self.clock, ledger, store, learner,
-            config_hash=digest, reservation_ttl_s=cfg.ledger.reservation_ttl_s,
+            RoutingState.of(settings, digest), self.clock, ledger, store, learner,
             new_id=lambda: logs.bind_decision(new_decision_id()),  # logs name the decision
+            rng=self._rng,
         )
         self.outcomes = OutcomeService(
-            lambda: self.routing.catalog, ledger, store, self.clock, learner
+            lambda: self.routing.catalog, ledger, store, self.clock, learner,
+            settings.outcomes,
         )
         self.upkeep = Upkeep(
             ledger, store, store, self.clock, learner,
@@ -108,7 +108,7 @@ class Sidecar:
         )
         self.observer = Observer(
             tel.tracer(), tel.meter(), self.clock, tracing=tel.tracing,
-            budgets=lambda: self.routing.ledger.status(self.clock.now()),
+            budgets=lambda: self.routing.ledger.cached_status(self.clock.now()),
             providers=lambda: (m.provider for m in self.routing.catalog.models.values()),
             loop=asyncio.get_running_loop(),
         )
@@ -137,18 +137,6 @@ class Sidecar:
             for key, state in states.items()
             if key.startswith("provider:")
         ]
-
-    async def _learner(self, cfg: RouterConfig, store: SqliteStore) -> Learner:
-        """Health and learned quality, resumed from the store's last snapshot."""
-        catalog_quality = {name: m.quality for name, m in cfg.models.items()}
-        learner = Learner(
-            HealthBook(cfg.health),
-            QualityBook(cfg.learning, lambda name: catalog_quality.get(name, 0.5)),
-            cfg.critical_lane_set(),
-            self._rng,
-        )
-        learner.load({book: await store.load_learned(book) for book in LEARNED_BOOKS})
-        return learner
 
     async def stop(self) -> None:
         """Drain in-flight RPCs within the grace period, then flush and close the store."""
@@ -197,11 +185,11 @@ class Sidecar:
         return Settings(listen, a.idle_timeout_s, a.read_timeout_s, a.max_request_bytes, token,
                         remote=not is_loopback_host(listen.rpartition(":")[0]))
 
-    async def _restore_admin_state(self, store: SqliteStore) -> None:
+    async def _restore_admin_state(self, store: Store) -> None:
         """Paused models and policy edits made through the admin API, before anything routes."""
         self.policies = PolicyEditor(store, self.clock, self.apply_config, self.cfg)
-        self.operator = Operator(store, self.clock, lambda: self.routing.pauses,
-                                 lambda: self.routing.catalog, lambda: self.routing.learner.health)
+        self.operator = Operator(store, self.clock, self.routing,
+                                 lambda: self.routing.learner.health)
         await self.operator.restore()
         edited = await self.policies.restore()
         if edited is not None:
@@ -227,26 +215,11 @@ class Sidecar:
         if self.admin is not None:
             await self.admin.stop()
 
-    async def apply_config(self, cfg: RouterConfig) -> None:
-        """Swap everything derived from a validated config at once.
-
-        Minimal version for the admin API's policy edits (catalog, budget rules, config
-        version); the SIGHUP reload is to share one such method.
-        """
-        catalog = Catalog.from_config(cfg)
-        rules = rules_from_config(cfg)
-        digest = config_hash(cfg)
-        if self.store is not None:  # the version exists before any decision names it
-            await self.store.record_config(digest, cfg.model_dump_json(), self.clock.now())
-        # No await from here on: no request sees half of the change.
-        self.routing.catalog = catalog
-        self.routing.ledger.replace_rules(rules)
-        self.routing.config_hash = digest
-        self.cfg = cfg
-        log.info("config applied", extra={"config_hash": digest})
-
     async def reload(self) -> bool:
-        """Re-read the config file; one that fails validation never replaces the running one."""
+        """Re-read the config file and apply it whole, or change nothing.
+
+        A file that fails validation is logged as `config reload refused` with its problems.
+        """
         if not self.config_path:
             return False
         try:
@@ -255,21 +228,27 @@ class Sidecar:
         except ConfigError as exc:
             log.error("config reload refused", extra={"problems": exc.problems})
             return False
-        old = self.cfg
-        if (cfg.server, cfg.store, cfg.ledger, cfg.telemetry) != (
-            old.server, old.store, old.ledger, old.telemetry
-        ):
-            log.warning("server, store, ledger and telemetry settings change only on restart")
-        self.routing.catalog = Catalog.from_config(cfg)
-        self.routing.ledger.replace_rules(rules_from_config(cfg))
-        self.routing.config_hash = config_hash(cfg)
-        if self.store is not None:
-            await self.store.record_config(
-                self.routing.config_hash, cfg.model_dump_json(), self.clock.now()
-            )
-        self.cfg = cfg
-        log.info("config reloaded", extra={"config_hash": self.routing.config_hash})
+        await self.apply_config(cfg)
         return True
+
+    async def apply_config(self, cfg: RouterConfig) -> None:
+        """Apply a validated config at once: everything derived from it is rebuilt, then swapped.
+
+        Settings in RESTART_ONLY (listen addresses, store, telemetry, the ledger's time zone)
+        keep their running values until a restart, with a warning.
+        """
+        old = self.cfg
+        stale = [key for key, read in RESTART_ONLY.items() if read(cfg) != read(old)]
+        if stale:
+            log.warning("these settings change only on restart", extra={"settings": stale})
+        digest = config_hash(cfg)
+        state = RoutingState.of(cfg.settings(), digest)  # built before anything is swapped
+        self.routing.apply(state)
+        self.outcomes.limits = state.settings.outcomes
+        self.cfg = cfg
+        if self.store is not None:
+            await self.store.record_config(digest, cfg.model_dump_json(), self.clock.now())
+        log.info("config reloaded", extra={"config_hash": digest})
 
 
 async def serve(

@@ -1,9 +1,10 @@
-"""`routing-sidecar serve | validate | route | budgets | report`: the command line."""
+"""`routing-sidecar serve | validate | route | budgets | report | fake-provider`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import uuid
 
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--task-id", default="")
     r.add_argument("--priority", type=int, default=50)
     r.add_argument("--ev", type=float)
+    r.add_argument("--value", type=float, metavar="USD",
+                   help="what a good result is worth: route by expected net value")
+    r.add_argument("--min-quality", type=float, help="quality floor 0..1 for this task")
     r.add_argument("--input-tokens", type=int, default=0)
     r.add_argument("--max-output-tokens", type=int, default=0)
     r.add_argument("--objective", choices=sorted(client.OBJECTIVES), default="auto")
@@ -64,7 +68,28 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--hours", type=int, default=24)
     rep.add_argument("--label-key", action="append", default=[], help="break down by label")
     rep.add_argument("--json", action="store_true")
+    fp = sub.add_parser("fake-provider", help="run the bundled fake LLM provider (OpenAI and "
+                        "Anthropic wire formats, scripted by model name) until SIGTERM")
+    fp.add_argument("--listen", default="127.0.0.1:9900", help="HOST:PORT")
     return p
+
+
+def _fake_provider(listen: str) -> int:
+    # Imported here: aiohttp is needed by this command only, not by every CLI start.
+    from routing_sidecar.providers import fake_server  # noqa: PLC0415
+
+    def ready(url: str) -> None:
+        print(f"fake provider listening on {url}", flush=True)
+
+    try:
+        return asyncio.run(fake_server.serve(listen, on_ready=ready))
+    except ValueError as exc:
+        print(f"error: --listen: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"error: cannot listen on {listen}: {reason}", file=sys.stderr)
+        return 1
 
 
 def _validate(path: str) -> int:
@@ -94,6 +119,10 @@ def _route(args: argparse.Namespace) -> int:
     )
     if args.ev is not None:
         request.ev = args.ev
+    if args.value is not None:
+        request.value_micros = round(args.value * 1_000_000)
+    if args.min_quality is not None:
+        request.requires.min_quality = args.min_quality
     decision = client.route(args.target, request)
     print(client.to_json(decision) if args.json else client.render_decision(decision))
     return 0
@@ -108,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(serve(args.config, args.listen, args.admin_listen))
         if args.command == "validate":
             return _validate(args.path)
+        if args.command == "fake-provider":
+            return _fake_provider(args.listen)
         if args.command == "budgets":
             msg = client.budgets(args.target, args.scope)
             print(client.to_json(msg) if args.json else client.render_budgets(msg))

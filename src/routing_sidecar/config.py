@@ -5,15 +5,37 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
-from routing_sidecar import domain
+from routing_sidecar import calls, domain
 from routing_sidecar.errors import ConfigError
+from routing_sidecar.settings import (
+    BreakerSettings,
+    DemotionSettings,
+    DetectionSettings,
+    ExplorationSettings,
+    HealthSettings,
+    LearningSettings,
+    LedgerSettings,
+    OutcomeLimits,
+    RouterSettings,
+)
 
 Usd = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -42,11 +64,79 @@ class ServerConfig(_Strict):
         return v
 
 
-class StoreConfig(_Strict):
-    """The embedded SQLite store."""
+DEFAULT_STORE_PATH = "var/routing.db"
+_PG_SCHEMES = ("postgresql", "postgres")
+_PG_ONLY = ("pool_size", "connect_timeout_s", "command_timeout_s")
 
-    path: str = "var/routing.db"
+
+def masked_dsn(url: str) -> str:
+    """The DSN with its password (in the netloc or a password= parameter) replaced by ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    query = "&".join(
+        f"{k}=***" if k == "password" else f"{k}={v}" for k, v in parse_qsl(parts.query)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+class StoreConfig(_Strict):
+    """Where the audit trail lives: a SQLite file (`path`) or one PostgreSQL database (`url`).
+
+    SQLite is the default; a fleet shares one PostgreSQL database. The URL's password never
+    leaves this object unmasked (not in dumps, reprs or errors); it may also come from
+    $PGPASSWORD or a passfile, which libpq and asyncpg read.
+    """
+
+    # The input may hold the DSN's password: validation errors never echo it.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    path: Annotated[str, Field(min_length=1)] | None = None
+    url: str | None = Field(default=None, repr=False)
     retention_days: Annotated[int, Field(ge=1)] = 30
+    # PostgreSQL only: one pooled connection writes, the others read.
+    pool_size: Annotated[int, Field(ge=2, le=100)] = 4
+    connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+    command_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_path(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("path") is None and data.get("url") is None:
+            return {**data, "path": DEFAULT_STORE_PATH}
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _dsn_shape(cls, v: str | None) -> str | None:
+        # Messages here never quote the value: it may hold the password.
+        if v is None:
+            return v
+        try:
+            parts = urlsplit(v)
+            _ = parts.port
+        except ValueError:
+            raise ValueError("not a valid postgresql:// URL (bad host or port)") from None
+        if parts.scheme not in _PG_SCHEMES:
+            raise ValueError("expected a postgresql:// or postgres:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> StoreConfig:
+        if self.path is not None and self.url is not None:
+            raise ValueError("give store.path (SQLite) or store.url (PostgreSQL), not both")
+        if self.url is None:
+            extra = [f"store.{k}" for k in _PG_ONLY if k in self.model_fields_set]
+            if extra:
+                raise ValueError(f"only a PostgreSQL store (store.url) takes {', '.join(extra)}")
+        return self
+
+    @field_serializer("url")
+    def _mask(self, v: str | None) -> str | None:
+        # Dumps feed the config hash and the stored config versions: no password there.
+        return None if v is None else masked_dsn(v)
 
 
 class LedgerConfig(_Strict):
@@ -54,6 +144,16 @@ class LedgerConfig(_Strict):
 
     reservation_ttl_s: Annotated[float, Field(gt=0)] = 900.0
     timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as UTC or "
+                             "Europe/Paris)") from None
+        return v
 
 
 def admin_listen_shape(v: str) -> str:
@@ -149,6 +249,120 @@ class ModelConfig(_Strict):
     capabilities: list[str] = []
     origin: Literal["hosted", "local"] = "hosted"
     priced_at: str | None = None
+    upstream_model: Annotated[str, Field(min_length=1)] | None = None  # id sent to the provider
+
+
+# --- providers (execute mode) --------------------------------------------------------------
+
+Seconds = Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)]
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Credentials come from api_key_env / api_key_file only, never from this file's headers.
+SECRET_HEADERS = frozenset({
+    "authorization", "proxy-authorization", "x-api-key", "api-key", "cookie",
+})
+
+
+class ProviderConfig(_Strict):
+    """How to reach one provider named by `models.<m>.provider`.
+
+    The key is read from `api_key_env` or `api_key_file` (a path, relative to the working
+    directory) when the sidecar starts; one that cannot be read leaves the provider without
+    credentials (skipped in execute mode). A loopback endpoint (Ollama, vLLM, LM Studio) and
+    `kind: fake` need no key; a remote endpoint that takes none says `api_key: none`.
+    """
+
+    kind: Literal["openai", "anthropic", "fake"]
+    base_url: Annotated[str, Field(min_length=1)] | None = None
+    api_key_env: str | None = None
+    api_key_file: Annotated[str, Field(min_length=1)] | None = None
+    api_key: Literal["none"] | None = None
+    headers: dict[str, str] = {}
+    timeout_s: Seconds = 120.0  # the whole attempt
+    connect_timeout_s: Seconds = 5.0
+    first_token_timeout_s: Seconds = 30.0  # request sent to first content event
+    max_connections: Annotated[int, Field(ge=1, le=10_000)] = 20
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_base_url(path: str, url: str) -> Iterator[str]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        yield f"{path}: expected an http:// or https:// URL with a host, got {url!r}"
+    elif parts.username is not None or parts.password is not None:
+        yield f"{path}: credentials do not belong in the URL (use api_key_env or api_key_file)"
+    elif parts.query or parts.fragment:
+        yield f"{path}: a base URL takes no query or fragment"
+
+
+def _check_provider(name: str, p: ProviderConfig) -> Iterator[str]:
+    path = f"providers.{name}"
+    if p.kind == "fake":
+        if p.base_url is not None:
+            yield f"{path}.base_url: kind fake runs in process and takes no base_url"
+    elif p.base_url is None:
+        yield f"{path}.base_url: required for kind {p.kind}"
+    else:
+        yield from _check_base_url(f"{path}.base_url", p.base_url)
+    sources = [k for k in ("api_key_env", "api_key_file", "api_key") if getattr(p, k)]
+    if len(sources) > 1:
+        yield f"{path}: give at most one of api_key_env, api_key_file, api_key (got {sources})"
+    if p.api_key_env is not None and not ENV_NAME_RE.match(p.api_key_env):
+        yield f"{path}.api_key_env: {p.api_key_env!r} is not an environment variable name"
+    host = urlsplit(p.base_url).hostname if p.base_url else None
+    if p.kind != "fake" and not sources and host and not _is_loopback(host):
+        yield (f"{path}: a remote endpoint needs api_key_env or api_key_file "
+               "(or api_key: none if it takes no key)")
+    for header, value in p.headers.items():
+        if not HEADER_NAME_RE.match(header):
+            yield f"{path}.headers.{header}: not a valid header name"
+        elif header.lower() in SECRET_HEADERS:
+            yield (f"{path}.headers.{header}: credentials come from api_key_env or "
+                   "api_key_file, never from the config file")
+        elif "\r" in value or "\n" in value:
+            yield f"{path}.headers.{header}: a header value cannot contain a line break"
+    for key in ("connect_timeout_s", "first_token_timeout_s"):
+        if getattr(p, key) > p.timeout_s:
+            yield f"{path}.{key}: {getattr(p, key):g} is above timeout_s {p.timeout_s:g}"
+
+
+def _check_providers(cfg: RouterConfig) -> Iterator[str]:
+    """Provider entries, and upstream model ids that no provider entry would ever send."""
+    for name, p in cfg.providers.items():
+        yield from _check_provider(name, p)
+    for name, m in cfg.models.items():
+        if m.upstream_model is not None and m.provider not in cfg.providers:
+            yield (f"models.{name}.upstream_model: provider {m.provider!r} has no entry under "
+                   "providers, so nothing would send it")
+
+
+def _provider_settings(name: str, p: ProviderConfig) -> calls.ProviderSettings:
+    host = urlsplit(p.base_url).hostname if p.base_url else None
+    needs_key = p.kind != "fake" and p.api_key is None and not (
+        p.api_key_env is None and p.api_key_file is None and host and _is_loopback(host)
+    )
+    return calls.ProviderSettings(
+        name=name, kind=calls.ProviderKind(p.kind), base_url=p.base_url or "",
+        api_key_env=p.api_key_env, api_key_file=p.api_key_file, key_required=bool(needs_key),
+        headers=dict(p.headers), timeout_s=p.timeout_s, connect_timeout_s=p.connect_timeout_s,
+        first_token_timeout_s=p.first_token_timeout_s, max_connections=p.max_connections,
+    )
+
+
+def execution_settings(cfg: RouterConfig) -> calls.ExecutionSettings:
+    """Providers and upstream model ids as plain frozen settings (nothing below sees pydantic)."""
+    return calls.ExecutionSettings(
+        providers={name: _provider_settings(name, p) for name, p in cfg.providers.items()},
+        upstream_models={name: m.upstream_model or name for name, m in cfg.models.items()},
+    )
 
 
 class RetryConfig(_Strict):
@@ -283,10 +497,25 @@ class LearningConfig(_Strict):
     """Learned quality per (task type, model): prior, forgetting, confidence, exploration."""
 
     prior_strength: Annotated[float, Field(ge=0)] = 20.0
+    pool_strength: Annotated[float, Field(ge=0)] = 8.0
     forget: Annotated[float, Field(gt=0, le=1)] = 0.995
     confidence: Annotated[float, Field(ge=0.5, lt=1)] = 0.8
     max_task_types: Annotated[int, Field(ge=1)] = 4096
     exploration: ExplorationConfig = ExplorationConfig()
+
+
+class OutcomesConfig(_Strict):
+    """How far a reported outcome may go before it is refused (README: outcome checks)."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=64)] = 16
+    cost_tolerance: Annotated[float, Field(ge=1, le=100, allow_inf_nan=False)] = 1.5
+    cost_slack_usd: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 0.01
+    clock_skew_s: Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)] = 300.0
+
+    def limits(self) -> OutcomeLimits:
+        """These settings as the core's OutcomeLimits."""
+        return OutcomeLimits(self.max_attempts, self.cost_tolerance,
+                             usd_to_micros(self.cost_slack_usd), self.clock_skew_s)
 
 
 class RouterConfig(_Strict):
@@ -307,6 +536,8 @@ class RouterConfig(_Strict):
     health: HealthConfig = HealthConfig()
     learning: LearningConfig = LearningConfig()
     critical_lanes: list[str] = []
+    outcomes: OutcomesConfig = OutcomesConfig()
+    providers: dict[str, ProviderConfig] = {}  # execute mode: how to reach each provider
 
     def admin_listen(self) -> str:
         """The admin port: `admin.listen`, else its old name `telemetry.admin_listen`."""
@@ -314,35 +545,13 @@ class RouterConfig(_Strict):
             return self.admin.listen
         return self.telemetry.admin_listen
 
-    def model_specs(self) -> tuple[domain.ModelSpec, ...]:
-        """The catalog as domain types, prices in micro-USD."""
-        return tuple(_model_spec(name, m) for name, m in self.models.items())
+    def execution_settings(self) -> calls.ExecutionSettings:
+        """Providers and upstream model ids for execute mode, as domain settings."""
+        return execution_settings(self)
 
-    def policy_specs(self) -> tuple[domain.Policy, ...]:
-        """Policies as domain types."""
-        return tuple(_policy(name, p) for name, p in self.policies.items())
-
-    def rule_specs(self) -> tuple[domain.Rule, ...]:
-        """Rules as domain types, in file order."""
-        return tuple(domain.Rule(_match(r.match), r.policy) for r in self.rules)
-
-    def shape_specs(self) -> tuple[domain.ShapeRule, ...]:
-        """Task-shape rules as domain types, in file order."""
-        return tuple(
-            domain.ShapeRule(_match(s.match), domain.Objective(s.objective))
-            for s in self.task_shapes
-        )
-
-    def critical_lane_set(self) -> frozenset[str]:
-        """Lanes (the `lane` label) on which only models proven above the floor are used."""
-        return frozenset(self.critical_lanes)
-
-    def tier_rules(self) -> domain.TierRules:
-        """Tier reservation settings as a domain type."""
-        t = self.tiers
-        return domain.TierRules(
-            t.reserve_above, t.ev_percentile, t.priority_override, t.ev_window, t.ev_min_samples
-        )
+    def settings(self) -> RouterSettings:
+        """Everything routing, budgets and learning run on, as frozen domain objects."""
+        return to_settings(self)
 
 
 def usd_to_micros(usd: float) -> int:
@@ -394,6 +603,62 @@ def _match(m: MatchConfig) -> domain.Match:
     )
 
 
+def _budget_rules(cfg: RouterConfig) -> tuple[domain.BudgetRule, ...]:
+    """The configured budgets as rules, in file order, limits in micro-USD."""
+    out = []
+    for b in cfg.budgets:
+        default = domain.BudgetPeriod.TASK if b.scope == "task" else domain.BudgetPeriod.MONTH
+        period = domain.BudgetPeriod(b.period) if b.period else default
+        out.append(domain.BudgetRule(b.scope, period, usd_to_micros(b.limit_usd), b.alert_at,
+                                     domain.OnExceed(b.on_exceed)))
+    return tuple(out)
+
+
+def _health(h: HealthConfig) -> HealthSettings:
+    return HealthSettings(
+        h.ewma_alpha, h.window_s, BreakerSettings(**h.breaker.model_dump()),
+        DetectionSettings(**h.detection.model_dump()), DemotionSettings(**h.demotion.model_dump()),
+    )
+
+
+def _learning(lc: LearningConfig) -> LearningSettings:
+    return LearningSettings(
+        lc.prior_strength, lc.pool_strength, lc.forget, lc.confidence, lc.max_task_types,
+        ExplorationSettings(**lc.exploration.model_dump()),
+    )
+
+
+def to_settings(cfg: RouterConfig) -> RouterSettings:
+    """Convert a validated config into the frozen settings the core and services use."""
+    t = cfg.tiers
+    return RouterSettings(
+        models=MappingProxyType({n: _model_spec(n, m) for n, m in cfg.models.items()}),
+        policies=MappingProxyType({n: _policy(n, p) for n, p in cfg.policies.items()}),
+        rules=tuple(domain.Rule(_match(r.match), r.policy) for r in cfg.rules),
+        shapes=tuple(domain.ShapeRule(_match(s.match), domain.Objective(s.objective))
+                     for s in cfg.task_shapes),
+        tiers=domain.TierRules(t.reserve_above, t.ev_percentile, t.priority_override,
+                               t.ev_window, t.ev_min_samples),
+        default_policy=cfg.default_policy,
+        budgets=_budget_rules(cfg),
+        health=_health(cfg.health),
+        learning=_learning(cfg.learning),
+        ledger=LedgerSettings(cfg.ledger.reservation_ttl_s, cfg.ledger.timezone),
+        critical_lanes=frozenset(cfg.critical_lanes),
+        outcomes=cfg.outcomes.limits(),
+    )
+
+
+# What a reload cannot change in a running sidecar: it keeps these until restarted.
+RESTART_ONLY: Mapping[str, Callable[[RouterConfig], object]] = MappingProxyType({
+    "server": lambda c: c.server,
+    "store": lambda c: c.store,
+    "telemetry": lambda c: c.telemetry,
+    "admin": lambda c: (c.admin_listen(), c.admin),
+    "ledger.timezone": lambda c: c.ledger.timezone,
+})
+
+
 def _cross_check(cfg: RouterConfig) -> Iterator[str]:
     """Yield every inconsistency between sections, each prefixed by its path."""
     providers = {m.provider for m in cfg.models.values()}
@@ -417,6 +682,7 @@ def _cross_check(cfg: RouterConfig) -> Iterator[str]:
     if cfg.default_policy not in cfg.policies:
         yield f"default_policy: unknown policy {cfg.default_policy!r}"
     yield from _check_budgets(cfg, providers)
+    yield from _check_providers(cfg)
     yield from _check_admin(cfg)
     breaker = cfg.health.breaker
     if breaker.cooldown_s > breaker.max_cooldown_s:

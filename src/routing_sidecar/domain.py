@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from fnmatch import fnmatchcase
 
 MICROS_PER_USD = 1_000_000
 TOKENS_PER_MTOK = 1_000_000
-
 
 
 class Objective(StrEnum):
@@ -38,6 +39,8 @@ class ReasonCode(StrEnum):
     NO_CAPABLE_MODEL = "NO_CAPABLE_MODEL"
     BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
     CACHE_HIT = "CACHE_HIT"
+    # No capable model's estimate meets the quality floor: the best estimate runs anyway.
+    BELOW_FLOOR = "BELOW_FLOOR"
 
 
 class Rejection(StrEnum):
@@ -47,7 +50,6 @@ class Rejection(StrEnum):
     FALLBACK = "fallback"
     OUTSCORED = "outscored"
     EXCLUDED = "excluded"
-    PAUSED = "paused"  # taken out of routing by an operator (POST /api/routing/models/X/pause)
     CAPABILITY = "capability"
     MIN_TIER = "min_tier"
     CONTEXT_WINDOW = "context_window"
@@ -57,6 +59,7 @@ class Rejection(StrEnum):
     BUDGET = "budget"
     CIRCUIT_OPEN = "circuit_open"
     QUALITY = "quality"
+    NO_CREDENTIALS = "no_credentials"  # execute mode: the sidecar cannot call its provider
 
 
 class AttemptStatus(StrEnum):
@@ -67,6 +70,7 @@ class AttemptStatus(StrEnum):
     PERMANENT_ERROR = "PERMANENT_ERROR"
     TIMEOUT = "TIMEOUT"
     RATE_LIMITED = "RATE_LIMITED"
+    CANCELLED = "CANCELLED"  # the caller went away while the call was running
 
 
 class BudgetPeriod(StrEnum):
@@ -91,6 +95,40 @@ class OnExceed(StrEnum):
 
     DOWNGRADE = "downgrade"
     REJECT = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRule:
+    """One configured budget; a '*' in the name applies it to each matching name separately."""
+
+    scope: str
+    period: BudgetPeriod
+    limit_micros: int
+    alert_at: float = 0.8
+    on_exceed: OnExceed = OnExceed.REJECT
+
+    def matches(self, key: str) -> bool:
+        """True when this rule's scope pattern covers the concrete scope key."""
+        if ":" not in self.scope or ":" not in key:
+            return self.scope == key
+        kind, _, name = self.scope.partition(":")
+        key_kind, _, key_name = key.partition(":")
+        return kind == key_kind and fnmatchcase(key_name, name)
+
+    @property
+    def alert_micros(self) -> int:
+        """Usage at which the scope enters ALERT."""
+        return math.ceil(self.alert_at * self.limit_micros)
+
+    def state(self, used_micros: int) -> BudgetState:
+        """EXCEEDED once no headroom is left, ALERT from the alert threshold, else OK."""
+        if used_micros >= self.limit_micros:
+            return BudgetState.EXCEEDED
+        return BudgetState.ALERT if used_micros >= self.alert_micros else BudgetState.OK
+
+    def thresholds(self) -> tuple[tuple[BudgetState, int], ...]:
+        """The usage marks whose crossing raises an alert."""
+        return (BudgetState.ALERT, self.alert_micros), (BudgetState.EXCEEDED, self.limit_micros)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +253,8 @@ class Task:
     exclude_models: frozenset[str] = frozenset()
     cache_key: str | None = None
     dry_run: bool = False
+    # What a good result is worth to the caller: routing then maximises expected net value.
+    value_micros: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +270,8 @@ class Alternative:
     reason: str
     estimated_quality: float
     slot_id: str | None = None
+    # value x estimated quality - estimated cost, when the task carried a value.
+    net_value_micros: int | None = None
 
     @property
     def chosen(self) -> bool:
@@ -279,6 +321,8 @@ class Selection:
     alternatives: tuple[Alternative, ...]
     chosen: Alternative | None = None
     fallbacks: tuple[Fallback, ...] = ()
+    # The chosen model was admitted by exploration (an unproven model tried on purpose).
+    explored: bool = False
 
     @property
     def estimated_cost_micros(self) -> int:
@@ -327,12 +371,3 @@ class Outcome:
     attempts: tuple[Attempt, ...] = ()
     success: bool = False
     quality: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class QualityEstimate:
-    """Learned quality of a model for a task type, with how sure we are."""
-
-    mean: float
-    samples: float = 0.0
-    lower_bound: float = field(default=0.0)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import orjson
 
 from routing_sidecar import domain
-from routing_sidecar.core.budget_rules import EntryKind, LedgerEntry
+from routing_sidecar.calls import ProviderCall, StreamEvent
+from routing_sidecar.core.budget_rules import EntryKind, LedgerChange, LedgerEntry
+from routing_sidecar.core.view import BudgetLine
 
 
 class Clock(Protocol):
@@ -109,15 +111,18 @@ class AttemptRecord:
     output_tokens: int
     estimated_cost_micros: int
     actual_cost_micros: int
+    # The decision's plan (chosen model and fallbacks) did not name this attempt's model.
+    off_plan: bool = False
 
     @classmethod
     def from_attempt(cls, decision_id: str, attempt_index: int, attempt: domain.Attempt,
-                     estimated_cost_micros: int, actual_cost_micros: int) -> AttemptRecord:
+                     estimated_cost_micros: int, actual_cost_micros: int,
+                     off_plan: bool = False) -> AttemptRecord:
         """The row for an attempt; costs come from the caller (reported or from the catalog)."""
         a = attempt
         return cls(decision_id, attempt_index, a.model, a.provider, a.status, a.error_type,
                    a.started_at, a.duration_s, a.input_tokens, a.output_tokens,
-                   estimated_cost_micros, actual_cost_micros)
+                   estimated_cost_micros, actual_cost_micros, off_plan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +251,67 @@ class LedgerTotal:
     amount_micros: int
 
 
+class BudgetBook(Protocol):
+    """The budget ledger as the services use it: embedded in the process, or shared (Redis).
+
+    Reads on the decision path are synchronous, from what the book holds locally; every change
+    is awaited. A shared book that cannot reach its store says so with `unavailable`.
+    """
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why the budgets cannot be checked right now, or None when they can."""
+        ...
+
+    def lines(self, labels: Mapping[str, str], model: domain.ModelSpec, policy: str,
+              task_id: str, now: float) -> tuple[BudgetLine, ...]:
+        """Every budget a decision for the model falls under, with what it used."""
+        ...
+
+    def statuses_for(self, labels: Mapping[str, str], model: domain.ModelSpec, policy: str,
+                     task_id: str, now: float) -> list[domain.BudgetStatus]:
+        """Standing of every budget one decision falls under."""
+        ...
+
+    def cached_status(self, now: float,
+                      scopes: Collection[str] = ()) -> list[domain.BudgetStatus]:
+        """Every scope's standing as held locally (gauges read this)."""
+        ...
+
+    async def status(self, now: float,
+                     scopes: Collection[str] = ()) -> list[domain.BudgetStatus]:
+        """Every scope's standing, read fresh from where the totals live."""
+        ...
+
+    async def reserve(self, reservation_id: str, labels: Mapping[str, str],
+                      model: domain.ModelSpec, policy: str, task_id: str, amount_micros: int,
+                      now: float, expires_at: float) -> tuple[BudgetLine | None, LedgerChange]:
+        """Hold the amount on every budget, if it fits; else the first budget it breaks."""
+        ...
+
+    async def settle(self, reservation_id: str, labels: Mapping[str, str], policy: str,
+                     task_id: str, charges: Sequence[tuple[domain.ModelSpec, int]], at: float,
+                     now: float) -> LedgerChange:
+        """Close the reservation and charge each attempt to its own budgets."""
+        ...
+
+    async def release(self, reservation_id: str, now: float) -> LedgerChange:
+        """Drop an open reservation without charging it."""
+        ...
+
+    async def expire(self, now: float) -> LedgerChange:
+        """Release reservations past their expiry."""
+        ...
+
+    async def revert(self, change: LedgerChange) -> None:
+        """Undo a change whose rows failed to commit (or that was a duplicate)."""
+        ...
+
+    def replace_rules(self, rules: Sequence[domain.BudgetRule]) -> None:
+        """Swap in reloaded rules, keeping every total and reservation."""
+        ...
+
+
 class LedgerStore(Protocol):
     """Durable budget ledger rows; the in-memory Ledger is rebuilt from them at start."""
 
@@ -280,6 +346,10 @@ class AuditLog(Protocol):
         """Persist an outcome once; False (nothing written) when one is already recorded."""
         ...
 
+    async def get_outcome(self, decision_id: str) -> OutcomeRecord | None:
+        """The outcome recorded for a decision, or None."""
+        ...
+
     async def save_learned(self, book: str, state_json: str, at: float) -> None:
         """Replace the snapshot of one learned book."""
         ...
@@ -301,11 +371,40 @@ class AuditLog(Protocol):
         ...
 
 
+class ProviderClient(Protocol):
+    """One LLM provider (providers/): its credentials, a streamed call, and its connection pool.
+
+    `stream(call)` is an async generator of `TextDelta` events closed by exactly one
+    `StreamEnd`; the first event's arrival is the attempt's first token. A failure raises
+    `errors.ProviderError` (classified, carrying the usage consumed so far). Closing the
+    generator early (`aclose()`, or cancelling the task iterating it) cancels the upstream
+    request at once and closes its connection. Timeouts (connect, first token, total) are the
+    provider's, enforced inside `stream`.
+    """
+
+    @property
+    def name(self) -> str:
+        """The provider's name in the config (`models.<m>.provider`)."""
+        ...
+
+    def has_credentials(self) -> bool:
+        """False when the provider needs a key and none could be read (skipped in execute mode)."""
+        ...
+
+    def stream(self, call: ProviderCall) -> AsyncGenerator[StreamEvent, None]:
+        """Make the call; yield text deltas, then one StreamEnd."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the connection pool; the client is unusable afterwards."""
+        ...
+
+
 # -- the admin HTTP API: audit reads for the dashboard, operator state ---------------------
 
 
 @dataclass(frozen=True, slots=True)
-class DecisionView:
+class AuditedDecision:
     """A recorded decision with its outcome (None until reported) and its attempts."""
 
     decision: DecisionRecord
@@ -360,11 +459,11 @@ class AdminStore(Protocol):
     """What the admin API reads from the audit trail, and the operator state it keeps."""
 
     async def list_decisions(self, limit: int, model: str | None = None,
-                             task_type: str | None = None) -> list[DecisionView]:
+                             task_type: str | None = None) -> list[AuditedDecision]:
         """The most recent decisions, newest first, with outcomes and attempts."""
         ...
 
-    async def decision_view(self, decision_id: str) -> DecisionView | None:
+    async def decision_view(self, decision_id: str) -> AuditedDecision | None:
         """One decision with its outcome and attempts, or None."""
         ...
 

@@ -272,6 +272,7 @@ def test_kill_9_under_load_loses_no_ack_and_ledger_matches_rows(
         decided = {r[0]: (r[1], r[2]) for r in conn.execute(
             "SELECT decision_id, estimated_cost_micros, chosen_provider "
             "FROM model_routing_decisions")}
+        task_of = dict(conn.execute("SELECT decision_id, task_id FROM model_routing_decisions"))
         outcomes = dict(conn.execute(
             "SELECT decision_id, actual_cost_micros FROM decision_outcomes"))
         attempts = {r[0] for r in conn.execute(
@@ -299,7 +300,8 @@ def test_kill_9_under_load_loses_no_ack_and_ledger_matches_rows(
     assert attempts == set(outcomes)
     expected: dict[tuple[str, str, str], int] = {}
     for did, (estimate, provider) in decided.items():
-        for scope in ("global", "project:alpha", f"provider:{provider}"):
+        # The per-task budget is a bucket of its own per task id.
+        for scope in ("global", "project:alpha", f"provider:{provider}", f"task:{task_of[did]}"):
             expected[(did, scope, "reserve")] = estimate
             if did in outcomes:
                 expected[(did, scope, "release")] = -estimate

@@ -71,6 +71,9 @@ def test_cli_route_json_and_table(running: tuple[str, subprocess.Popen[bytes]]) 
     assert "claude-haiku-4-5" in table.stdout and "slot w1" in table.stdout
     bad = cli("route", "--target", target, "--task-type", "fix_bug", "--priority", "300")
     assert bad.returncode == 1 and "INVALID_ARGUMENT: priority" in bad.stderr
+    valued = cli("route", "--target", target, "--task-type", "fix_bug", "--value", "0.05")
+    assert valued.returncode == 0, valued.stderr
+    assert "value $0.0500" in valued.stdout and "net value" in valued.stdout
 
 
 def test_sigterm_drains_and_exits_zero(running: tuple[str, subprocess.Popen[bytes]]) -> None:

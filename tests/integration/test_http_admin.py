@@ -55,7 +55,7 @@ async def test_a_policy_edit_changes_the_next_route_and_survives_a_restart(
     car, http = await open_sidecar()
     before = await chosen(http, "p-0")
     assert before["policy"] == "code" and before["model"] != "claude-haiku-4-5"
-    file_hash = car.routing.config_hash
+    file_hash = car.routing.state.config_hash
     r = await http.post("/api/routing/policies", headers=AUTH, json={
         "name": "code", "policy": {"models": ["claude-haiku-4-5"], "objective": "quality",
                                    "fallbacks": 0}})
@@ -66,7 +66,7 @@ async def test_a_policy_edit_changes_the_next_route_and_survives_a_restart(
     after = await chosen(http, "p-1")
     assert after["model"] == "claude-haiku-4-5" and after["objective"] == "OBJECTIVE_QUALITY"
     assert [a["model"] for a in after["alternatives"]] == ["claude-haiku-4-5"]
-    assert car.routing.config_hash == applied["config_hash"] != file_hash
+    assert car.routing.state.config_hash == applied["config_hash"] != file_hash
     assert car.store is not None
     record = await car.store.get_decision(after["decisionId"])
     assert record is not None and record.config_hash == applied["config_hash"]
@@ -130,13 +130,13 @@ async def test_a_bad_policy_is_refused_as_a_bad_file_would_be_and_changes_nothin
     open_sidecar: Open, body: dict[str, Any], field: str, problem: str
 ) -> None:
     car, http = await open_sidecar()
-    digest = car.routing.config_hash
+    digest = car.routing.state.config_hash
     r = await http.post("/api/routing/policies", headers=AUTH, json=body)
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["field"] == field and error["message"].startswith(f"{field}: ")
     assert problem in error["message"]
-    assert car.routing.config_hash == digest
+    assert car.routing.state.config_hash == digest
     assert car.store is not None and await car.store.policy_changes() == []
 
 
@@ -151,7 +151,9 @@ async def test_a_paused_model_is_skipped_with_its_reason_until_resumed(
     d = await chosen(http, "z-1")
     assert d["model"] != usual
     paused = next(a for a in d["alternatives"] if a["model"] == usual)
-    assert paused["rejection"] == "paused" and "vendor incident 42" in paused["reason"]
+    assert paused["rejection"] == "excluded"
+    assert paused["reason"].startswith("paused: by an operator since ")
+    assert paused["reason"].endswith(": vendor incident 42")
     perf = (await http.get("/api/routing/performance")).json()
     state = next(m for m in perf["models"] if m["name"] == usual)
     assert state["paused"] and state["pause_reason"] == "vendor incident 42"
@@ -168,7 +170,7 @@ async def test_a_paused_model_is_skipped_with_its_reason_until_resumed(
     r = await http.post(f"/api/routing/models/{usual}/pause", headers=AUTH,
                         json={"reason": "x" * 500})
     assert r.status_code == 400 and r.json()["error"]["field"] == "reason"
-    assert not car.routing.pauses.paused
+    assert not car.operator.pauses.paused
 
 
 async def test_pausing_every_model_of_a_policy_rejects_and_lists_them_all(
@@ -181,7 +183,8 @@ async def test_pausing_every_model_of_a_policy_rejects_and_lists_them_all(
     d = await chosen(http, "all-1")
     assert d["status"] == "DECISION_STATUS_REJECTED"
     assert d["reasonCode"] == "REASON_CODE_NO_CAPABLE_MODEL"
-    assert {a["rejection"] for a in d["alternatives"]} == {"paused"}
+    assert {a["rejection"] for a in d["alternatives"]} == {"excluded"}
+    assert all(a["reason"].startswith("paused: ") for a in d["alternatives"])
 
 
 async def test_a_breaker_reset_closes_it_and_the_model_is_a_candidate_again(
@@ -213,7 +216,7 @@ async def test_a_breaker_reset_closes_it_and_the_model_is_a_candidate_again(
     assert r.status_code == 404
 
 
-async def test_a_reload_of_the_file_keeps_the_policy_edits(tmp_path: Path) -> None:
+async def test_a_reload_of_the_file_keeps_the_policy_edits_and_the_pauses(tmp_path: Path) -> None:
     raw = admin_config(tmp_path)
     path = write_config(tmp_path, raw)
     car = Sidecar(load_config(path), config_path=str(path))
@@ -221,12 +224,17 @@ async def test_a_reload_of_the_file_keeps_the_policy_edits(tmp_path: Path) -> No
     try:
         async with httpx.AsyncClient(base_url=f"http://{car.admin_address}") as http:
             r = await http.post("/api/routing/policies", headers=AUTH, json={
-                "name": "code", "policy": {"models": ["claude-haiku-4-5"]}})
+                "name": "code", "policy": {"models": ["claude-haiku-4-5", "glm-4.6"]}})
+            assert r.status_code == 200, r.text
+            r = await http.post("/api/routing/models/glm-4.6/pause", headers=AUTH)
             assert r.status_code == 200, r.text
             raw["budgets"].append({"scope": "project:beta", "period": "day", "limit_usd": 5})
             write_config(tmp_path, raw)
             assert await car.reload() is True
             assert any(b.scope == "project:beta" for b in car.cfg.budgets)
-            assert (await chosen(http, "rl-1"))["model"] == "claude-haiku-4-5"
+            d = await chosen(http, "rl-1")
+            assert d["model"] == "claude-haiku-4-5"
+            glm = next(a for a in d["alternatives"] if a["model"] == "glm-4.6")
+            assert glm["rejection"] == "excluded" and glm["reason"].startswith("paused: ")
     finally:
         await car.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +204,8 @@ async def test_outcome_over_http_settles_once_and_names_bad_fields(
         {"model": d["model"], "status": "ATTEMPT_STATUS_TRANSIENT_ERROR", "duration": "0.5s",
          "inputTokens": "2000", "costMicros": "1000"},
         {"model": fb["model"], "status": "ATTEMPT_STATUS_SUCCESS", "duration": "2s",
-         "startedAt": "2026-01-02T03:04:05Z", "inputTokens": 2000, "outputTokens": 400,
+         "startedAt": datetime.now(UTC).isoformat(), "inputTokens": 2000,
+         "outputTokens": 400,
          "costMicros": 2500},
     ]}
     r = await http.post("/outcome", json=outcome)
@@ -356,7 +358,7 @@ async def test_changes_need_the_bearer_token(car: Sidecar, http: httpx.AsyncClie
     assert TOKEN not in r.text
     r = await http.request(method, path, json=body, headers=AUTH)
     assert r.status_code in (200, 201, 404), r.text  # 404: reverting a policy never edited
-    assert car.routing.pauses.paused.keys() <= {"glm-4.6"}
+    assert car.operator.pauses.paused.keys() <= {"glm-4.6"}
 
 
 async def test_without_a_token_file_changes_are_off_and_reads_stay_open(

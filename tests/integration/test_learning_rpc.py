@@ -33,7 +33,7 @@ def learning_config(tmp_path: Path) -> dict[str, Any]:
         "telemetry": {"admin_listen": ""},
         "models": {
             "flaky": model("flakyco", 0.5, 0.8),
-            "steady": model("steadyco", 2.0, 0.8),
+            "steady": model("steadyco", 20.0, 0.8),
             "cheap": model("acme", 0.2, 0.7),
             "strong": model("bigco", 5.0, 0.95),
         },
@@ -192,27 +192,37 @@ async def test_restart_keeps_what_was_learned(make: Make) -> None:
         "circuit_open")
 
 
-async def test_with_nothing_proven_the_estimate_decides_except_on_critical_lanes(
+async def test_floors_route_on_the_estimate_then_below_it_and_refuse_only_when_critical(
     make: Make,
 ) -> None:
     _, stub = await make(FakeClock())
     high = pb.Requirements(min_quality=0.9)  # strong's prior (0.95) is not proof of 0.9
     d = await stub.Route(task("essay", 1, requires=high))
     assert (d.status, d.model) == (pb.DECISION_STATUS_ROUTED, "strong")
-    assert "No model is proven above the quality floor" in d.reason
+    assert "No model proven above the quality floor is available" in d.reason
     assert fate(d, "cheap").rejection == "quality"
     critical = await stub.Route(task("essay", 2, requires=high, labels={"lane": "payments"}))
     assert critical.status == pb.DECISION_STATUS_REJECTED
     assert critical.reason_code == pb.REASON_CODE_NO_CAPABLE_MODEL
+    # A floor no estimate meets routes the best estimate, and says so in numbers.
     beyond = await stub.Route(task("essay", 3, requires=pb.Requirements(min_quality=0.99)))
-    assert beyond.status == pb.DECISION_STATUS_REJECTED
+    assert (beyond.status, beyond.reason_code, beyond.model) == (
+        pb.DECISION_STATUS_ROUTED, pb.REASON_CODE_BELOW_FLOOR, "strong")
+    assert "no capable model's estimate meets floor 0.99" in beyond.reason
+    assert "(0.95)" in beyond.reason
+    refused = await stub.Route(task("essay", 4, requires=pb.Requirements(min_quality=0.99),
+                                    labels={"lane": "payments"}))
+    assert (refused.status, refused.reason_code) == (
+        pb.DECISION_STATUS_REJECTED, pb.REASON_CODE_NO_CAPABLE_MODEL)
+    assert "critical lane" in refused.reason
     # Outcomes at 0.97 prove strong, after which it is chosen on proof, not on estimate.
     for i in range(40):
         await report(stub, await stub.Route(task("essay", 10 + i, requires=high)), ok=True,
                      quality=0.97, call_failed=False)
-    proven = await stub.Route(task("essay", 99, requires=high))
+    # On the critical lane (no exploration) strong now runs on proof.
+    proven = await stub.Route(task("essay", 99, requires=high, labels={"lane": "payments"}))
     assert proven.model == "strong" and "proven" in fate(proven, "strong").reason
-    assert "No model is proven" not in proven.reason
+    assert "estimated quality alone" not in proven.reason
 
 
 async def test_rate_limited_retry_after_holds_the_breaker_open(make: Make) -> None:

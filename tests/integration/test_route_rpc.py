@@ -188,3 +188,22 @@ async def test_ev_above_recent_p90_claims_reserved_tier(stub: pb_grpc.RouterStub
     high = await stub.Route(req(design, task_id="high", ev=1000.0))
     assert low.tier < 3
     assert high.tier == 3, high.reason
+
+
+async def test_value_routes_by_expected_net_value_over_grpc(stub: pb_grpc.RouterStub) -> None:
+    # Without a value a fix_bug never reaches a reserved tier; worth $50, the arithmetic
+    # lets the best expected net value run, and every ranked candidate shows its net.
+    plain = await stub.Route(req(task_type="fix_bug"))
+    assert plain.tier == 1
+    valued = await stub.Route(req(task_type="fix_bug", value_micros=50_000_000))
+    assert valued.status == pb.DECISION_STATUS_ROUTED and valued.tier > 1
+    assert "value $50.0000" in valued.reason and "expected over" in valued.reason
+    nets = {a.model: a.expected_net_value_micros for a in valued.alternatives
+            if a.HasField("expected_net_value_micros")}
+    assert nets[valued.model] == max(nets.values())
+    cheap = await stub.Route(req(task_type="fix_bug", value_micros=1_000))
+    assert cheap.tier == 1
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Route(req(task_type="fix_bug", value_micros=-5))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("value_micros:")

@@ -37,4 +37,4 @@ def spec(
 @pytest.fixture(scope="session")
 def router_catalog() -> Catalog:
     """The catalog of the shipped config/router.yaml."""
-    return Catalog.from_config(load_config(ROUTER_YAML))
+    return Catalog.from_settings(load_config(ROUTER_YAML).settings())

@@ -9,7 +9,7 @@ import yaml
 
 from routing_sidecar.config import RouterConfig, is_loopback_host, parse_config
 from routing_sidecar.core.health import BreakerStatus, HealthBook
-from routing_sidecar.domain import Attempt, AttemptStatus, ModelSpec, Rejection, Task
+from routing_sidecar.domain import Attempt, AttemptStatus, ModelSpec
 from routing_sidecar.errors import ConfigError
 from routing_sidecar.ports import PauseRecord
 from routing_sidecar.service.admin import compose
@@ -82,31 +82,32 @@ def test_compose_replaces_one_policy_and_revalidates_everything() -> None:
 
 
 SPEC = ModelSpec("m", "p", 1, 1, 1, 1000, 10.0, 0.5)
-TASK = Task("t", "fix_bug")
 
 
-def test_pauses_filter_with_the_reason_and_a_filter_keeps_its_version() -> None:
+def test_pauses_give_routing_their_reasons_and_a_reader_keeps_its_version() -> None:
     pauses = ModelPauses()
-    before = pauses.as_filter()
+    before = pauses.paused
     pauses.set(PauseRecord("m", 1767323045.0, "incident 7"))
-    verdict = pauses.as_filter()(TASK, SPEC, 0)
-    assert verdict == (Rejection.PAUSED, "paused by an operator since 03:04:05Z: incident 7")
-    assert before(TASK, SPEC, 0) is None  # a decision in flight keeps what it read
+    pauses.set(PauseRecord("n", 1767323045.0))
+    assert pauses.reasons() == {"m": "by an operator since 03:04:05Z: incident 7",
+                                "n": "by an operator since 03:04:05Z"}
+    assert dict(before) == {}  # a decision in flight keeps what it read
     assert pauses.clear("m") and not pauses.clear("m")
-    assert pauses.as_filter()(TASK, SPEC, 0) is None
+    assert set(pauses.reasons()) == {"n"}
 
 
 def test_a_breaker_reset_by_hand_closes_it_and_keeps_the_evidence() -> None:
-    cfg = load(shipped())
-    book = HealthBook(cfg.health)
+    book = HealthBook(load(shipped()).settings().health)
     failures = [Attempt("m", "p", AttemptStatus.TRANSIENT_ERROR)] * 5
     book.record_outcome(failures, 100.0)
     assert book.breaker("model:m", 100.0).status is BreakerStatus.OPEN
-    assert book.allows(SPEC, 100.0) is not None
+    assert book.blocked(SPEC, 100.0) is not None
+    book.drain_changes()
     assert book.reset_breaker("model:m") is True
+    assert [(c.scope, c.name, c.opened) for c in book.drain_changes()] == [("model", "m", False)]
     state = book.breaker("model:m", 100.0)
     assert (state.status, state.trips, state.consecutive_failures) == (BreakerStatus.CLOSED, 0, 0)
-    assert book.allows(SPEC, 100.0) is None
+    assert book.blocked(SPEC, 100.0) is None
     assert book.penalty(SPEC, 100.0) > 0  # the failures still demote it until they fade
     assert book.reset_breaker("model:never-seen") is False
     with pytest.raises(ValueError, match="expected model:NAME"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import textwrap
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -12,16 +13,23 @@ import pytest
 
 from routing_sidecar import errors
 from routing_sidecar.config import load_config, parse_config
-from routing_sidecar.core.budget import (
-    BudgetRule,
+from routing_sidecar.core.budget import Ledger
+from routing_sidecar.core.budget_rules import (
     EntryKind,
-    Ledger,
+    LedgerChange,
     LedgerEntry,
     period_bounds,
-    rules_from_config,
     scopes_for,
 )
-from routing_sidecar.domain import BudgetPeriod, BudgetState, ModelSpec, OnExceed, Rejection, Task
+from routing_sidecar.core.candidates import first_block
+from routing_sidecar.core.view import BudgetLine
+from routing_sidecar.domain import (
+    BudgetPeriod,
+    BudgetRule,
+    BudgetState,
+    ModelSpec,
+    OnExceed,
+)
 from tests.conftest import DEFAULT_CONFIG
 
 DAY, WEEK, MONTH, TASK = (BudgetPeriod.DAY, BudgetPeriod.WEEK, BudgetPeriod.MONTH,
@@ -42,14 +50,44 @@ def ledger(*rules: BudgetRule, tz: timezone | ZoneInfo = UTC) -> Ledger:
     return Ledger(rules, tz)
 
 
+@dataclass(frozen=True)
+class Reserved:
+    block: BudgetLine | None
+    change: LedgerChange
+
+    @property
+    def ok(self) -> bool:
+        return self.block is None
+
+    @property
+    def entries(self) -> tuple[LedgerEntry, ...]:
+        return self.change.entries
+
+    @property
+    def alerts(self):  # type: ignore[no-untyped-def]
+        return self.change.alerts
+
+
 def reserve(led: Ledger, rid: str, amount: int, labels: dict[str, str] | None = None,
-            model: ModelSpec = GPT5, now: float = T0, policy: str = "code"):  # type: ignore[no-untyped-def]
-    return led.reserve(rid, labels if labels is not None else ALPHA, model, policy, amount, now,
-                       now + TTL)
+            model: ModelSpec = GPT5, now: float = T0, policy: str = "code",
+            task: str | None = None) -> Reserved:
+    """Reserve for a decision of its own task (`task-<rid>`) unless a task id is given."""
+    block, change = led.reserve(rid, labels if labels is not None else ALPHA, model, policy,
+                                task or f"task-{rid}", amount, now, now + TTL)
+    return Reserved(block, change)
+
+
+def settle(led: Ledger, rid: str, amount: int, now: float = T0, *, model: ModelSpec = GPT5,
+           labels: dict[str, str] | None = None, at: float = T0,
+           task: str | None = None) -> LedgerChange:
+    """Settle one attempt of `amount` on `model` for the decision `rid` made at `at`."""
+    return led.settle(rid, labels if labels is not None else ALPHA, "code", task or f"task-{rid}",
+                      [(model, amount)], at, now)
 
 
 def by_scope(led: Ledger, now: float = T0) -> dict[tuple[str, BudgetPeriod], tuple[int, int]]:
-    return {(s.scope, s.period): (s.spent_micros, s.reserved_micros) for s in led.status(now)}
+    return {(s.scope, s.period): (s.spent_micros, s.reserved_micros) for s in led.status(now)
+            if s.period is not TASK}
 
 
 # -- periods ------------------------------------------------------------------------------
@@ -95,7 +133,7 @@ def test_task_period_has_no_calendar_bounds() -> None:
 
 # -- rules and scopes -----------------------------------------------------------------------
 
-def test_rules_from_config_defaults_periods_and_converts_to_micros() -> None:
+def test_config_budgets_become_rules_with_default_periods_in_micros() -> None:
     cfg = parse_config(textwrap.dedent("""
         models:
           m: {provider: p, tier: 1, input_per_mtok: 1, output_per_mtok: 2,
@@ -107,13 +145,13 @@ def test_rules_from_config_defaults_periods_and_converts_to_micros() -> None:
           - {scope: "project:*", limit_usd: 300.000001}
           - {scope: task, limit_usd: 1.10}
     """))
-    assert rules_from_config(cfg) == (
+    assert cfg.settings().budgets == (
         BudgetRule("global", DAY, 50_000_000, 0.9, OnExceed.DOWNGRADE),
         BudgetRule("project:*", MONTH, 300_000_001, 0.8, OnExceed.REJECT),
         BudgetRule("task", TASK, 1_100_000, 0.8, OnExceed.REJECT),
     )
-    assert len(rules_from_config(load_config(DEFAULT_CONFIG))) == len(
-        load_config(DEFAULT_CONFIG).budgets)
+    shipped = load_config(DEFAULT_CONFIG)
+    assert len(shipped.settings().budgets) == len(shipped.budgets)
 
 
 def test_scopes_for_names_every_scope_a_decision_touches() -> None:
@@ -123,7 +161,7 @@ def test_scopes_for_names_every_scope_a_decision_touches() -> None:
         "global", "provider:anthropic", "model:claude-haiku-4-5", "policy:ops")
 
 
-# -- reserve / settle / release / expire / rollback -----------------------------------------
+# -- reserve / settle / release / expire / revert ----------------------------------------------
 
 def test_reserve_then_settle_moves_the_actual_amount_to_spent() -> None:
     led = ledger(BudgetRule("global", DAY, 1_000), BudgetRule("project:alpha", MONTH, 5_000))
@@ -132,62 +170,94 @@ def test_reserve_then_settle_moves_the_actual_amount_to_spent() -> None:
     assert {(e.kind, e.scope, e.amount_micros) for e in r.entries} == {
         (EntryKind.RESERVE, "global", 300), (EntryKind.RESERVE, "project:alpha", 300)}
     assert by_scope(led) == {("global", DAY): (0, 300), ("project:alpha", MONTH): (0, 300)}
-    change = led.settle("r1", 250, T0 + 5)
+    change = settle(led, "r1", 250, T0 + 5)
     assert by_scope(led) == {("global", DAY): (250, 0), ("project:alpha", MONTH): (250, 0)}
     assert sorted((e.kind, e.amount_micros) for e in change.entries) == [
         (EntryKind.RELEASE, -300), (EntryKind.RELEASE, -300),
         (EntryKind.SETTLE, 250), (EntryKind.SETTLE, 250)]
 
 
-def test_settle_attempts_charges_each_provider_in_the_reservation_s_period() -> None:
+def test_settle_charges_each_attempt_s_provider_in_the_reservation_s_period() -> None:
     led = ledger(BudgetRule("global", MONTH, 10_000), BudgetRule("provider:*", MONTH, 10_000))
     last_minute = ts(2026, 3, 31, 23, 59)
     reserved = reserve(led, "r1", 500, model=GPT5, now=last_minute)
     assert reserved.ok
     april = ts(2026, 4, 1, 0, 5)
-    change = led.settle_attempts("r1", ALPHA, "code", [(GPT5, 120), (HAIKU, 300)], april)
+    change = led.settle("r1", ALPHA, "code", "task-r1", [(GPT5, 120), (HAIKU, 300)],
+                        last_minute, april)
     march = {(s.scope, s.period): (s.spent_micros, s.reserved_micros)
              for s in led.status(last_minute)}
     assert march == {("global", MONTH): (420, 0), ("provider:openai", MONTH): (120, 0),
                      ("provider:anthropic", MONTH): (300, 0)}
     assert all(s.spent_micros == 0 for s in led.status(april))
-    assert led.settle_attempts("r1", ALPHA, "code", [(GPT5, 999)], april).entries == ()
     restored = ledger(BudgetRule("global", MONTH, 10_000), BudgetRule("provider:*", MONTH, 10_000))
     restored.restore([*reserved.entries, *change.entries])
     assert {(s.scope, s.period): (s.spent_micros, s.reserved_micros)
             for s in restored.status(last_minute)} == march
 
 
-def test_settle_is_idempotent_and_ignores_unknown_ids() -> None:
+def test_revert_of_a_failed_settle_across_a_month_boundary_restores_the_reservation() -> None:
+    # A settle that fails to commit across midnight on the last day of a month, then retried,
+    # must charge the month the reservation was made in and release that month's hold.
+    led = ledger(BudgetRule("global", MONTH, 10_000))
+    last_minute = ts(2026, 3, 31, 23, 59)
+    assert reserve(led, "r1", 500, now=last_minute).ok
+    april = ts(2026, 4, 1, 0, 1)
+    failed = settle(led, "r1", 400, april, at=last_minute)
+    led.revert(failed)
+    assert by_scope(led, last_minute) == {("global", MONTH): (0, 500)}
+    assert led.holds("r1")
+    settle(led, "r1", 400, april + 60, at=last_minute)
+    assert by_scope(led, last_minute) == {("global", MONTH): (400, 0)}
+    assert by_scope(led, april) == {("global", MONTH): (0, 0)}
+
+
+def test_a_repeat_settle_is_undone_by_revert() -> None:
     led = ledger(BudgetRule("global", DAY, 1_000))
     reserve(led, "r1", 300)
-    assert led.settle("r1", 200, T0).entries
-    assert led.settle("r1", 200, T0).entries == ()
-    assert led.settle("nope", 200, T0).entries == ()
+    assert settle(led, "r1", 200).entries
+    repeat = settle(led, "r1", 200)  # charged as if unreserved: the store's outcome row says no
+    assert by_scope(led) == {("global", DAY): (400, 0)}
+    led.revert(repeat)
     assert by_scope(led) == {("global", DAY): (200, 0)}
 
 
-def test_release_expire_and_rollback_free_the_reservation() -> None:
+def test_a_decision_that_reserved_nothing_is_charged_in_its_own_period() -> None:
+    # A REJECTED decision the orchestrator ran anyway: its spend still lands in the books.
+    led = ledger(BudgetRule("global", DAY, 1_000))
+    yesterday = T0 - 86_400
+    change = settle(led, "rejected", 120, T0, at=yesterday)
+    assert [(e.kind, e.period_start) for e in change.entries] == [
+        (EntryKind.SETTLE, ts(2026, 3, 9))]
+    assert by_scope(led, yesterday) == {("global", DAY): (120, 0)}
+    assert by_scope(led, T0) == {("global", DAY): (0, 0)}
+
+
+def test_release_expire_and_revert_free_the_reservation() -> None:
     led = ledger(BudgetRule("global", DAY, 1_000))
     reserve(led, "a", 100)
     reserve(led, "b", 200)
-    reserve(led, "c", 400, now=T0 + 600)
-    assert [e.amount_micros for e in led.release("a", T0 + 1)] == [-100]
-    assert led.release("a", T0 + 1) == []
-    led.rollback("c")  # its reserve rows never committed: nothing to persist
+    c = reserve(led, "c", 400, now=T0 + 600)
+    assert [e.amount_micros for e in led.release("a", T0 + 1).entries] == [-100]
+    assert led.release("a", T0 + 1).entries == ()
+    led.revert(c.change)  # its reserve rows never committed: nothing to persist
+    assert not led.holds("c")
     assert by_scope(led) == {("global", DAY): (0, 200)}
-    assert led.expire(T0 + TTL - 1) == []
+    assert led.expire(T0 + TTL - 1).entries == ()
     expired = led.expire(T0 + TTL)
-    assert [(e.kind, e.reservation_id, e.amount_micros) for e in expired] == [
+    assert [(e.kind, e.reservation_id, e.amount_micros) for e in expired.entries] == [
         (EntryKind.EXPIRE, "b", -200)]
     assert by_scope(led) == {("global", DAY): (0, 0)}
+    led.revert(expired)  # an expiry that failed to commit leaves the reservation open
+    assert by_scope(led) == {("global", DAY): (0, 200)}
+    assert led.expire(T0 + TTL).entries == expired.entries
 
 
 def test_a_late_outcome_still_charges_an_expired_reservation() -> None:
     led = ledger(BudgetRule("global", DAY, 1_000))
     reserve(led, "slow", 100)
     led.expire(T0 + TTL)
-    change = led.settle("slow", 120, T0 + TTL + 60)
+    change = settle(led, "slow", 120, T0 + TTL + 60)
     assert [(e.kind, e.amount_micros) for e in change.entries] == [(EntryKind.SETTLE, 120)]
     assert by_scope(led) == {("global", DAY): (120, 0)}
 
@@ -197,7 +267,7 @@ def test_settle_lands_in_the_period_it_was_reserved_in() -> None:
     late = ts(2026, 3, 10, 23, 59)
     reserve(led, "r1", 300, now=late)
     next_day = ts(2026, 3, 11, 0, 5)
-    led.settle("r1", 280, next_day)
+    settle(led, "r1", 280, next_day, at=late)
     assert by_scope(led, late) == {("global", DAY): (280, 0)}
     status = led.status(next_day)[0]
     assert (status.spent_micros, status.reserved_micros) == (0, 0)
@@ -213,28 +283,47 @@ def test_duplicate_and_negative_reservations_are_refused() -> None:
         reserve(led, "r2", -1)
 
 
+def test_old_periods_are_forgotten_once_nothing_can_charge_them() -> None:
+    led = ledger(BudgetRule("global", DAY, 1_000), BudgetRule("task", TASK, 1_000))
+    reserve(led, "r1", 100)
+    settle(led, "r1", 90)
+    led.expire(T0 + 3 * 86_400)  # the day is over, the task's week-long window is not
+    assert led.lines(ALPHA, GPT5, "code", "task-r1", T0)[1].used_micros == 90
+    led.expire(T0 + 9 * 86_400)
+    assert led.lines(ALPHA, GPT5, "code", "task-r1", T0) == (
+        BudgetLine(BudgetRule("global", DAY, 1_000), "global", 0),
+        BudgetLine(BudgetRule("task", TASK, 1_000), "task:task-r1", 0))
+
+
 # -- limits ----------------------------------------------------------------------------------
 
-def test_check_names_the_first_rule_broken_in_config_order() -> None:
+def test_lines_name_the_first_rule_broken_in_config_order() -> None:
     led = ledger(BudgetRule("global", DAY, 10_000), BudgetRule("project:alpha", MONTH, 500),
                  BudgetRule("provider:openai", WEEK, 400))
-    block = led.check(ALPHA, GPT5, "code", 600, T0)
+    block = first_block(led.lines(ALPHA, GPT5, "code", "t", T0), 600)
     assert block is not None
-    assert (block.scope, block.period) == ("project:alpha", MONTH)
-    assert block.reason == "budget project:alpha/month exhausted"
-    assert led.check(BETA, GPT5, "code", 600, T0).scope == "provider:openai"  # type: ignore[union-attr]
-    assert led.check(BETA, HAIKU, "code", 600, T0) is None
+    assert (block.key, block.rule.period) == ("project:alpha", MONTH)
+    assert block.reason(600) == "budget project:alpha/month exhausted"
+    beta = first_block(led.lines(BETA, GPT5, "code", "t", T0), 600)
+    assert beta is not None and beta.key == "provider:openai"
+    assert first_block(led.lines(BETA, HAIKU, "code", "t", T0), 600) is None
 
 
-def test_task_rule_compares_the_amount_alone() -> None:
+def test_the_per_task_limit_adds_up_every_decision_of_one_task() -> None:
     led = ledger(BudgetRule("task", TASK, 1_000))
-    assert led.check(ALPHA, GPT5, "code", 1_000, T0) is None
-    for i in range(5):  # many tasks at the limit are fine: nothing accumulates
-        assert reserve(led, f"r{i}", 1_000).ok
-    result = reserve(led, "big", 1_001)
-    assert not result.ok and result.entries == ()
-    assert result.block is not None and result.block.period is TASK
-    assert "per-task limit" in result.block.reason
+    assert reserve(led, "a", 600, task="T-42").ok
+    again = reserve(led, "b", 600, task="T-42")  # the same task routed again
+    assert not again.ok and again.entries == ()
+    assert again.block is not None and again.block.key == "task:T-42"
+    assert again.block.reason(600) == (
+        "budget task exceeded: $0.0006 used + est. $0.0006 above the per-task limit $0.0010")
+    assert reserve(led, "c", 1_000, task="T-43").ok  # another task has its own limit
+    settle(led, "a", 100, task="T-42")
+    assert reserve(led, "d", 900, task="T-42").ok  # what was not spent is free again
+    [line] = led.lines(ALPHA, GPT5, "code", "T-42", T0)
+    assert line.used_micros == 1_000
+    assert [(s.scope, s.reserved_micros, s.spent_micros) for s in led.statuses_for(
+        ALPHA, GPT5, "code", "T-42", T0)] == [("task:T-42", 900, 100)]
 
 
 def test_project_wildcard_limits_each_project_separately_and_exact_scope_overrides() -> None:
@@ -253,9 +342,9 @@ def test_project_wildcard_limits_each_project_separately_and_exact_scope_overrid
 def test_a_free_call_is_never_blocked() -> None:
     led = ledger(BudgetRule("global", DAY, 100))
     reserve(led, "r1", 100)
-    led.settle("r1", 150, T0)  # the real call cost more than the limit
-    assert led.check(ALPHA, GPT5, "code", 1, T0) is not None
-    assert led.check(ALPHA, GPT5, "code", 0, T0) is None
+    settle(led, "r1", 150)  # the real call cost more than the limit
+    assert first_block(led.lines(ALPHA, GPT5, "code", "t", T0), 1) is not None
+    assert first_block(led.lines(ALPHA, GPT5, "code", "t", T0), 0) is None
 
 
 def test_two_hundred_reservations_against_a_limit_that_fits_fifty() -> None:
@@ -290,7 +379,7 @@ def test_alert_crossing_is_reported_once_per_period() -> None:
 def test_an_overrun_at_settle_raises_an_alert() -> None:
     led = ledger(BudgetRule("global", DAY, 1_000, alert_at=0.5))
     reserve(led, "r1", 100)
-    change = led.settle("r1", 1_200, T0)
+    change = settle(led, "r1", 1_200)
     assert [a.state for a in change.alerts] == [BudgetState.ALERT, BudgetState.EXCEEDED]
 
 
@@ -315,12 +404,12 @@ def churn(led: Ledger, seed: int = 7) -> list[LedgerEntry]:
             rows += r.entries
             ids += [f"r{i}"] if r.ok else []
         elif op < 0.8:
-            rows += led.settle(ids.pop(rng.randrange(len(ids))), rng.randint(0, 120_000),
-                               now).entries
+            rows += settle(led, ids.pop(rng.randrange(len(ids))), rng.randint(0, 120_000),
+                           now, model=rng.choice([GPT5, HAIKU]), at=now).entries
         elif op < 0.9:
-            rows += led.release(ids.pop(rng.randrange(len(ids))), now)
+            rows += led.release(ids.pop(rng.randrange(len(ids))), now).entries
         else:
-            rows += led.expire(now)
+            rows += led.expire(now).entries
     return rows
 
 
@@ -343,7 +432,7 @@ def test_restore_from_entries_reproduces_status_exactly() -> None:
     for now in (T0, T0 + 86_400, T0 + 40 * 86_400):
         assert again.status(now) == led.status(now)
     # Open reservations came back too: settling one works and expiring the rest matches.
-    assert again.expire(T0 + 3 * 86_400) == led.expire(T0 + 3 * 86_400)
+    assert again.expire(T0 + 3 * 86_400).entries == led.expire(T0 + 3 * 86_400).entries
     assert again.status(T0 + 86_400) == led.status(T0 + 86_400)
 
 
@@ -360,26 +449,17 @@ def test_revert_undoes_a_settle_whose_commit_failed() -> None:
     led = ledger(BudgetRule("global", DAY, 1_000))
     reserve(led, "r1", 300)
     before = led.status(T0)
-    change = led.settle("r1", 280, T0)
-    led.revert(change.entries)
+    change = settle(led, "r1", 280)
+    led.revert(change)
     assert led.status(T0) == before
-    assert led.settle("r1", 290, T0).entries  # reopened: the retry settles it
+    assert settle(led, "r1", 290).entries  # reopened: the retry settles it
     assert by_scope(led) == {("global", DAY): (290, 0)}
-
-
-def test_as_filter_rejects_with_the_budget_reason() -> None:
-    led = ledger(BudgetRule("project:alpha", MONTH, 100))
-    budget_filter = led.as_filter("code", T0)
-    task = Task(task_id="t", task_type="fix_bug", labels=ALPHA)
-    assert budget_filter(task, GPT5, 100) is None
-    assert budget_filter(task, GPT5, 101) == (
-        Rejection.BUDGET, "budget project:alpha/month exhausted")
 
 
 def test_statuses_for_covers_the_scopes_one_decision_touches() -> None:
     led = ledger(*RULES)
-    reserve(led, "r1", 50_000)
-    got = [(s.scope, s.period, s.reserved_micros) for s in led.statuses_for(ALPHA, GPT5, "code",
-                                                                            T0)]
+    reserve(led, "r1", 50_000, task="T-1")
+    got = [(s.scope, s.period, s.reserved_micros)
+           for s in led.statuses_for(ALPHA, GPT5, "code", "T-1", T0)]
     assert got == [("global", DAY, 50_000), ("project:alpha", MONTH, 50_000),
-                   ("provider:openai", WEEK, 50_000), ("task", TASK, 0)]
+                   ("provider:openai", WEEK, 50_000), ("task:T-1", TASK, 50_000)]

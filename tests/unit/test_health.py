@@ -7,15 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from routing_sidecar.config import (
-    BreakerConfig,
-    DemotionConfig,
-    DetectionConfig,
-    HealthConfig,
-    parse_config,
-)
+from routing_sidecar.config import parse_config
 from routing_sidecar.core.catalog import Catalog
+from routing_sidecar.core.decide import decide
 from routing_sidecar.core.health import (
+    BreakerChange,
     BreakerStatus,
     Detection,
     HealthBook,
@@ -23,7 +19,7 @@ from routing_sidecar.core.health import (
     Scope,
     clock,
 )
-from routing_sidecar.core.selection import Signals, select
+from routing_sidecar.core.view import DecisionView
 from routing_sidecar.domain import (
     Attempt,
     AttemptStatus,
@@ -35,6 +31,12 @@ from routing_sidecar.domain import (
     TierRules,
 )
 from routing_sidecar.errors import ConfigError
+from routing_sidecar.settings import (
+    BreakerSettings,
+    DemotionSettings,
+    DetectionSettings,
+    HealthSettings,
+)
 from tests.unit.conftest import spec
 
 OK, TRANSIENT, PERMANENT, TIMEOUT, LIMITED = (
@@ -49,8 +51,8 @@ CLOSED, OPEN, HALF = BreakerStatus.CLOSED, BreakerStatus.OPEN, BreakerStatus.HAL
 
 
 def book(**breaker: float) -> HealthBook:
-    b = BreakerConfig(**{"consecutive_failures": 3, "min_volume": 100, **breaker})
-    return HealthBook(HealthConfig(breaker=b))
+    b = BreakerSettings(**{"consecutive_failures": 3, "min_volume": 100, **breaker})
+    return HealthBook(HealthSettings(breaker=b))
 
 
 def att(model: ModelSpec = M1, status: AttemptStatus = OK, *, duration: float = 1.0,
@@ -77,14 +79,14 @@ def state(hb: HealthBook, now: float, key: str = "model:m1") -> BreakerStatus:
 def test_consecutive_failures_open_the_breaker_for_the_cooldown(failure: AttemptStatus) -> None:
     hb = book(cooldown_s=30)
     feed(hb, [failure, failure])
-    assert state(hb, T0) is CLOSED and hb.allows(M1, T0) is None
+    assert state(hb, T0) is CLOSED and hb.blocked(M1, T0) is None
     feed(hb, [failure])
     assert hb.breaker("model:m1", T0).open_until == T0 + 30
     for now in (T0, T0 + 29.9):
-        assert hb.allows(M1, now) == (Rejection.CIRCUIT_OPEN, "circuit open until 12:00:30Z")
+        assert hb.blocked(M1, now) == "circuit open until 12:00:30Z"
     assert state(hb, T0 + 29.9) is OPEN
     assert state(hb, T0 + 30) is HALF
-    assert hb.allows(M2, T0) is None  # a sibling on the same provider is untouched
+    assert hb.blocked(M2, T0) is None  # a sibling on the same provider is untouched
 
 
 def test_a_success_resets_the_consecutive_count() -> None:
@@ -104,15 +106,15 @@ def test_half_open_lets_exactly_one_probe(
     hb = book(cooldown_s=30)
     feed(hb, [TRANSIENT] * 3)
     now = T0 + 30
-    assert hb.allows(M1, now) is None
+    assert hb.blocked(M1, now) is None
     hb.on_routed(M1, now)
     assert hb.breaker("model:m1", now).probe_in_flight
-    assert hb.allows(M1, now + 1) == (Rejection.CIRCUIT_OPEN, "circuit half-open, probe in flight")
+    assert hb.blocked(M1, now + 1) == "circuit half-open, probe in flight"
     hb.on_routed(M1, now + 1)  # a second routing does not claim another probe
     hb.record(att(M1, probe), now)
     got = hb.breaker("model:m1", now)
     assert (got.status, got.open_until) == (status, open_until)
-    assert (hb.allows(M1, now) is None) is (status is CLOSED)
+    assert (hb.blocked(M1, now) is None) is (status is CLOSED)
 
 
 def test_repeated_failed_probes_back_off_up_to_the_max_cooldown() -> None:
@@ -135,10 +137,10 @@ def test_a_lost_probe_is_given_back_after_the_probe_timeout() -> None:
     hb = book(cooldown_s=30, probe_timeout_s=10)
     feed(hb, [TRANSIENT] * 3)
     hb.on_routed(M1, T0 + 30)
-    assert hb.allows(M1, T0 + 39)[0] is Rejection.CIRCUIT_OPEN  # type: ignore[index]
-    assert hb.allows(M1, T0 + 40) is None
+    assert hb.blocked(M1, T0 + 39) is not None
+    assert hb.blocked(M1, T0 + 40) is None
     hb.on_routed(M1, T0 + 40)
-    assert hb.allows(M1, T0 + 41) is not None
+    assert hb.blocked(M1, T0 + 41) is not None
 
 
 def test_a_success_while_open_does_not_close_the_breaker() -> None:
@@ -160,8 +162,7 @@ def test_rate_limited_retry_after_opens_at_once(retry_after: float, cooldown: fl
     hb = book(cooldown_s=30, max_cooldown_s=300)
     hb.record(att(M1, LIMITED, retry_after=retry_after), T0)
     assert hb.breaker("model:m1", T0).open_until == T0 + cooldown
-    assert hb.allows(M1, T0) == (Rejection.CIRCUIT_OPEN,
-                                 f"circuit open until {clock(T0 + cooldown)}")
+    assert hb.blocked(M1, T0) == f"circuit open until {clock(T0 + cooldown)}"
     assert state(hb, T0, "provider:p") is CLOSED  # retry-after is the model's, not the provider's
 
 
@@ -203,7 +204,7 @@ def test_error_rate_below_threshold_never_trips() -> None:
 
 def test_error_rate_window_decays_old_volume() -> None:
     # The same 10 attempts spread over many windows never reach the minimum volume.
-    hb = HealthBook(HealthConfig(window_s=10, breaker=BreakerConfig(
+    hb = HealthBook(HealthSettings(window_s=10, breaker=BreakerSettings(
         consecutive_failures=50, min_volume=10)))
     feed(hb, [OK, TRANSIENT] * 5, step=30.0)
     assert state(hb, T0 + 300) is CLOSED
@@ -217,9 +218,8 @@ def test_provider_breaker_needs_failures_across_models() -> None:
     for m in (M1, M2, M1):
         hb.record(att(m, TRANSIENT), T0)
     assert state(hb, T0, "provider:p") is OPEN
-    assert hb.allows(M2, T0) == (Rejection.CIRCUIT_OPEN,
-                                 "circuit open until 12:00:30Z (provider p)")
-    assert hb.allows(Q1, T0) is None
+    assert hb.blocked(M2, T0) == "circuit open until 12:00:30Z (provider p)"
+    assert hb.blocked(Q1, T0) is None
 
 
 def test_breaker_key_must_name_a_scope() -> None:
@@ -233,13 +233,19 @@ def test_clock_formats_utc_and_rounds_up() -> None:
     assert clock(T0 + 0.2) == "12:00:01Z"
 
 
-def test_breaker_as_a_selection_filter() -> None:
+def breakers(hb: HealthBook, now: float, *models: ModelSpec) -> DecisionView:
+    """The view's breaker map, as the service builds it."""
+    return DecisionView(breakers={m.name: why for m in models
+                                  if (why := hb.blocked(m, now)) is not None})
+
+
+def test_an_open_breaker_takes_the_model_out_of_the_decision() -> None:
     cat = Catalog.build((M1, Q1), (Policy("main", ("m1", "q1")),), (), (), TierRules(), "main")
     task = Task("t", "job", objective=Objective.COST_SPEED)
     hb = book(cooldown_s=30)
-    assert select(task, cat, Signals(capability_filters=(hb.as_filter(T0),))).chosen.model == "m1"  # type: ignore[union-attr]
+    assert decide(task, cat, breakers(hb, T0, M1, Q1)).chosen.model == "m1"  # type: ignore[union-attr]
     feed(hb, [TIMEOUT] * 3)
-    sel = select(task, cat, Signals(capability_filters=(hb.as_filter(T0),)))
+    sel = decide(task, cat, breakers(hb, T0, M1, Q1))
     assert sel.chosen is not None and sel.chosen.model == "q1"
     (m1,) = [a for a in sel.alternatives if a.model == "m1"]
     assert (m1.rejection, m1.reason) == (Rejection.CIRCUIT_OPEN, "circuit open until 12:00:30Z")
@@ -248,9 +254,9 @@ def test_breaker_as_a_selection_filter() -> None:
 # -- detection ------------------------------------------------------------------------------
 
 def _det_book() -> HealthBook:
-    return HealthBook(HealthConfig(
-        breaker=BreakerConfig(consecutive_failures=100, min_volume=1000),
-        detection=DetectionConfig(elevated_fallback_rate=0.2, degraded_error_rate=0.3,
+    return HealthBook(HealthSettings(
+        breaker=BreakerSettings(consecutive_failures=100, min_volume=1000),
+        detection=DetectionSettings(elevated_fallback_rate=0.2, degraded_error_rate=0.3,
                                   idle_after_s=600, min_volume=5),
     ))
 
@@ -305,7 +311,7 @@ def test_record_outcome_marks_attempts_that_fell_back() -> None:
 # -- stats ----------------------------------------------------------------------------------
 
 def test_stats_rows_hold_ewmas_rates_and_breakers() -> None:
-    hb = HealthBook(HealthConfig(ewma_alpha=0.5, breaker=BreakerConfig(consecutive_failures=9)))
+    hb = HealthBook(HealthSettings(ewma_alpha=0.5, breaker=BreakerSettings(consecutive_failures=9)))
     hb.record(att(M1, OK, duration=2.0, out=200), T0)   # 100 tok/s
     hb.record(att(M1, OK, duration=1.0, out=50), T0)    # 50 tok/s
     hb.record(att(M1, TIMEOUT, duration=30.0), T0)      # failures feed no latency
@@ -326,8 +332,8 @@ def test_stats_rows_hold_ewmas_rates_and_breakers() -> None:
 # -- demotion -------------------------------------------------------------------------------
 
 def _pen_book() -> HealthBook:
-    return HealthBook(HealthConfig(window_s=300, breaker=BreakerConfig(
-        consecutive_failures=1000, min_volume=1000), demotion=DemotionConfig(
+    return HealthBook(HealthSettings(window_s=300, breaker=BreakerSettings(
+        consecutive_failures=1000, min_volume=1000), demotion=DemotionSettings(
         error_weight=0.5, slowness_weight=0.2, evidence=10, max_penalty=0.5)))
 
 
@@ -362,7 +368,7 @@ def test_penalty_is_capped() -> None:
     assert hb.penalty(M1, T0) == 0.5
 
 
-def test_penalty_demotes_in_select_and_the_model_regains_its_place() -> None:
+def test_penalty_demotes_in_the_decision_and_the_model_regains_its_place() -> None:
     cheap = spec("cheap", "a", inp=1.0, out=5.0)
     pricier = spec("pricier", "b", inp=1.2, out=6.0)
     cat = Catalog.build((cheap, pricier), (Policy("main", ("cheap", "pricier")),), (), (),
@@ -371,7 +377,8 @@ def test_penalty_demotes_in_select_and_the_model_regains_its_place() -> None:
     hb = _pen_book()
 
     def pick(now: float) -> str:
-        sel = select(task, cat, Signals(penalty=hb.penalty_fn(now)))
+        view = DecisionView(penalties={m.name: hb.penalty(m, now) for m in (cheap, pricier)})
+        sel = decide(task, cat, view)
         assert sel.chosen is not None
         return sel.chosen.model
 
@@ -399,7 +406,7 @@ def test_snapshot_restore_round_trips_exactly() -> None:
         assert again.stats(now) == hb.stats(now)
         assert again.detection(now) == hb.detection(now)
         for m in (M1, M2, Q1):
-            assert again.allows(m, now) == hb.allows(m, now)
+            assert again.blocked(m, now) == hb.blocked(m, now)
             assert again.penalty(m, now) == hb.penalty(m, now)
     again.restore([])
     assert again.snapshot() == [] and again.stats(T0) == []
@@ -421,8 +428,49 @@ policies: {main: {models: [m]}}
 default_policy: main
 """
     cfg = parse_config(base)
-    assert cfg.health == HealthConfig() and cfg.critical_lane_set() == frozenset()
+    settings = cfg.settings()
+    assert settings.health == HealthSettings() and settings.critical_lanes == frozenset()
     with pytest.raises(ConfigError, match=r"health\.breaker\.cooldown_s: 400 is above"):
         parse_config(base + "health: {breaker: {cooldown_s: 400}}\n")
     with pytest.raises(ConfigError, match=r"health\.breaker\.treshold"):
         parse_config(base + "health: {breaker: {treshold: 1}}\n")
+
+
+def test_a_cancelled_attempt_is_no_evidence_against_the_model() -> None:
+    hb = book()
+    for _ in range(5):
+        hb.record(att(M1, AttemptStatus.CANCELLED), T0)
+    assert hb.blocked(M1, T0) is None and hb.snapshot() == []
+
+
+# -- the fleet ------------------------------------------------------------------------------
+
+def test_opening_and_closing_are_drained_for_the_fleet() -> None:
+    hb = book(cooldown_s=30)
+    feed(hb, [TIMEOUT] * 3)
+    [opened] = hb.drain_changes()
+    assert (opened.scope, opened.name, opened.opened, opened.open_until) == (
+        "model", "m1", True, T0 + 30)
+    assert hb.drain_changes() == []
+    hb.on_routed(M1, T0 + 31)  # the probe
+    hb.record(att(M1, OK), T0 + 32)
+    assert [(c.name, c.opened) for c in hb.drain_changes()] == [("m1", False)]
+
+
+def test_a_remote_open_blocks_here_and_leaves_the_probe_to_its_owner() -> None:
+    here = book(cooldown_s=30, probe_timeout_s=60)
+    here.apply_remote(BreakerChange("model", "m1", True, T0 + 30, 1), T0)
+    assert here.blocked(M1, T0 + 10) == "circuit open until 12:00:30Z"
+    assert here.blocked(M1, T0 + 31) == "circuit half-open, probe in flight"  # not ours
+    assert here.blocked(M1, T0 + 30 + 60) is None  # its owner never answered: ours to try
+    here.apply_remote(BreakerChange("model", "m1", False), T0 + 40)
+    assert here.blocked(M1, T0 + 40) is None and here.breaker("model:m1", T0 + 40).status is CLOSED
+
+
+def test_a_remote_open_never_shortens_a_local_one() -> None:
+    hb = book(cooldown_s=30)
+    feed(hb, [TIMEOUT] * 3)
+    hb.drain_changes()
+    hb.apply_remote(BreakerChange("model", "m1", True, T0 + 5, 1), T0 + 1)
+    assert hb.blocked(M1, T0 + 20) == "circuit open until 12:00:30Z"
+    assert hb.drain_changes() == []  # what came from the fleet is not sent back

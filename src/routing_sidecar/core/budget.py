@@ -1,49 +1,40 @@
-"""The in-memory budget ledger: check, reserve, settle, release, expire, restore.
+"""The in-memory budget ledger: lines, reserve, settle, release, expire, revert, restore.
 
 Pure and deterministic: no I/O, no clock of its own (`now` and the time zone are passed in).
-The ledger is authoritative while the process runs; every mutation returns the `LedgerEntry`
-rows to persist, and summing those rows per bucket (kind 'settle' -> spent, every other kind ->
-reserved) gives exactly the totals held here, which is how `restore` rebuilds after a restart.
+The ledger is authoritative while the process runs; every mutation returns a `LedgerChange`
+with the `LedgerEntry` rows to persist, and summing those rows per bucket (kind 'settle' ->
+spent, every other kind -> reserved) gives exactly the totals held here, which is how
+`restore` rebuilds after a restart. A change whose rows fail to commit is undone with
+`revert(change)`, which puts back exactly the reservations it opened or closed.
+
+Buckets: calendar budgets (day, ISO week, month in the ledger's time zone) and the per-task
+budget, one bucket per task id shared by every decision for that task, open for
+`task_window_s` from the task's first reservation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import tzinfo
 from fnmatch import fnmatchcase
 
 from routing_sidecar import errors
 from routing_sidecar.core.budget_rules import (
+    NO_CHANGE,
     Bucket,
     BudgetAlert,
-    BudgetBlock,
-    BudgetRule,
     EntryKind,
     LedgerChange,
     LedgerEntry,
-    ReserveResult,
+    Reservation,
     RuleBook,
     period_bounds,
-    rules_from_config,
-    scopes_for,
 )
-from routing_sidecar.domain import (
-    BudgetPeriod,
-    BudgetState,
-    BudgetStatus,
-    ModelSpec,
-    Rejection,
-    Task,
-)
-
-__all__ = [
-    "BudgetAlert", "BudgetBlock", "BudgetRule", "EntryKind", "Ledger", "LedgerChange",
-    "LedgerEntry", "ReserveResult", "period_bounds", "rules_from_config", "scopes_for",
-]
+from routing_sidecar.core.view import BudgetLine
+from routing_sidecar.domain import BudgetPeriod, BudgetRule, BudgetState, BudgetStatus, ModelSpec
 
 TASK = BudgetPeriod.TASK
-CostFilter = Callable[[Task, ModelSpec, int], tuple[Rejection, str] | None]
+DAY_S = 86_400.0
 
 
 class _Line:
@@ -55,25 +46,19 @@ class _Line:
         self.end, self.spent, self.reserved = end, 0, 0
 
 
-@dataclass(frozen=True, slots=True)
-class _Reservation:
-    amount: int
-    buckets: tuple[Bucket, ...]
-    expires_at: float
-    at: float = 0.0  # when it was made: its charges land in that moment's periods
-
-
 class Ledger:
     """Spent and reserved micro-USD per (scope key, period, period start)."""
 
     def __init__(self, rules: Sequence[BudgetRule], tz: tzinfo, *,
-                 late_settle_s: float = 86_400.0) -> None:
+                 late_settle_s: float = DAY_S, task_window_s: float = 7 * DAY_S) -> None:
         self._tz = tz
         self._late_settle_s = late_settle_s
+        self._task_window_s = task_window_s
         self._lines: dict[Bucket, _Line] = {}
-        self._open: dict[str, _Reservation] = {}
+        self._open: dict[str, Reservation] = {}
         # Expired unsettled reservations: an outcome arriving late still charges their buckets.
-        self._expired: dict[str, _Reservation] = {}
+        self._expired: dict[str, Reservation] = {}
+        self._tasks: dict[str, Bucket] = {}  # task key -> its current per-task bucket
         self._alerted: set[tuple[BudgetRule, str, float, BudgetState]] = set()
         self._seen: set[str] = set()
         self._bounds: dict[BudgetPeriod, tuple[float, float]] = {}
@@ -81,28 +66,27 @@ class Ledger:
 
     # -- queries ---------------------------------------------------------------------------
 
-    def check(self, labels: Mapping[str, str], model: ModelSpec, policy: str,
-              amount_micros: int, now: float) -> BudgetBlock | None:
-        """The first rule (in config order) the amount would break, else None."""
-        for rule, key in self._book.governed(labels, model, policy):
-            if self._over(rule, key, amount_micros, now):
-                return BudgetBlock.of(rule, key, amount_micros)
-        return None
-
-    def as_filter(self, policy: str, now: float) -> CostFilter:
-        """`check` shaped as a selection cost filter for one decision's policy and time."""
-        def budget_filter(task: Task, model: ModelSpec, cost: int) -> tuple[Rejection, str] | None:
-            block = self.check(task.labels, model, policy, cost, now)
-            return None if block is None else (Rejection.BUDGET, block.reason)
-        return budget_filter
+    def lines(self, labels: Mapping[str, str], model: ModelSpec, policy: str, task_id: str,
+              now: float) -> tuple[BudgetLine, ...]:
+        """Every budget a decision for `model` falls under, with what its bucket has used."""
+        out = []
+        for rule, key in self._book.governed(labels, model, policy, task_id):
+            bucket = self._find(rule, key, now)
+            out.append(BudgetLine(rule, key, self._used(bucket) if bucket else 0))
+        return tuple(out)
 
     def statuses_for(self, labels: Mapping[str, str], model: ModelSpec, policy: str,
-                     now: float) -> list[BudgetStatus]:
+                     task_id: str, now: float) -> list[BudgetStatus]:
         """Standing of every budget one decision falls under."""
-        return [self._status(r, key, now) for r, key in self._book.governed(labels, model, policy)]
+        return [self._status(r, key, now)
+                for r, key in self._book.governed(labels, model, policy, task_id)]
 
     def status(self, now: float, scopes: Collection[str] = ()) -> list[BudgetStatus]:
-        """Every rule for every concrete scope seen; `scopes` filters by key or glob."""
+        """Every calendar rule for every concrete scope seen; `scopes` filters by key or glob.
+
+        A per-task rule is listed once under its rule scope `task`, with its limit only: its
+        spend lives in one bucket per task (see `statuses_for`).
+        """
         out = []
         for rule in self._book.rules:
             keys = [rule.scope]
@@ -113,154 +97,129 @@ class Ledger:
                     if not scopes or any(fnmatchcase(k, s) for s in scopes)]
         return out
 
+    def holds(self, reservation_id: str) -> bool:
+        """True while a reservation is open or expired but still chargeable."""
+        return reservation_id in self._open or reservation_id in self._expired
+
     # -- mutations -------------------------------------------------------------------------
 
     def reserve(self, reservation_id: str, labels: Mapping[str, str], model: ModelSpec,
-                policy: str, amount_micros: int, now: float, expires_at: float) -> ReserveResult:
-        """Hold the amount on every budget the decision falls under, if it still fits."""
+                policy: str, task_id: str, amount_micros: int, now: float,
+                expires_at: float) -> tuple[BudgetLine | None, LedgerChange]:
+        """Hold the amount on every budget the decision falls under, if it still fits.
+
+        Returns the first budget it would break (and no change), or None and the change.
+        """
         if amount_micros < 0:
             raise errors.InvalidArgument("amount_micros", "must not be negative")
-        if reservation_id in self._open or reservation_id in self._expired:
+        if self.holds(reservation_id):
             raise errors.AlreadyExists(f"reservation {reservation_id!r} already exists")
-        governed = self._book.governed(labels, model, policy)
-        for rule, key in governed:
-            if self._over(rule, key, amount_micros, now):
-                return ReserveResult(block=BudgetBlock.of(rule, key, amount_micros))
-        buckets: list[Bucket] = []
-        for rule, key in governed:
-            if rule.period is not TASK:
-                start, end = self._current(rule.period, now)
-                buckets.append((key, rule.period, start))
-                self._lines.setdefault(buckets[-1], _Line(end))
-                self._seen.add(key)
-        res = _Reservation(amount_micros, tuple(dict.fromkeys(buckets)), expires_at, now)
+        for line in self.lines(labels, model, policy, task_id, now):
+            if line.blocks(amount_micros):
+                return line, NO_CHANGE
+        buckets = [self._make(rule, key, now)
+                   for rule, key in self._book.governed(labels, model, policy, task_id)]
+        res = Reservation(amount_micros, tuple(dict.fromkeys(buckets)), expires_at, now)
         before = {b: self._used(b) for b in res.buckets}
         self._open[reservation_id] = res
         rows = self._apply(EntryKind.RESERVE, reservation_id, res, amount_micros, now)
-        return ReserveResult(None, tuple(rows), self._crossings(before, now))
+        return None, LedgerChange(tuple(rows), self._crossings(before, now), (reservation_id,))
 
-    def settle(self, reservation_id: str, actual_micros: int, now: float) -> LedgerChange:
-        """Move a reservation to spent at its actual cost, in the buckets it was reserved in.
-
-        Idempotent: an unknown or already settled id changes nothing and returns no rows.
-        """
-        if actual_micros < 0:
-            raise errors.InvalidArgument("actual_micros", "must not be negative")
-        rows: list[LedgerEntry] = []
-        res = self._open.pop(reservation_id, None)
-        if res is None:
-            res = self._expired.pop(reservation_id, None)
-            if res is None:
-                return LedgerChange()
-            before = {b: self._used(b) for b in res.buckets}
-        else:
-            before = {b: self._used(b) for b in res.buckets}
-            rows += self._apply(EntryKind.RELEASE, reservation_id, res, -res.amount, now)
-        rows += self._apply(EntryKind.SETTLE, reservation_id, res, actual_micros, now)
-        return LedgerChange(tuple(rows), self._crossings(before, now))
-
-    def settle_attempts(self, reservation_id: str, labels: Mapping[str, str], policy: str,
-                        charges: Sequence[tuple[ModelSpec, int]], now: float) -> LedgerChange:
-        """Close a reservation and charge each attempt to its own model's and provider's budgets.
+    def settle(self, reservation_id: str, labels: Mapping[str, str], policy: str, task_id: str,
+               charges: Sequence[tuple[ModelSpec, int]], at: float, now: float) -> LedgerChange:
+        """Close the decision's reservation and charge each attempt to its own budgets.
 
         A fallback on another provider is that provider's spend, not the chosen model's. The
-        charges land in the periods the reservation was made in. Idempotent like `settle`: an
-        unknown or already settled id changes nothing and returns no rows.
+        charges land in the periods the reservation was made in; with no reservation held (a
+        decision that reserved nothing, or one settled past the late window) in the periods of
+        `at`, the decision's time. The caller makes this exactly-once (the store's outcome row);
+        a duplicate is undone with `revert`.
         """
         if any(amount < 0 for _, amount in charges):
             raise errors.InvalidArgument("charges", "must not be negative")
         rows: list[LedgerEntry] = []
+        closed: tuple[tuple[str, Reservation, bool], ...] = ()
         res = self._open.pop(reservation_id, None)
         if res is not None:
+            closed = ((reservation_id, res, True),)
             rows += self._apply(EntryKind.RELEASE, reservation_id, res, -res.amount, now)
-        else:
-            res = self._expired.pop(reservation_id, None)
-            if res is None:
-                return LedgerChange()
+        elif (res := self._expired.pop(reservation_id, None)) is not None:
+            closed = ((reservation_id, res, False),)
+        when = res.at if res is not None else at
+        held = {b[0]: b for b in res.buckets} if res is not None else {}
         totals: dict[Bucket, int] = {}
         for model, amount in charges:
-            for rule, key in self._book.governed(labels, model, policy):
-                if rule.period is not TASK:
-                    start, end = self._current(rule.period, res.at)
-                    bucket = (key, rule.period, start)
-                    self._lines.setdefault(bucket, _Line(end))
-                    self._seen.add(key)
-                    totals[bucket] = totals.get(bucket, 0) + amount
+            for rule, key in self._book.governed(labels, model, policy, task_id):
+                bucket = held.get(key) if rule.period is TASK else None
+                bucket = bucket or self._make(rule, key, when)
+                totals[bucket] = totals.get(bucket, 0) + amount
         before = {b: self._used(b) for b in totals}
+        expires = res.expires_at if res is not None else None
         for bucket, amount in totals.items():
-            row = LedgerEntry(EntryKind.SETTLE, reservation_id, *bucket, self._lines[bucket].end,
-                              amount, now, res.expires_at)
+            row = LedgerEntry(EntryKind.SETTLE, reservation_id, *bucket,
+                              self._lines[bucket].end, amount, now, expires)
             self._add(row)
             rows.append(row)
-        return LedgerChange(tuple(rows), self._crossings(before, now))
+        return LedgerChange(tuple(rows), self._crossings(before, now), (), closed)
 
-    def release(self, reservation_id: str, now: float) -> list[LedgerEntry]:
+    def release(self, reservation_id: str, now: float) -> LedgerChange:
         """Drop an open reservation without charging it; unknown ids are a no-op."""
         res = self._open.pop(reservation_id, None)
         if res is None:
-            return []
-        return self._apply(EntryKind.RELEASE, reservation_id, res, -res.amount, now)
+            return NO_CHANGE
+        rows = self._apply(EntryKind.RELEASE, reservation_id, res, -res.amount, now)
+        return LedgerChange(tuple(rows), (), (), ((reservation_id, res, True),))
 
-    def rollback(self, reservation_id: str) -> None:
-        """Forget a reservation whose rows never committed; there is nothing to persist."""
-        res = self._open.pop(reservation_id, None)
-        if res is not None:
-            self._apply(EntryKind.RELEASE, reservation_id, res, -res.amount, 0.0)
-
-    def expire(self, now: float) -> list[LedgerEntry]:
-        """Release every open reservation past its expiry; return the rows to persist."""
+    def expire(self, now: float) -> LedgerChange:
+        """Release every open reservation past its expiry; forget what no one can settle."""
         rows: list[LedgerEntry] = []
+        closed = []
         for rid, res in list(self._open.items()):
             if res.expires_at <= now:
                 del self._open[rid]
                 rows += self._apply(EntryKind.EXPIRE, rid, res, -res.amount, now)
                 self._expired[rid] = res
+                closed.append((rid, res, True))
         horizon = now - self._late_settle_s
         for rid in [r for r, res in self._expired.items() if res.expires_at <= horizon]:
             del self._expired[rid]
-        return rows
+        self._forget_ended(now)
+        return LedgerChange(tuple(rows), (), (), tuple(closed))
 
-    def revert(self, entries: Iterable[LedgerEntry]) -> None:
-        """Undo in memory the rows of a mutation whose commit failed, reopening what it closed."""
-        groups: dict[str, list[LedgerEntry]] = {}
-        for e in entries:
+    def revert(self, change: LedgerChange) -> None:
+        """Undo in memory a change whose rows failed to commit (or were a duplicate)."""
+        for e in change.entries:
             self._add(e, sign=-1)
-            groups.setdefault(e.reservation_id, []).append(e)
-        for rid, rows in groups.items():
-            kinds = {e.kind for e in rows}
-            expires = rows[0].expires_at or 0.0
-            closing = [e for e in rows if e.kind in (EntryKind.RELEASE, EntryKind.EXPIRE)]
-            if EntryKind.RESERVE in kinds:
-                self._open.pop(rid, None)
-            elif closing:
-                self._expired.pop(rid, None)
-                buckets = tuple(dict.fromkeys(e.bucket for e in closing))
-                self._open[rid] = _Reservation(
-                    -closing[0].amount_micros, buckets, expires, closing[0].at)
-            else:
-                buckets = tuple(dict.fromkeys(e.bucket for e in rows))
-                self._expired[rid] = _Reservation(0, buckets, expires, rows[0].at)
+        for rid in change.opened:
+            self._open.pop(rid, None)
+        for rid, res, was_open in change.closed:
+            self._expired.pop(rid, None)
+            (self._open if was_open else self._expired)[rid] = res
 
     def restore(self, entries: Iterable[LedgerEntry]) -> None:
         """Replace all state with what the persisted rows say."""
-        self._lines.clear()
-        self._open.clear()
-        self._expired.clear()
+        for table in (self._lines, self._open, self._expired, self._tasks):
+            table.clear()
         self._alerted.clear()
         self._seen.clear()
         reserves: dict[str, list[LedgerEntry]] = {}
         closed: dict[str, set[EntryKind]] = {}
         for e in entries:
             self._add(e)
-            self._seen.add(e.scope)
+            if e.period is TASK:
+                current = self._tasks.get(e.scope)
+                if current is None or e.period_start > current[2]:
+                    self._tasks[e.scope] = e.bucket
+            else:
+                self._seen.add(e.scope)
             if e.kind is EntryKind.RESERVE:
                 reserves.setdefault(e.reservation_id, []).append(e)
             else:
                 closed.setdefault(e.reservation_id, set()).add(e.kind)
         for rid, rows in reserves.items():
             buckets = tuple(dict.fromkeys(e.bucket for e in rows))
-            res = _Reservation(
-                rows[0].amount_micros, buckets, rows[0].expires_at or 0.0, rows[0].at)
+            res = Reservation(rows[0].amount_micros, buckets, rows[0].expires_at or 0.0,
+                              rows[0].at)
             kinds = closed.get(rid, set())
             if not kinds:
                 self._open[rid] = res
@@ -281,43 +240,80 @@ class Ledger:
             bounds = self._bounds[period] = period_bounds(period, now, self._tz)
         return bounds
 
+    def _find(self, rule: BudgetRule, key: str, now: float) -> Bucket | None:
+        """The bucket the rule's key uses at `now`, if it exists yet."""
+        if rule.period is TASK:
+            bucket = self._tasks.get(key)
+            if bucket is None or self._lines[bucket].end <= now:
+                return None
+            return bucket
+        start, _ = self._current(rule.period, now)
+        return key, rule.period, start
+
+    def _make(self, rule: BudgetRule, key: str, now: float) -> Bucket:
+        """The bucket the rule's key uses at `now`, created (and its line) when missing."""
+        bucket = self._find(rule, key, now)
+        if rule.period is TASK:
+            if bucket is None:
+                bucket = (key, TASK, now)
+                self._tasks[key] = bucket
+                self._lines[bucket] = _Line(now + self._task_window_s)
+            return bucket
+        assert bucket is not None
+        if bucket not in self._lines:
+            self._lines[bucket] = _Line(self._current(rule.period, now)[1])
+        self._seen.add(key)
+        return bucket
+
     def _used(self, bucket: Bucket) -> int:
         line = self._lines.get(bucket)
         return line.spent + line.reserved if line else 0
 
-    def _over(self, rule: BudgetRule, key: str, amount: int, now: float) -> bool:
-        # A free call never breaks a budget, even one a costly settle has already overrun.
-        if amount <= 0:
-            return False
-        if rule.period is TASK:
-            return amount > rule.limit_micros
-        start, _ = self._current(rule.period, now)
-        return self._used((key, rule.period, start)) + amount > rule.limit_micros
-
     def _status(self, rule: BudgetRule, key: str, now: float) -> BudgetStatus:
-        if rule.period is TASK:
-            return BudgetStatus(key, TASK, rule.limit_micros, 0, 0, BudgetState.OK)
-        start, end = self._current(rule.period, now)
-        line = self._lines.get((key, rule.period, start))
+        bucket = self._find(rule, key, now) if ":" in key or rule.period is not TASK else None
+        line = self._lines.get(bucket) if bucket else None
         spent, reserved = (line.spent, line.reserved) if line else (0, 0)
+        if rule.period is TASK:
+            return BudgetStatus(key, TASK, rule.limit_micros, spent, reserved,
+                                rule.state(spent + reserved))
+        start, end = self._current(rule.period, now)
         return BudgetStatus(key, rule.period, rule.limit_micros, spent, reserved,
                             rule.state(spent + reserved), start, end)
 
     def _add(self, e: LedgerEntry, sign: int = 1) -> None:
-        line = self._lines.setdefault(e.bucket, _Line(e.period_end))
+        line = self._lines.get(e.bucket)
+        if line is None:
+            line = self._lines[e.bucket] = _Line(e.period_end)
         if e.kind is EntryKind.SETTLE:
             line.spent += sign * e.amount_micros
         else:
             line.reserved += sign * e.amount_micros
 
-    def _apply(self, kind: EntryKind, rid: str, res: _Reservation, amount: int,
+    def _apply(self, kind: EntryKind, rid: str, res: Reservation, amount: int,
                now: float) -> list[LedgerEntry]:
         """Add `amount` to each of the reservation's buckets; return the rows saying so."""
-        rows = [LedgerEntry(kind, rid, *b, self._lines[b].end, amount, now, res.expires_at)
-                for b in res.buckets]
+        rows = []
+        for b in res.buckets:
+            line = self._lines.get(b)
+            end = line.end if line is not None else now
+            rows.append(LedgerEntry(kind, rid, *b, end, amount, now, res.expires_at))
         for row in rows:
             self._add(row)
         return rows
+
+    def _forget_ended(self, now: float) -> None:
+        """Drop lines of periods over for good: no reservation left can charge them."""
+        referenced = {b for res in (*self._open.values(), *self._expired.values())
+                      for b in res.buckets}
+        ended = [b for b, line in self._lines.items()
+                 if line.end + self._late_settle_s <= now and b not in referenced]
+        for b in ended:
+            del self._lines[b]
+            if b[1] is TASK and self._tasks.get(b[0]) == b:
+                del self._tasks[b[0]]
+        if ended:
+            gone = {(b[0], b[2]) for b in ended}
+            self._alerted = {t for t in self._alerted if (t[1], t[2]) not in gone}
 
     def _crossings(self, before: Mapping[Bucket, int], now: float) -> tuple[BudgetAlert, ...]:
         """Alerts for thresholds crossed upward, each once per rule, scope and period."""

@@ -1,21 +1,19 @@
-"""Budget vocabulary: rules, calendar periods, scope keys and the ledger's row and result types.
+"""Budget vocabulary: calendar periods, scope keys, which rules govern a key, the ledger's rows.
 
 Pure: no I/O and no clock; `now` and the time zone are passed in. Money is integer micro-USD.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from enum import StrEnum
-from fnmatch import fnmatchcase
 
-from routing_sidecar.config import RouterConfig, usd_to_micros
-from routing_sidecar.domain import BudgetPeriod, BudgetState, ModelSpec, OnExceed
+from routing_sidecar.domain import BudgetPeriod, BudgetRule, BudgetState, ModelSpec
 
 Bucket = tuple[str, BudgetPeriod, float]  # (concrete scope key, period, period start)
+TASK_SCOPE = "task"
 
 
 class EntryKind(StrEnum):
@@ -25,60 +23,6 @@ class EntryKind(StrEnum):
     SETTLE = "settle"
     RELEASE = "release"
     EXPIRE = "expire"
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetRule:
-    """One configured budget; a '*' in the name applies it to each matching name separately."""
-
-    scope: str
-    period: BudgetPeriod
-    limit_micros: int
-    alert_at: float = 0.8
-    on_exceed: OnExceed = OnExceed.REJECT
-
-    def matches(self, key: str) -> bool:
-        """True when this rule's scope pattern covers the concrete scope key."""
-        if ":" not in self.scope or ":" not in key:
-            return self.scope == key
-        kind, _, name = self.scope.partition(":")
-        key_kind, _, key_name = key.partition(":")
-        return kind == key_kind and fnmatchcase(key_name, name)
-
-    @property
-    def alert_micros(self) -> int:
-        """Usage at which the scope enters ALERT."""
-        return math.ceil(self.alert_at * self.limit_micros)
-
-    def state(self, used_micros: int) -> BudgetState:
-        """EXCEEDED once no headroom is left, ALERT from the alert threshold, else OK."""
-        if used_micros >= self.limit_micros:
-            return BudgetState.EXCEEDED
-        return BudgetState.ALERT if used_micros >= self.alert_micros else BudgetState.OK
-
-    def thresholds(self) -> tuple[tuple[BudgetState, int], ...]:
-        """The usage marks whose crossing raises an alert."""
-        return (BudgetState.ALERT, self.alert_micros), (BudgetState.EXCEEDED, self.limit_micros)
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetBlock:
-    """Why an amount does not fit: the first rule it would break."""
-
-    rule: BudgetRule
-    scope: str
-    period: BudgetPeriod
-    reason: str
-
-    @classmethod
-    def of(cls, rule: BudgetRule, key: str, amount_micros: int) -> BudgetBlock:
-        """A block naming the scope, with a sentence a person can read."""
-        if rule.period is BudgetPeriod.TASK:
-            reason = (f"budget task exceeded: estimate {amount_micros} above the per-task limit "
-                      f"{rule.limit_micros} micro-USD")
-        else:
-            reason = f"budget {key}/{rule.period.value} exhausted"
-        return cls(rule, key, rule.period, reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,36 +59,31 @@ class LedgerEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class LedgerChange:
-    """Rows to persist and alerts raised by one mutation."""
+class Reservation:
+    """An amount held on buckets until settled, released or expired."""
 
-    entries: tuple[LedgerEntry, ...] = ()
-    alerts: tuple[BudgetAlert, ...] = ()
+    amount: int
+    buckets: tuple[Bucket, ...]
+    expires_at: float
+    at: float  # when it was made: its charges land in that moment's periods
 
 
 @dataclass(frozen=True, slots=True)
-class ReserveResult:
-    """A reservation's outcome: blocked, or the rows to persist and the alerts raised."""
+class LedgerChange:
+    """What one ledger mutation did: rows to persist, alerts raised, and how to undo it.
 
-    block: BudgetBlock | None = None
+    `opened` are reservations it made; `closed` are (id, reservation, was it open) it settled,
+    released or expired. `Ledger.revert` uses both to restore exactly the state before, should
+    the rows fail to commit.
+    """
+
     entries: tuple[LedgerEntry, ...] = ()
     alerts: tuple[BudgetAlert, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """True when the amount was reserved."""
-        return self.block is None
+    opened: tuple[str, ...] = ()
+    closed: tuple[tuple[str, Reservation, bool], ...] = ()
 
 
-def rules_from_config(cfg: RouterConfig) -> tuple[BudgetRule, ...]:
-    """The configured budgets as rules, in file order, limits in micro-USD."""
-    out = []
-    for b in cfg.budgets:
-        default = BudgetPeriod.TASK if b.scope == "task" else BudgetPeriod.MONTH
-        period = BudgetPeriod(b.period) if b.period else default
-        limit = usd_to_micros(b.limit_usd)
-        out.append(BudgetRule(b.scope, period, limit, b.alert_at, OnExceed(b.on_exceed)))
-    return tuple(out)
+NO_CHANGE = LedgerChange()
 
 
 def period_bounds(period: BudgetPeriod, now: float, tz: tzinfo) -> tuple[float, float]:
@@ -169,7 +108,7 @@ def _midnight(d: date, tz: tzinfo) -> float:
 
 
 def scopes_for(labels: Mapping[str, str], model: ModelSpec, policy: str) -> tuple[str, ...]:
-    """Every concrete scope key one decision touches."""
+    """Every concrete calendar scope key one decision touches."""
     keys = ["global"]
     if project := labels.get("project"):
         keys.append(f"project:{project}")
@@ -177,6 +116,11 @@ def scopes_for(labels: Mapping[str, str], model: ModelSpec, policy: str) -> tupl
     if worker := labels.get("worker"):
         keys.append(f"worker:{worker}")
     return tuple(keys)
+
+
+def task_key(task_id: str) -> str:
+    """The concrete key of one task's per-task budget: every decision for it shares it."""
+    return f"{TASK_SCOPE}:{task_id}"
 
 
 GOVERNED_CACHE_MAX = 65_536
@@ -188,41 +132,50 @@ class RuleBook:
     def __init__(self, rules: Sequence[BudgetRule]) -> None:
         self.rules = tuple(rules)
         self._index = {id(r): i for i, r in enumerate(self.rules)}
-        self._task = [r for r in self.rules if r.period is BudgetPeriod.TASK]
+        self._task = tuple(r for r in self.rules if r.period is BudgetPeriod.TASK)
         self._cache: dict[str, tuple[BudgetRule, ...]] = {}
         self._governed: dict[
             tuple[str | None, str | None, str, str, str], tuple[tuple[BudgetRule, str], ...]
         ] = {}
 
     def for_key(self, key: str) -> tuple[BudgetRule, ...]:
-        """The periodic rules governing a key (at most one per period), in config order."""
+        """The rules governing a key (at most one per period), in config order."""
         cached = self._cache.get(key)
         if cached is None:
-            chosen: dict[BudgetPeriod, BudgetRule] = {}
-            for r in self.rules:
-                if r.period is BudgetPeriod.TASK or not r.matches(key):
-                    continue
-                current = chosen.get(r.period)
-                if current is None or (r.scope == key and current.scope != key):
-                    chosen[r.period] = r
-            cached = tuple(r for r in self.rules if chosen.get(r.period) is r)
+            if key.startswith(f"{TASK_SCOPE}:"):
+                cached = self._task
+            else:
+                chosen: dict[BudgetPeriod, BudgetRule] = {}
+                for r in self.rules:
+                    if r.period is BudgetPeriod.TASK or not r.matches(key):
+                        continue
+                    current = chosen.get(r.period)
+                    if current is None or (r.scope == key and current.scope != key):
+                        chosen[r.period] = r
+                cached = tuple(r for r in self.rules if chosen.get(r.period) is r)
+            if len(self._cache) >= GOVERNED_CACHE_MAX:
+                self._cache.clear()
             self._cache[key] = cached
         return cached
 
-    def governed(self, labels: Mapping[str, str], model: ModelSpec,
-                 policy: str) -> tuple[tuple[BudgetRule, str], ...]:
+    def governed(self, labels: Mapping[str, str], model: ModelSpec, policy: str,
+                 task_id: str) -> tuple[tuple[BudgetRule, str], ...]:
         """(rule, concrete key) for every budget a decision falls under, in config order."""
-        # Only these four inputs shape the answer, and Route asks several times per decision.
+        # Only these inputs shape the calendar part, and Route asks once per candidate.
         memo_key = (labels.get("project"), labels.get("worker"), model.name, model.provider,
                     policy)
-        cached = self._governed.get(memo_key)
-        if cached is not None:
-            return cached
-        out = [(r, "task") for r in self._task]
-        for key in scopes_for(labels, model, policy):
-            out += [(r, key) for r in self.for_key(key)]
-        out.sort(key=lambda pair: self._index[id(pair[0])])
-        if len(self._governed) >= GOVERNED_CACHE_MAX:
-            self._governed.clear()
-        self._governed[memo_key] = result = tuple(out)
-        return result
+        calendar = self._governed.get(memo_key)
+        if calendar is None:
+            out = []
+            for key in scopes_for(labels, model, policy):
+                out += [(r, key) for r in self.for_key(key)]
+            out.sort(key=lambda pair: self._index[id(pair[0])])
+            if len(self._governed) >= GOVERNED_CACHE_MAX:
+                self._governed.clear()
+            self._governed[memo_key] = calendar = tuple(out)
+        if not self._task:
+            return calendar
+        key = task_key(task_id)
+        merged = [*calendar, *((r, key) for r in self._task)]
+        merged.sort(key=lambda pair: self._index[id(pair[0])])
+        return tuple(merged)

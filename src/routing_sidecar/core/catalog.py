@@ -10,9 +10,9 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Generic, TypeVar
 
-from routing_sidecar.config import RouterConfig
 from routing_sidecar.domain import Match, ModelSpec, Policy, Rule, ShapeRule, Task, TierRules
 from routing_sidecar.errors import ConfigError
+from routing_sidecar.settings import RouterSettings
 
 _GLOB_CHARS = frozenset("*?[")
 # Task types come from callers, so each per-type match cache is bounded to stay small under
@@ -84,6 +84,8 @@ class Catalog:
     shapes: tuple[ShapeRule, ...]
     tiers: TierRules
     default_policy: str
+    # Lanes (the `lane` label) that only ever get models proven above the quality floor.
+    critical_lanes: frozenset[str] = frozenset()
     _rule_index: _FirstMatch[Rule] = field(init=False, repr=False, compare=False)
     _shape_index: _FirstMatch[ShapeRule] = field(init=False, repr=False, compare=False)
     _candidates: Mapping[str, tuple[ModelSpec, ...]] = field(
@@ -106,12 +108,10 @@ class Catalog:
         return tuple(sorted({m.provider for m in self.models.values()}))
 
     @classmethod
-    def from_config(cls, cfg: RouterConfig) -> Catalog:
-        """Build the catalog from a validated configuration."""
-        return cls.build(
-            cfg.model_specs(), cfg.policy_specs(), cfg.rule_specs(), cfg.shape_specs(),
-            cfg.tier_rules(), cfg.default_policy,
-        )
+    def from_settings(cls, s: RouterSettings) -> Catalog:
+        """Build the catalog from the settings a validated configuration converts to."""
+        return cls.build(s.models, s.policies, s.rules, s.shapes, s.tiers, s.default_policy,
+                         s.critical_lanes)
 
     @classmethod
     def build(
@@ -122,6 +122,7 @@ class Catalog:
         shapes: Iterable[ShapeRule] = (),
         tiers: TierRules = _DEFAULT_TIERS,
         default_policy: str | None = None,
+        critical_lanes: Iterable[str] = (),
     ) -> Catalog:
         """Build from domain objects (tests, bench); default policy defaults to the first."""
         model_map = dict(models) if isinstance(models, Mapping) else {m.name: m for m in models}
@@ -136,6 +137,7 @@ class Catalog:
             shapes=tuple(shapes),
             tiers=tiers,
             default_policy=default,
+            critical_lanes=frozenset(critical_lanes),
         )
 
     def candidates(self, policy: Policy) -> tuple[ModelSpec, ...]:

@@ -23,15 +23,25 @@ breaker, a failure reopens it. Every failure class counts against the breaker.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from enum import StrEnum
 
-from routing_sidecar.config import HealthConfig
-from routing_sidecar.domain import Attempt, AttemptStatus, ModelSpec, Rejection, Task
+from routing_sidecar.core.health_types import (
+    SCOPE_NAMES,
+    BreakerChange,
+    BreakerState,
+    BreakerStatus,
+    Detection,
+    HealthStats,
+    PerfRow,
+    Scope,
+)
+from routing_sidecar.domain import Attempt, AttemptStatus, ModelSpec
+from routing_sidecar.settings import HealthSettings
 
-Verdict = tuple[Rejection, str] | None
+__all__ = ["BreakerChange", "BreakerState", "BreakerStatus", "Detection", "HealthBook",
+           "HealthStats", "PerfRow", "Scope", "clock"]
+
 # Keys come from callers (attempt model names, lane labels): each map is bounded, and past the
 # bound a new key is not tracked rather than growing memory without limit.
 MAX_KEYS = 1024
@@ -41,108 +51,16 @@ OK, TRANSIENT, PERMANENT, TIMEOUT, LIMITED = (
 )
 
 
-class Scope(StrEnum):
-    """What a health key describes."""
-
-    MODEL = "model"
-    PROVIDER = "provider"
-    LANE = "lane"
-
-
-_SCOPES = frozenset(s.value for s in Scope)
-
-
-class BreakerStatus(StrEnum):
-    """Where a circuit breaker stands."""
-
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
-class Detection(StrEnum):
-    """Detection state of a provider or a lane."""
-
-    HEALTHY = "healthy"
-    ELEVATED_FALLBACK = "elevated_fallback"
-    DEGRADED = "degraded"
-    IDLE = "idle"
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerState:
-    """A breaker as seen at one instant."""
-
-    status: BreakerStatus
-    open_until: float | None = None
-    consecutive_failures: int = 0
-    trips: int = 0
-    probe_in_flight: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class HealthStats:
-    """One row of the stats matrix (RoutingStats, CLI): rates over the decaying window."""
-
-    scope: Scope
-    name: str
-    volume: float
-    success_rate: float
-    transient_rate: float
-    permanent_rate: float
-    timeout_rate: float
-    rate_limited_rate: float
-    fallback_rate: float
-    latency_ewma_s: float | None
-    tokens_per_s: float | None
-    breaker: BreakerStatus
-    open_until: float | None
-    detection: Detection | None
-    last_seen: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class PerfRow:
-    """Everything one key holds, as plain numbers and strings, for table model_performance.
-
-    Counts are decaying sums as of `updated_at`; `restore(snapshot())` gives back exactly the
-    same state.
-    """
-
-    scope: str
-    name: str
-    updated_at: float
-    attempts: float = 0.0
-    successes: float = 0.0
-    transient: float = 0.0
-    permanent: float = 0.0
-    timeouts: float = 0.0
-    rate_limited: float = 0.0
-    fallbacks: float = 0.0
-    latency_ewma_s: float | None = None
-    tps_ewma: float | None = None
-    tps_volume: float = 0.0
-    last_seen: float | None = None
-    breaker: str = BreakerStatus.CLOSED.value
-    open_until: float | None = None
-    trips: int = 0
-    probe_at: float | None = None
-    consecutive_failures: int = 0
-    streak_model: str = ""
-    streak_mixed: bool = False
-    breaker_attempts: float = 0.0
-    breaker_failures: float = 0.0
-
-
 class _Entry:
     """Mutable state of one key; counts decay from `t`."""
 
-    __slots__ = ("bf", "bn", "consec", "fallbacks", "last_seen", "lat", "limited", "n", "ok",
-                 "open_until", "permanent", "probe_at", "state", "streak_mixed", "streak_model",
-                 "t", "timeout", "tps", "tps_n", "transient", "trips")
+    __slots__ = ("bf", "bn", "consec", "fallbacks", "last_seen", "lat", "limited", "n", "name",
+                 "ok", "open_until", "permanent", "probe_at", "scope", "state", "streak_mixed",
+                 "streak_model", "t", "timeout", "tps", "tps_n", "transient", "trips")
 
-    def __init__(self, t: float) -> None:
+    def __init__(self, t: float, scope: Scope = Scope.MODEL, name: str = "") -> None:
         self.t = t
+        self.scope, self.name = scope, name
         self.n = self.ok = self.transient = self.permanent = self.timeout = self.limited = 0.0
         self.fallbacks = self.tps_n = self.bn = self.bf = 0.0
         self.lat: float | None = None
@@ -183,8 +101,8 @@ class _Entry:
 class HealthBook:
     """Health per model, provider and lane; breakers per model and provider."""
 
-    def __init__(self, cfg: HealthConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: HealthSettings) -> None:
+        self.settings = cfg
         b, d, dm = cfg.breaker, cfg.detection, cfg.demotion
         self._alpha, self._window = cfg.ewma_alpha, cfg.window_s
         self._consec, self._rate, self._min_volume = (
@@ -195,6 +113,7 @@ class HealthBook:
             dm.error_weight, dm.slowness_weight, dm.evidence, dm.max_penalty)
         self._det = d
         self._maps: dict[Scope, dict[str, _Entry]] = {s: {} for s in Scope}
+        self._changes: list[BreakerChange] = []  # opened or closed here, not yet shared
         self._models = self._maps[Scope.MODEL]
         self._providers = self._maps[Scope.PROVIDER]
 
@@ -208,6 +127,8 @@ class HealthBook:
         fallback ran); this feeds the fallback rate behind ELEVATED_FALLBACK.
         """
         status = attempt.status
+        if status is AttemptStatus.CANCELLED:
+            return  # the caller went away: no evidence about the model or its provider
         ok = status is OK
         tps = None
         if ok and attempt.duration_s > 0.0 and attempt.output_tokens > 0:
@@ -246,25 +167,46 @@ class HealthBook:
             ):
                 e.probe_at = now
 
+    # -- the fleet -------------------------------------------------------------------------
+
+    def drain_changes(self) -> list[BreakerChange]:
+        """Breakers this sidecar opened or closed since the last call, oldest first."""
+        out, self._changes = self._changes, []
+        return out
+
+    def apply_remote(self, change: BreakerChange, now: float) -> None:
+        """Another sidecar opened or closed a breaker: follow it.
+
+        The sidecar that opened a breaker sends its half-open probe; here the probe counts as
+        in flight from the end of the cooldown, so no second sidecar probes unless that one
+        has not answered within the probe timeout.
+        """
+        e = self._entry(Scope(change.scope), change.name, now)
+        if e is None:
+            return
+        if not change.opened:
+            e.state, e.trips, e.probe_at, e.bn, e.bf = BreakerStatus.CLOSED, 0, None, 0.0, 0.0
+            e.consec, e.streak_model, e.streak_mixed = 0, "", False
+            return
+        if e.state is BreakerStatus.OPEN and e.open_until >= change.open_until:
+            return
+        e.state, e.open_until = BreakerStatus.OPEN, change.open_until
+        e.trips, e.probe_at = max(e.trips, change.trips), change.open_until
+        e.consec, e.streak_model, e.streak_mixed, e.bn, e.bf = 0, "", False, 0.0, 0.0
+
     # -- decision path ---------------------------------------------------------------------
 
-    def allows(self, model: ModelSpec, now: float) -> Verdict:
-        """None when the model may be routed; else CIRCUIT_OPEN with the reason."""
+    def blocked(self, model: ModelSpec, now: float) -> str | None:
+        """Why the model may not be routed now (its or its provider's circuit), else None."""
         e = self._models.get(model.name)
         if e is not None and e.state is not BreakerStatus.CLOSED:
-            verdict = self._verdict(e, now, "")
-            if verdict is not None:
-                return verdict
+            why = self._verdict(e, now, "")
+            if why is not None:
+                return why
         e = self._providers.get(model.provider)
         if e is not None and e.state is not BreakerStatus.CLOSED:
             return self._verdict(e, now, f" (provider {model.provider})")
         return None
-
-    def as_filter(self, now: float) -> Callable[[Task, ModelSpec, int], Verdict]:
-        """`allows` shaped as a selection capability filter for one decision's time."""
-        def breaker_filter(task: Task, model: ModelSpec, cost: int) -> Verdict:
-            return self.allows(model, now)
-        return breaker_filter
 
     def penalty(self, model: ModelSpec, now: float) -> float:
         """Score demotion for errors and slowness, scaled by how much evidence backs them.
@@ -284,12 +226,6 @@ class HealthBook:
             m = e.tps_n * f
             pen += self._slow_w * (1.0 - e.tps / model.tokens_per_s) * m / (m + k)
         return min(pen, self._max_penalty)
-
-    def penalty_fn(self, now: float) -> Callable[[str, ModelSpec], float]:
-        """`penalty` shaped as `Signals.penalty` for one decision's time."""
-        def demotion(task_type: str, model: ModelSpec) -> float:
-            return self.penalty(model, now)
-        return demotion
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -315,7 +251,8 @@ class HealthBook:
         """Close the breaker of 'model:NAME' or 'provider:NAME' by hand; False if never seen.
 
         An operator's override: the failure streak, trip count and probe are forgotten, while
-        the decaying health counts (and so demotion and detection) are kept as evidence.
+        the decaying health counts (and so demotion and detection) are kept as evidence. In a
+        fleet the closing is shared like any other (drain_changes).
         """
         scope, _, name = key.partition(":")
         if scope not in (Scope.MODEL, Scope.PROVIDER):
@@ -325,6 +262,7 @@ class HealthBook:
             return False
         e.state, e.open_until, e.probe_at, e.trips = BreakerStatus.CLOSED, 0.0, None, 0
         e.consec, e.streak_model, e.streak_mixed, e.bn, e.bf = 0, "", False, 0.0, 0.0
+        self._changes.append(BreakerChange(e.scope.value, e.name, False))  # the fleet too
         return True
 
     def detection(self, now: float, *, providers: Iterable[str] = (),
@@ -380,9 +318,9 @@ class HealthBook:
         for entries in self._maps.values():
             entries.clear()
         for r in rows:
-            if r.scope not in _SCOPES:
+            if r.scope not in SCOPE_NAMES:
                 continue
-            e = _Entry(r.updated_at)
+            e = _Entry(r.updated_at, Scope(r.scope), r.name)
             e.n, e.ok, e.transient, e.permanent = r.attempts, r.successes, r.transient, r.permanent
             e.timeout, e.limited, e.fallbacks = r.timeouts, r.rate_limited, r.fallbacks
             e.lat, e.tps, e.tps_n, e.last_seen = r.latency_ewma_s, r.tps_ewma, r.tps_volume, \
@@ -402,7 +340,7 @@ class HealthBook:
         if e is None:
             if len(entries) >= MAX_KEYS:
                 return None
-            e = entries[name] = _Entry(now)
+            e = entries[name] = _Entry(now, scope, name)
         e.decay_to(now, self._window)
         return e
 
@@ -438,11 +376,11 @@ class HealthBook:
             return BreakerStatus.HALF_OPEN
         return e.state
 
-    def _verdict(self, e: _Entry, now: float, suffix: str) -> Verdict:
+    def _verdict(self, e: _Entry, now: float, suffix: str) -> str | None:
         if now < e.open_until:
-            return Rejection.CIRCUIT_OPEN, f"circuit open until {clock(e.open_until)}{suffix}"
+            return f"circuit open until {clock(e.open_until)}{suffix}"
         if e.probe_at is not None and now < e.probe_at + self._probe_timeout:
-            return Rejection.CIRCUIT_OPEN, f"circuit half-open, probe in flight{suffix}"
+            return f"circuit half-open, probe in flight{suffix}"
         return None
 
     def _judge(self, e: _Entry, ok: bool, model: str, retry_after: float | None, now: float,
@@ -451,14 +389,17 @@ class HealthBook:
         status = self._status(e, now)
         if status is BreakerStatus.OPEN:
             # Attempts started before the trip still land; only a later retry-after extends it.
-            if retry_after is not None and retry_after > 0.0:
-                e.open_until = max(e.open_until, now + min(retry_after, self._max_cooldown))
+            until = now + min(retry_after or 0.0, self._max_cooldown)
+            if retry_after is not None and retry_after > 0.0 and until > e.open_until:
+                e.open_until = until
+                self._changes.append(BreakerChange(e.scope.value, e.name, True, until, e.trips))
             return
         e.bn += 1.0
         if ok:
             e.consec, e.streak_model, e.streak_mixed = 0, "", False
             if status is BreakerStatus.HALF_OPEN:
                 e.state, e.trips, e.probe_at, e.bn, e.bf = BreakerStatus.CLOSED, 0, None, 0.0, 0.0
+                self._changes.append(BreakerChange(e.scope.value, e.name, False))
             return
         e.bf += 1.0
         e.consec += 1
@@ -482,6 +423,7 @@ class HealthBook:
             cooldown = min(retry_after, self._max_cooldown)
         e.state, e.open_until, e.probe_at = BreakerStatus.OPEN, now + cooldown, None
         e.consec, e.streak_model, e.streak_mixed, e.bn, e.bf = 0, "", False, 0.0, 0.0
+        self._changes.append(BreakerChange(e.scope.value, e.name, True, e.open_until, e.trips))
 
     def _detect(self, e: _Entry, now: float, scope: Scope) -> Detection:
         d = self._det

@@ -1,56 +1,40 @@
-"""Learned quality per (task type, model): a forgetting posterior, confidence and exploration.
+"""Learned quality per (task type, model), partially pooled across task types.
 
-Pure and deterministic: no I/O, no clock, no randomness of its own (a `random.Random` is passed
-in for Thompson sampling).
+Pure: fed by outcomes, read through `signal` when the service builds a decision's view (a
+`random.Random` is passed in for the Thompson draws; this module has none of its own).
 
-Each (task type, model) holds a Beta posterior over a score y in 0..1: the caller's graded
-quality when the outcome reports one, else 1 for success and 0 for failure. The prior is the
-catalog's quality worth `prior_strength` observations, so a fresh sidecar starts from the
-catalog. Evidence forgets: before each new observation the old evidence is multiplied by
-`forget` (at most 1/(1-forget) observations' worth is ever held), so the estimate follows drift.
+Each (task type, model) holds decayed evidence of a score y in 0..1: the caller's graded
+quality when the outcome reports one, else 1 for success and 0 for failure. Its prior is the
+model's *pooled* estimate, worth `pool_strength` observations: the same evidence summed over
+every task type (with its own forgetting), itself starting from the catalog's quality worth
+`prior_strength` observations. So a task type never seen before starts from what the model did
+on all the others, not only from the catalog, and a fresh sidecar starts from the catalog.
+Evidence forgets: before each new observation the old evidence is multiplied by `forget`, so
+every estimate follows drift.
 
-The 'able to do it' bar: with a quality floor (task min_quality or policy quality_floor) a model
-qualifies when it is *proven*: the posterior's lower bound at `confidence` meets the floor and
-either the catalog prior alone already meets it or at least `min_samples_to_prove`
-observations back it. An unproven model is excluded on critical lanes and policies; elsewhere it
-may be explored: a Thompson draw from its posterior reaching the floor admits it, as long as
-the task type's explored share of decisions stays within `max_share`.
+The 'able to do it' bar: with a quality floor a model is *proven* when the posterior's lower
+bound at `confidence` meets the floor and either its prior alone already meets it or at least
+`min_samples_to_prove` observations back it. Exploration (bounded by `max_share` of a task
+type's decisions) lets a decision try an unproven model whose Thompson draw reaches the floor.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from statistics import NormalDist
 from typing import TypeVar
 
-from routing_sidecar.config import LearningConfig
-from routing_sidecar.domain import (
-    ModelSpec,
-    Policy,
-    QualityEstimate,
-    Rejection,
-    Selection,
-    Task,
-)
+from routing_sidecar.core.view import Exploration, QualitySignal
+from routing_sidecar.settings import LearningSettings
 
-Verdict = tuple[Rejection, str] | None
 T = TypeVar("T")
-_PASSED = frozenset({Rejection.CHOSEN, Rejection.FALLBACK, Rejection.OUTSCORED})
+POOLED = "*"  # the task type under which pooled rows are listed and snapshotted
 
 # Pass/fail observations the prior is worth when estimating how widely scores spread.
 VARIANCE_PRIOR_WEIGHT = 2.0
-
-@dataclass(frozen=True, slots=True)
-class Qualification:
-    """Whether a model clears a task's quality floor, why, and on which estimate."""
-
-    ok: bool
-    explored: bool
-    reason: str
-    estimate: QualityEstimate
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +66,13 @@ class LearningSnapshot:
 
     estimates: tuple[QualityRow, ...] = ()
     shares: tuple[ShareRow, ...] = ()
+    # Per model across task types; empty in snapshots that predate pooling (then rebuilt).
+    pooled: tuple[QualityRow, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class LearnedStats:
-    """One row for dashboards and the CLI."""
+    """One row for dashboards and the CLI; task type POOLED is the model across types."""
 
     task_type: str
     model: str
@@ -105,38 +91,54 @@ class _Post:
     def __init__(self) -> None:
         self.a = self.b = self.s = self.f = self.g = self.q = 0.0
 
+    def add(self, y: float, success: bool, graded: bool, forget: float) -> None:
+        """Forget a little, then fold one observation in."""
+        self.a = self.a * forget + y
+        self.b = self.b * forget + (1.0 - y)
+        self.q = self.q * forget + y * y
+        self.s = self.s * forget + success
+        self.f = self.f * forget + (not success)
+        self.g = self.g * forget + graded
 
-def is_critical(task: Task, policy: Policy, critical_lanes: Collection[str]) -> bool:
-    """True when the policy is critical or the task's `lane` label names a critical lane."""
-    if policy.critical:
-        return True
-    lane = task.labels.get("lane")
-    return lane is not None and lane in critical_lanes
+    def row(self, task_type: str, model: str) -> QualityRow:
+        """The evidence as a persistable row."""
+        return QualityRow(task_type, model, self.a, self.b, self.s, self.f, self.g, self.q)
+
+    @classmethod
+    def of(cls, r: QualityRow) -> _Post:
+        """Evidence from a persisted row."""
+        p = cls()
+        p.a, p.b, p.s, p.f, p.g = (r.evidence_for, r.evidence_against, r.successes, r.failures,
+                                   r.graded)
+        # Snapshots from before squares were kept: treat the evidence as pass/fail.
+        p.q = r.evidence_sq if r.evidence_sq is not None else r.evidence_for
+        return p
 
 
 class QualityBook:
     """Learned quality per (task type, model), with bounded exploration per task type."""
 
-    def __init__(self, cfg: LearningConfig, prior: Callable[[str], float]) -> None:
-        self.cfg = cfg
+    def __init__(self, settings: LearningSettings, prior: Callable[[str], float]) -> None:
+        self.settings = settings
         self._prior = prior
-        self._k = cfg.prior_strength
-        self._forget = cfg.forget
-        self._z = NormalDist().inv_cdf(cfg.confidence)
-        ex = cfg.exploration
-        self._explore, self._max_share, self._min_samples = (
-            ex.enabled, ex.max_share, ex.min_samples_to_prove)
+        self._k = settings.prior_strength
+        self._kt = settings.pool_strength
+        self._forget = settings.forget
+        self._z = NormalDist().inv_cdf(settings.confidence)
+        ex = settings.exploration
+        self._explore, self._max_share = ex.enabled, ex.max_share
         # The decayed weight that min_samples_to_prove fresh observations carry, so that
         # "5 observations" means five, forgetting included (less a hair for rounding).
-        f = cfg.forget
-        self._min_weight = (
-            self._min_samples if f >= 1.0 else (1.0 - f ** self._min_samples) / (1.0 - f)
-        ) - 1e-9
-        self._max_types = cfg.max_task_types
+        f, n = settings.forget, ex.min_samples_to_prove
+        self._min_weight = (n if f >= 1.0 else (1.0 - f ** n) / (1.0 - f)) - 1e-9
+        self._max_types = settings.max_task_types
         # Both maps are kept least recently updated first and bounded by max_task_types:
-        # task types come from callers.
+        # task types come from callers. The pool is per catalog model, so bounded already.
         self._types: dict[str, dict[str, _Post]] = {}
         self._shares: dict[str, list[float]] = {}
+        self._pool: dict[str, _Post] = {}
+        # Task types asked about with no evidence here: the fleet may know them.
+        self._unseen: dict[str, None] = {}
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -144,17 +146,13 @@ class QualityBook:
                 quality: float | None = None) -> None:
         """Fold one outcome in: y = quality when given (clamped to 0..1), else success."""
         y = float(success) if quality is None else min(1.0, max(0.0, quality))
+        graded = quality is not None
         models = _touch(self._types, task_type, self._max_types, dict)
-        p = models.get(model)
-        if p is None:
-            p = models[model] = _Post()
-        f = self._forget
-        p.a = p.a * f + y
-        p.b = p.b * f + (1.0 - y)
-        p.q = p.q * f + y * y
-        p.s = p.s * f + success
-        p.f = p.f * f + (not success)
-        p.g = p.g * f + (quality is not None)
+        for table in (models, self._pool):
+            p = table.get(model)
+            if p is None:
+                p = table[model] = _Post()
+            p.add(y, success, graded, self._forget)
 
     def note_decision(self, task_type: str, explored: bool) -> None:
         """Count a routed decision, and whether its chosen model was admitted by exploration."""
@@ -165,182 +163,155 @@ class QualityBook:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def estimate(self, task_type: str, model: str) -> QualityEstimate:
-        """Posterior mean, effective sample count and lower bound at the configured confidence."""
-        return self._estimate(*self._shape(task_type, model))
-
-    def quality(self, task_type: str, model: ModelSpec) -> float:
-        """Posterior mean, shaped as `Signals.quality` (the prior when nothing was learned)."""
-        prior = self._prior(model.name)
-        models = self._types.get(task_type)
-        p = models.get(model.name) if models else None
-        if p is None:
-            return prior
-        k = self._k
-        total = k + p.a + p.b
-        return (prior * k + p.a) / total if total > 0.0 else prior
-
-    def can_explore(self, task_type: str) -> bool:
+    def exploration(self, task_type: str) -> Exploration:
         """Whether one more explored decision keeps the task type within max_share."""
         if not self._explore:
-            return False
+            return Exploration.OFF
         d, e = self._shares.get(task_type, (0.0, 0.0))
         f = self._forget
-        return e * f + 1.0 <= self._max_share * (d * f + 1.0)
+        return Exploration.ON if e * f + 1.0 <= self._max_share * (d * f + 1.0) \
+            else Exploration.SPENT
 
     def exploration_share(self, task_type: str) -> float:
         """Explored share of the task type's recent decisions."""
         d, e = self._shares.get(task_type, (0.0, 0.0))
         return e / d if d > 0.0 else 0.0
 
-    def qualify(self, task_type: str, model: str, floor: float, *, critical: bool = False,
-                rng: random.Random | None = None) -> Qualification:
-        """Proven -> qualifies; unproven: excluded if critical, else maybe explored."""
-        shape = self._shape(task_type, model)
-        est = self._estimate(*shape)
-        n = shape[3]
-        desc = describe(est)
-        if est.lower_bound >= floor:
-            if n >= self._min_weight or self._vouched(model, floor):
-                return Qualification(True, False, f"proven: {desc} meets floor {floor:.2f}", est)
-            short = (f"{desc} needs {self._min_samples:g} observations to prove floor "
-                     f"{floor:.2f}")
-        else:
-            short = f"{desc} below floor {floor:.2f}"
-        if critical:
-            return Qualification(False, False, f"unproven on a critical lane: {short}", est)
-        if not self._explore or rng is None:
-            return Qualification(False, False, f"unproven: {short}; no exploration", est)
-        if not self.can_explore(task_type):
-            return Qualification(
-                False, False, f"unproven: {short}; exploration share spent", est)
-        mean, var, total, _ = shape
-        draw = rng.gauss(mean, math.sqrt(var / (total + 1.0)))
-        if draw >= floor:
-            return Qualification(True, True, f"exploring: {short}; sampled {draw:.2f}", est)
-        return Qualification(False, False, f"unproven: {short}; sampled {draw:.2f}", est)
+    def signal(self, task_type: str, model: str,
+               rng: random.Random | None = None) -> QualitySignal:
+        """The model's estimate on the task type for a decision's view; a draw when rng given."""
+        mean, var, total, n = self._shape(task_type, model)
+        spread = self._z * math.sqrt(var / (total + 1.0))
+        models = self._types.get(task_type)
+        prior_mean = self._pooled(model, models.get(model) if models else None)[0]
+        prior_spread = self._z * math.sqrt(prior_mean * (1.0 - prior_mean) / (self._kt + 1.0))
+        draw = None
+        if rng is not None:
+            draw = rng.gauss(mean, math.sqrt(var / (total + 1.0)))
+        return QualitySignal(mean, n, _clamp(mean - spread), n >= self._min_weight,
+                             _clamp(prior_mean - prior_spread), draw)
 
-    def gate(self, critical: bool, rng: random.Random | None) -> QualityGate:
-        """A `Signals.quality_check` for one decision."""
-        return QualityGate(self, critical, rng)
+    def task_types(self) -> list[str]:
+        """Task types this book holds evidence for, least recently updated first."""
+        return list(self._types)
+
+    def drain_unseen(self) -> list[str]:
+        """Task types decided on with no evidence here since the last call."""
+        out = list(self._unseen)
+        self._unseen.clear()
+        return out
+
+    def merge(self, rows: Iterable[QualityRow], pooled: Iterable[QualityRow]) -> None:
+        """Take the fleet's evidence for these (task type, model)s and pools, replacing ours.
+
+        The fleet's sums hold this sidecar's own observations too (it pushed them first), so
+        replacing rather than adding counts every outcome once.
+        """
+        for r in rows:
+            models = self._types.get(r.task_type)
+            if models is None:
+                models = _touch(self._types, r.task_type, self._max_types, dict)
+            models[r.model] = _Post.of(r)
+        for r in pooled:
+            self._pool[r.model] = _Post.of(r)
+
+    def mean(self, task_type: str, model: str) -> float:
+        """Posterior mean of the model on the task type (its pooled estimate if unseen)."""
+        return self._shape(task_type, model)[0]
 
     def stats(self) -> list[LearnedStats]:
-        """Every learned (task type, model), ordered by task type then model."""
-        rows = []
+        """Every learned (task type, model), by task type then model; pooled rows first."""
+        rows = [self._stats(POOLED, m, p, self._pooled(m)) for m, p in sorted(self._pool.items())]
         for task_type in sorted(self._types):
             models = self._types[task_type]
             for model in sorted(models):
-                p = models[model]
-                est = self.estimate(task_type, model)
-                runs = p.s + p.f
-                rows.append(LearnedStats(task_type, model, est.mean, est.samples,
-                                         est.lower_bound, p.s / runs if runs > 0 else None, p.g))
+                rows.append(self._stats(task_type, model, models[model],
+                                        self._shape(task_type, model)))
         return rows
 
     # -- persistence -----------------------------------------------------------------------
 
     def snapshot(self) -> LearningSnapshot:
-        """Every estimate's evidence and every task type's exploration counts."""
+        """Every estimate's evidence, the pool, and every task type's exploration counts."""
         return LearningSnapshot(
-            tuple(QualityRow(t, m, p.a, p.b, p.s, p.f, p.g, p.q)
-                  for t, models in self._types.items() for m, p in models.items()),
+            tuple(p.row(t, m) for t, models in self._types.items() for m, p in models.items()),
             tuple(ShareRow(t, d, e) for t, (d, e) in self._shares.items()),
+            tuple(p.row(POOLED, m) for m, p in self._pool.items()),
         )
 
     def restore(self, snap: LearningSnapshot) -> None:
-        """Replace all state with the snapshot's."""
+        """Replace all state with the snapshot's (pooling an older snapshot's rows)."""
         self._types.clear()
         self._shares.clear()
+        self._pool.clear()
         for r in snap.estimates:
-            p = self._types.setdefault(r.task_type, {}).setdefault(r.model, _Post())
-            p.a, p.b, p.s, p.f, p.g = (r.evidence_for, r.evidence_against, r.successes,
-                                       r.failures, r.graded)
-            # Snapshots from before squares were kept: treat the evidence as pass/fail.
-            p.q = r.evidence_sq if r.evidence_sq is not None else r.evidence_for
+            self._types.setdefault(r.task_type, {})[r.model] = _Post.of(r)
         for s in snap.shares:
             self._shares[s.task_type] = [s.decisions, s.explored]
+        for r in snap.pooled:
+            self._pool[r.model] = _Post.of(r)
+        if not snap.pooled:
+            for models in self._types.values():
+                for model, p in models.items():
+                    pool = self._pool.setdefault(model, _Post())
+                    for attr in _Post.__slots__:
+                        setattr(pool, attr, getattr(pool, attr) + getattr(p, attr))
 
     # -- internals -------------------------------------------------------------------------
 
-    def _shape(self, task_type: str, model: str) -> tuple[float, float, float, float]:
-        """Posterior mean, variance of one score, total weight (prior included), observations.
+    def _pooled(self, model: str, own: _Post | None = None) -> tuple[float, float, float, float]:
+        """The model across task types, from the catalog prior worth prior_strength.
 
-        The mean weighs the catalog prior as `prior_strength` observations. The spread of a
-        score is estimated separately, with the prior worth only VARIANCE_PRIOR_WEIGHT
-        pass/fail observations (the widest spread its mean allows): graded scores usually
-        cluster far tighter than pass/fail outcomes, and a handful of them should say so.
+        With `own` (a task type's evidence), that evidence is left out, so a task type's own
+        outcomes count once in its estimate, not again through its prior.
         """
-        m0 = min(1.0, max(0.0, self._prior(model)))
-        k = self._k
+        pool = self._pool.get(model)
+        if own is not None and pool is not None:
+            rest = _Post()
+            rest.a, rest.b, rest.q = (max(0.0, pool.a - own.a), max(0.0, pool.b - own.b),
+                                      max(0.0, pool.q - own.q))
+            pool = rest
+        return _shape(_clamp(self._prior(model)), self._k, pool)
+
+    def _shape(self, task_type: str, model: str) -> tuple[float, float, float, float]:
+        """Posterior mean, variance of one score, total weight (prior included), observations."""
         models = self._types.get(task_type)
-        p = models.get(model) if models else None
-        a, n, q = (p.a, p.a + p.b, p.q) if p is not None else (0.0, 0.0, 0.0)
-        total = k + n
-        mean = (m0 * k + a) / total if total > 0.0 else m0
-        nu = VARIANCE_PRIOR_WEIGHT
-        var = m0 * (1.0 - m0)
-        if n > 0.0:
-            dm = a / n
-            data_var = max(0.0, q / n - dm * dm)
-            var = (nu * var + n * data_var + nu * n / (nu + n) * (dm - m0) ** 2) / (nu + n)
-        return mean, var, total, n
+        if models is None and task_type not in self._unseen and len(self._unseen) < 1024:
+            self._unseen[task_type] = None
+        own = models.get(model) if models else None
+        return _shape(self._pooled(model, own)[0], self._kt, own)
 
-    def _estimate(self, mean: float, var: float, total: float, n: float) -> QualityEstimate:
-        spread = self._z * math.sqrt(var / (total + 1.0))
-        return QualityEstimate(mean, n, min(1.0, max(0.0, mean - spread)))
-
-    def _vouched(self, model: str, floor: float) -> bool:
-        """True when the catalog prior alone proves the model for the floor."""
-        prior = min(1.0, max(0.0, self._prior(model)))
-        est = self._estimate(prior, prior * (1.0 - prior), self._k, 0.0)
-        return est.lower_bound >= floor
+    def _stats(self, task_type: str, model: str, p: _Post,
+               shape: tuple[float, float, float, float]) -> LearnedStats:
+        mean, var, total, n = shape
+        lower = _clamp(mean - self._z * math.sqrt(var / (total + 1.0)))
+        runs = p.s + p.f
+        return LearnedStats(task_type, model, mean, n, lower,
+                            p.s / runs if runs > 0 else None, p.g)
 
 
-class QualityGate:
-    """One decision's quality check: pass as `Signals.quality_check`, then read its verdicts.
+def _shape(m0: float, k: float, p: _Post | None) -> tuple[float, float, float, float]:
+    """Mean, variance of one score, total weight and observations of evidence over a prior.
 
-    After `select`, `explored(chosen.model)` tells the service what to pass to
-    `QualityBook.note_decision`, and `annotate` adds to each surviving alternative's reason the
-    estimate that qualified it (excluded ones already carry theirs).
+    The mean weighs the prior m0 as `k` observations. The spread of a score is estimated
+    separately, with the prior worth only VARIANCE_PRIOR_WEIGHT pass/fail observations (the
+    widest spread its mean allows): graded scores usually cluster far tighter than pass/fail
+    outcomes, and a handful of them should say so.
     """
-
-    __slots__ = ("_book", "_critical", "_rng", "verdicts")
-
-    def __init__(self, book: QualityBook, critical: bool, rng: random.Random | None) -> None:
-        self._book, self._critical, self._rng = book, critical, rng
-        self.verdicts: dict[str, Qualification] = {}
-
-    def __call__(self, task: Task, model: ModelSpec, floor: float) -> Verdict:
-        """Qualify one candidate; None when it clears the floor."""
-        q = self._book.qualify(task.task_type, model.name, floor, critical=self._critical,
-                               rng=self._rng)
-        self.verdicts[model.name] = q
-        return None if q.ok else (Rejection.QUALITY, q.reason)
-
-    def explored(self, model: str) -> bool:
-        """True when this gate admitted `model` by exploration."""
-        q = self.verdicts.get(model)
-        return q is not None and q.explored
-
-    def annotate(self, selection: Selection) -> Selection:
-        """The selection with '; proven: 0.86 (n=40, ...)' appended to qualified survivors."""
-        if not self.verdicts:
-            return selection
-        alts = tuple([
-            replace(a, reason=f"{a.reason}; {q.reason}")
-            if a.rejection in _PASSED and (q := self.verdicts.get(a.model)) is not None else a
-            for a in selection.alternatives
-        ])
-        chosen = selection.chosen
-        if chosen is not None:
-            chosen = next(a for a in alts if a.model == chosen.model)
-        return replace(selection, alternatives=alts, chosen=chosen)
+    a, n, q = (p.a, p.a + p.b, p.q) if p is not None else (0.0, 0.0, 0.0)
+    total = k + n
+    mean = (m0 * k + a) / total if total > 0.0 else m0
+    nu = VARIANCE_PRIOR_WEIGHT
+    var = m0 * (1.0 - m0)
+    if n > 0.0:
+        dm = a / n
+        data_var = max(0.0, q / n - dm * dm)
+        var = (nu * var + n * data_var + nu * n / (nu + n) * (dm - m0) ** 2) / (nu + n)
+    return mean, var, total, n
 
 
-def describe(est: QualityEstimate) -> str:
-    """'0.71 (n=3, lower bound 0.62)'; the bound is rounded down so it never reads as met."""
-    low = math.floor(est.lower_bound * 100.0 + 1e-9) / 100.0
-    return f"{est.mean:.2f} (n={est.samples:.0f}, lower bound {low:.2f})"
+def _clamp(x: float) -> float:
+    return min(1.0, max(0.0, x))
 
 
 def _touch(table: dict[str, T], key: str, limit: int, make: Callable[[], T]) -> T:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from routing_sidecar.core.catalog import Catalog, CompiledMatch
 from routing_sidecar.domain import Match, Objective, Policy, Task, TierRules
@@ -36,6 +36,14 @@ def resolve_objective(task: Task, policy: Policy, catalog: Catalog) -> Objective
         return policy.objective
     shape = catalog.first_shape(task)
     return shape.objective if shape is not None else Objective.BALANCED
+
+
+def is_critical(task: Task, policy: Policy, critical_lanes: Collection[str]) -> bool:
+    """True when the policy is critical or the task's `lane` label names a critical lane."""
+    if policy.critical:
+        return True
+    lane = task.labels.get("lane")
+    return lane is not None and lane in critical_lanes
 
 
 def tier_ceiling(

@@ -60,10 +60,12 @@ def _usd(micros: int) -> str:
 def render_decision(d: pb.Decision) -> str:
     """A readable table of a decision, its fallbacks and every alternative."""
     status = pb.DecisionStatus.Name(d.status).removeprefix("DECISION_STATUS_")
+    valued = any(a.HasField("expected_net_value_micros") for a in d.alternatives)
     code = pb.ReasonCode.Name(d.reason_code).removeprefix("REASON_CODE_")
     lines = [
         f"decision  {d.decision_id}  task {d.task_id}",
-        f"status    {status} ({code})" + ("  [dry run]" if d.dry_run else ""),
+        f"status    {status} ({code})" + ("  [dry run]" if d.dry_run else "")
+        + ("  [exploring]" if d.explored else ""),
         f"model     {d.model or '-'}  provider {d.provider or '-'}  tier {d.tier or '-'}"
         + (f"  slot {d.slot_id}" if d.slot_id else ""),
         f"policy    {d.policy}  objective "
@@ -73,12 +75,17 @@ def render_decision(d: pb.Decision) -> str:
         "fallbacks " + (" -> ".join(f"{f.model} ({f.provider})" for f in d.fallbacks) or "-"),
         "",
         f"{'model':<22} {'provider':<10} {'tier':>4} {'score':>7} {'est. cost':>12} {'qual':>5}"
-        "  outcome",
+        + (f" {'net value':>12}" if valued else "") + "  outcome",
     ]
     for a in d.alternatives:
+        net = ""
+        if valued:
+            shown = (_usd(a.expected_net_value_micros)
+                     if a.HasField("expected_net_value_micros") else "-")
+            net = f" {shown:>12}"
         lines.append(
             f"{a.model:<22} {a.provider:<10} {a.tier:>4} {a.score:>7.4f} "
-            f"{_usd(a.estimated_cost_micros):>12} {a.estimated_quality:>5.2f}  "
+            f"{_usd(a.estimated_cost_micros):>12} {a.estimated_quality:>5.2f}{net}  "
             f"{a.reason if a.reason.startswith(a.rejection) else f'{a.rejection}: {a.reason}'}"
         )
     return "\n".join(lines)

@@ -18,6 +18,7 @@ MAX_LABEL_KEY = 64
 MAX_LABEL_VALUE = 256
 MAX_LIST = 256
 MAX_TOKENS = 100_000_000
+MAX_VALUE_MICROS = 10**12  # a million dollars a task: more is a typo
 NAME_RE = re.compile(r"^[A-Za-z0-9_.:/@+\-]+$")
 SCOPE_QUERY_RE = re.compile(r"^[A-Za-z0-9_.:/@+*?\-]{1,160}$")
 
@@ -41,6 +42,7 @@ REASON_TO_PB = {
     domain.ReasonCode.NO_CAPABLE_MODEL: pb.REASON_CODE_NO_CAPABLE_MODEL,
     domain.ReasonCode.BUDGET_EXHAUSTED: pb.REASON_CODE_BUDGET_EXHAUSTED,
     domain.ReasonCode.CACHE_HIT: pb.REASON_CODE_CACHE_HIT,
+    domain.ReasonCode.BELOW_FLOOR: pb.REASON_CODE_BELOW_FLOOR,
 }
 PERIOD_TO_PB = {
     domain.BudgetPeriod.DAY: pb.BUDGET_PERIOD_DAY,
@@ -148,6 +150,12 @@ def task_from_pb(req: pb.RouteRequest) -> domain.Task:
             raise InvalidArgument("ev", "must be a finite number")
         ev = req.ev
     _count("exclude_models", req.exclude_models)
+    value = None
+    if req.HasField("value_micros"):
+        if not 0 <= req.value_micros <= MAX_VALUE_MICROS:
+            raise InvalidArgument("value_micros",
+                                  f"must be 0..{MAX_VALUE_MICROS} (got {req.value_micros})")
+        value = req.value_micros
     return domain.Task(
         task_id=_ident("task_id", req.task_id),
         task_type=_ident("task_type", req.task_type),
@@ -165,6 +173,7 @@ def task_from_pb(req: pb.RouteRequest) -> domain.Task:
         ),
         cache_key=_ident("cache_key", req.cache_key, required=False, max_len=256) or None,
         dry_run=req.dry_run,
+        value_micros=value,
     )
 
 
@@ -196,7 +205,7 @@ def budget_to_pb(b: domain.BudgetStatus) -> pb.BudgetStatus:
 
 
 def _alternative(a: domain.Alternative) -> pb.Alternative:
-    return pb.Alternative(
+    msg = pb.Alternative(
         model=a.model,
         provider=a.provider,
         tier=a.tier,
@@ -208,6 +217,9 @@ def _alternative(a: domain.Alternative) -> pb.Alternative:
         estimated_quality=a.estimated_quality,
         slot_id=a.slot_id or "",
     )
+    if a.net_value_micros is not None:
+        msg.expected_net_value_micros = a.net_value_micros
+    return msg
 
 
 def decision_to_pb(d: domain.Decision) -> pb.Decision:
@@ -240,6 +252,7 @@ def decision_to_pb(d: domain.Decision) -> pb.Decision:
         alternatives=[_alternative(a) for a in s.alternatives],
         budgets=[budget_to_pb(b) for b in d.budgets],
         dry_run=d.dry_run,
+        explored=s.explored,
     )
     msg.decided_at.CopyFrom(timestamp(d.decided_at))
     return msg

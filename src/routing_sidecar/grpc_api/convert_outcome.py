@@ -18,6 +18,7 @@ ATTEMPT_FROM_PB = {
     pb.ATTEMPT_STATUS_PERMANENT_ERROR: domain.AttemptStatus.PERMANENT_ERROR,
     pb.ATTEMPT_STATUS_TIMEOUT: domain.AttemptStatus.TIMEOUT,
     pb.ATTEMPT_STATUS_RATE_LIMITED: domain.AttemptStatus.RATE_LIMITED,
+    pb.ATTEMPT_STATUS_CANCELLED: domain.AttemptStatus.CANCELLED,
 }
 
 

@@ -95,6 +95,7 @@ ATTEMPT_STATUS = "routing.attempt.status"
 ATTEMPT_COST = "routing.attempt.cost_micros"
 ATTEMPT_ESTIMATED_COST = "routing.attempt.estimated_cost_micros"
 ATTEMPT_FALLBACK = "routing.attempt.fallback"
+ATTEMPT_OFF_PLAN = "routing.attempt.off_plan"
 
 # Candidates that were kept: everything else is a rejection worth an event.
 _KEPT = frozenset({domain.Rejection.CHOSEN, domain.Rejection.FALLBACK})
@@ -316,6 +317,7 @@ class Observer:
                 ATTEMPT_COST: a.actual_cost_micros,
                 ATTEMPT_ESTIMATED_COST: a.estimated_cost_micros,
                 ATTEMPT_FALLBACK: a.model != record.chosen_model,
+                ATTEMPT_OFF_PLAN: a.off_plan,
             }
             failed = a.status is not domain.AttemptStatus.SUCCESS
             if failed:

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
 from typing import Any, TypeVar
 
+import grpc
+
 from routing_sidecar import logs
 from routing_sidecar.errors import InvalidArgument
 from routing_sidecar.grpc_api import convert, convert_outcome, convert_stats, observe
@@ -108,7 +110,7 @@ class RouterServicer(pb_grpc.RouterServicer):
         """Every budget scope (or the requested ones) in its current period."""
         for i, scope in enumerate(request.scopes):
             convert.check_scope(f"scopes[{i}]", scope)
-        statuses = self._service.ledger.status(self._clock.now(), tuple(request.scopes))
+        statuses = await self._service.ledger.status(self._clock.now(), tuple(request.scopes))
         return convert_outcome.budget_list_to_pb(statuses)
 
     @unary
@@ -124,6 +126,14 @@ class RouterServicer(pb_grpc.RouterServicer):
         stats = await self._audit.routing_stats(since, tuple(request.label_keys))
         report = self._service.learner.report(now, self._service.catalog.providers())
         return convert_stats.stats_to_pb(stats, now, report)
+
+
+    async def Complete(
+        self, request: pb.CompleteRequest, context: Any
+    ) -> AsyncIterator[pb.CompleteEvent]:
+        """Execute mode is not served by this build yet."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Complete: execute mode is not served")
+        yield pb.CompleteEvent()  # pragma: no cover - abort raises
 
 
 def _problem(exc: InvalidArgument) -> str:

@@ -220,7 +220,7 @@ async def page(request: web.Request, b: Backend, s: Settings) -> web.Response:
     by = matrix_by(request)
     m, d, a = await asyncio.gather(documents.matrix(b, hours, by),
                                    documents.decisions(b, RECENT), documents.activity(b))
-    c, p = documents.costs(b), documents.performance(b)
+    c, p = await documents.costs(b), documents.performance(b)
     serving = await b.serving()
     parts = {
         "health": _badge("healthy", "SERVING", "health") if serving

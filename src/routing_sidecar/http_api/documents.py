@@ -14,7 +14,7 @@ from typing import Any
 from routing_sidecar import domain
 from routing_sidecar.http_api import views as v
 from routing_sidecar.http_api.backend import Backend
-from routing_sidecar.ports import ActivityBucket, DecisionView
+from routing_sidecar.ports import ActivityBucket, AuditedDecision
 
 HOUR_S = 3600.0
 MINUTE_S = 60.0
@@ -25,8 +25,8 @@ def _utilisation(b: domain.BudgetStatus) -> float:
     return (b.spent_micros + b.reserved_micros) / b.limit_micros if b.limit_micros else 0.0
 
 
-def costs(b: Backend) -> v.Costs:
-    """Every budget scope in its current period."""
+async def costs(b: Backend) -> v.Costs:
+    """Every budget scope in its current period, read where the totals live."""
     now = b.clock.now()
     budgets = [
         v.Budget(scope=s.scope, period=s.period.value, limit_micros=s.limit_micros,
@@ -34,7 +34,7 @@ def costs(b: Backend) -> v.Costs:
                  remaining_micros=s.remaining_micros, utilisation=_utilisation(s),
                  state=s.state.value, period_start=v.at_or_none(s.period_start),
                  period_end=v.at_or_none(s.period_end))
-        for s in b.routing.ledger.status(now)
+        for s in await b.routing.ledger.status(now)
     ]
     return v.Costs(generated_at=v.at(now), budgets=budgets)
 
@@ -97,7 +97,7 @@ def performance(b: Backend) -> v.Performance:
     routing = b.routing
     health = routing.learner.health
     report = routing.learner.report(now, routing.catalog.providers())
-    paused = routing.pauses.paused
+    paused = b.operator.pauses.paused
     models = []
     for name, m in sorted(routing.catalog.models.items()):
         breaker = health.breaker(f"model:{name}", now)
@@ -139,7 +139,7 @@ def _known(model: type[v.View], row: dict[str, Any]) -> dict[str, Any]:
     return {k: x for k, x in row.items() if k in model.model_fields}
 
 
-def decision_item(view: DecisionView) -> v.DecisionItem:
+def decision_item(view: AuditedDecision) -> v.DecisionItem:
     """One audited decision as the API shows it."""
     d = view.decision
     alternatives = [v.Alternative(**{**_known(v.Alternative, a),
@@ -217,5 +217,5 @@ def policies(b: Backend) -> v.Policies:
                                   config_hash=c.config_hash,
                                   changed_at=v.at(c.changed_at))
                for c in reversed(editor.changes)]
-    return v.Policies(config_hash=b.routing.config_hash, default_policy=cfg.default_policy,
+    return v.Policies(config_hash=b.routing.state.config_hash, default_policy=cfg.default_policy,
                       policies=out, rules=list(cfg.rules), changes=changes)

@@ -68,7 +68,7 @@ def matrix_by(request: web.Request) -> str:
 
 async def costs(request: web.Request, b: Backend, s: Settings) -> web.Response:
     """Budgets and spend by scope and period; the cache's figures."""
-    return json_response(dump(documents.costs(b)))
+    return json_response(dump(await documents.costs(b)))
 
 
 async def performance(request: web.Request, b: Backend, s: Settings) -> web.Response:

@@ -16,11 +16,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from routing_sidecar.config import RouterConfig, config_hash, validate_config
-from routing_sidecar.core.catalog import Catalog
 from routing_sidecar.core.health import BreakerState, HealthBook
 from routing_sidecar.errors import ConfigError, FailedPrecondition, NotFound
 from routing_sidecar.ports import AdminStore, Clock, PauseRecord, PolicyAction, PolicyChange
 from routing_sidecar.service.pauses import ModelPauses
+from routing_sidecar.service.routing import RoutingService
 
 log = logging.getLogger(__name__)
 
@@ -117,22 +117,21 @@ class PolicyEditor:
 class Operator:
     """Pauses models and resets breakers, persisting pauses so they survive a restart."""
 
-    def __init__(self, store: AdminStore, clock: Clock, pauses: Callable[[], ModelPauses],
-                 catalog: Callable[[], Catalog], health: Callable[[], HealthBook]) -> None:
+    def __init__(self, store: AdminStore, clock: Clock, routing: RoutingService,
+                 health: Callable[[], HealthBook]) -> None:
         self._store = store
         self._clock = clock
-        self._pauses = pauses
-        self._catalog = catalog
+        self._routing = routing
         self._health = health
+        self.pauses = ModelPauses()
 
     async def restore(self) -> None:
         """Load the stored pauses into routing."""
-        pauses = self._pauses()
-        for p in await self._store.load_pauses():
-            pauses.set(p)
+        self.pauses = ModelPauses(await self._store.load_pauses())
+        self._routing.set_paused(self.pauses.reasons())
 
     def _known(self, model: str) -> None:
-        if model not in self._catalog().models:
+        if model not in self._routing.catalog.models:
             raise NotFound(f"name: unknown model {model!r}")
 
     async def pause(self, model: str, reason: str = "") -> PauseRecord:
@@ -140,23 +139,25 @@ class Operator:
         self._known(model)
         pause = PauseRecord(model, self._clock.now(), reason)
         await self._store.set_pause(pause)
-        self._pauses().set(pause)
+        self.pauses.set(pause)
+        self._routing.set_paused(self.pauses.reasons())
         log.warning("model paused", extra={"model": model})
         return pause
 
     async def resume(self, model: str) -> bool:
         """Put a model back into routing; False when it was not paused."""
-        if model not in self._pauses().paused:
+        if model not in self.pauses.paused:
             self._known(model)
             return False
         await self._store.clear_pause(model)
-        self._pauses().clear(model)
+        self.pauses.clear(model)
+        self._routing.set_paused(self.pauses.reasons())
         log.warning("model resumed", extra={"model": model})
         return True
 
     def reset_breaker(self, scope: str, name: str) -> tuple[bool, BreakerState]:
         """Close a model's or provider's breaker by hand; (whether it had state, the breaker)."""
-        catalog = self._catalog()
+        catalog = self._routing.catalog
         known = catalog.models if scope == "model" else catalog.providers()
         if name not in known:
             raise NotFound(f"name: unknown {scope} {name!r}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import bisect
 from collections import deque
 
+from routing_sidecar.domain import TierRules
+
 
 class EvWindow:
     """Recent EVs kept both in arrival order (to evict) and sorted (for O(1) percentiles)."""
@@ -15,6 +17,18 @@ class EvWindow:
         self._size = size
         self._pct = percentile
         self._min = min_samples
+
+    @classmethod
+    def of(cls, tiers: TierRules) -> EvWindow:
+        """An empty window with the tier settings' size, percentile and minimum history."""
+        return cls(tiers.ev_window, tiers.ev_percentile, tiers.ev_min_samples)
+
+    def resized(self, tiers: TierRules) -> EvWindow:
+        """A window with new settings holding the most recent of this window's EVs."""
+        window = EvWindow.of(tiers)
+        for ev in list(self._order)[-tiers.ev_window:]:
+            window.add(ev)
+        return window
 
     def __len__(self) -> int:
         return len(self._order)

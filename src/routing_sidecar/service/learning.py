@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -14,11 +13,10 @@ from routing_sidecar.core.learning import (
     LearnedStats,
     LearningSnapshot,
     QualityBook,
-    QualityGate,
     QualityRow,
     ShareRow,
-    is_critical,
 )
+from routing_sidecar.settings import RouterSettings
 
 HEALTH_BOOK = "health"
 QUALITY_BOOK = "quality"
@@ -37,40 +35,30 @@ class LearnerReport:
 class Learner:
     """Owns the HealthBook and QualityBook; the only place the service touches either."""
 
-    def __init__(
-        self,
-        health: HealthBook,
-        quality: QualityBook,
-        critical_lanes: frozenset[str],
-        rng: random.Random,
-    ) -> None:
+    def __init__(self, health: HealthBook, quality: QualityBook) -> None:
         self.health = health
         self.quality = quality
-        self.critical_lanes = critical_lanes
-        self._rng = rng
 
-    def is_critical(self, task: domain.Task, policy: domain.Policy) -> bool:
-        """True on a critical policy or lane: only proven models, never exploration."""
-        return is_critical(task, policy, self.critical_lanes)
+    @classmethod
+    def of(cls, settings: RouterSettings) -> Learner:
+        """Fresh books for a config: its health settings, its learning settings and priors."""
+        priors = {name: m.quality for name, m in settings.models.items()}
+        return cls(HealthBook(settings.health),
+                   QualityBook(settings.learning, lambda name: priors.get(name, 0.5)))
 
-    def gate(self, task: domain.Task, policy: domain.Policy) -> QualityGate:
-        """The quality check for one decision; critical lanes and policies never explore."""
-        return self.quality.gate(self.is_critical(task, policy), self._rng)
+    def reconfigure(self, settings: RouterSettings) -> None:
+        """Swap in books with a reloaded config's settings and priors, keeping what was learned."""
+        fresh = Learner.of(settings)
+        fresh.health.restore(self.health.snapshot())
+        fresh.quality.restore(self.quality.snapshot())
+        self.health, self.quality = fresh.health, fresh.quality
 
-    def after_decision(
-        self, task: domain.Task, selection: domain.Selection, gate: QualityGate,
-        model: domain.ModelSpec | None, now: float, *, explored: bool = False,
-    ) -> None:
-        """Consume a half-open probe and count exploration, for real (not dry-run) decisions.
-
-        `explored` marks a choice of an unproven model made outside the gate.
-        """
-        if task.dry_run:
-            return
+    def after_decision(self, task_type: str, model: domain.ModelSpec | None, explored: bool,
+                       now: float) -> None:
+        """Consume a half-open probe and count exploration, for real (not dry-run) decisions."""
         if model is not None:
             self.health.on_routed(model, now)
-            explored = explored or gate.explored(model.name)
-        self.quality.note_decision(task.task_type, explored)
+        self.quality.note_decision(task_type, explored and model is not None)
 
     def observe(
         self,
@@ -85,7 +73,9 @@ class Learner:
         if not attempts:
             return
         self.health.record_outcome(attempts, now, lane=labels.get("lane"))
-        self.quality.observe(task_type, attempts[-1].model, success, quality)
+        final = attempts[-1]
+        if final.status is not domain.AttemptStatus.CANCELLED or quality is not None:
+            self.quality.observe(task_type, final.model, success, quality)
 
     def report(self, now: float, providers: Iterable[str]) -> LearnerReport:
         """Health rows, detection states (every catalog provider listed) and learned quality."""
@@ -100,12 +90,11 @@ class Learner:
         snap = self.quality.snapshot()
         return {
             HEALTH_BOOK: json.dumps([dataclasses.asdict(r) for r in self.health.snapshot()]),
-            QUALITY_BOOK: json.dumps(
-                {
-                    "estimates": [dataclasses.asdict(r) for r in snap.estimates],
-                    "shares": [dataclasses.asdict(r) for r in snap.shares],
-                }
-            ),
+            QUALITY_BOOK: json.dumps({
+                "estimates": [dataclasses.asdict(r) for r in snap.estimates],
+                "shares": [dataclasses.asdict(r) for r in snap.shares],
+                "pooled": [dataclasses.asdict(r) for r in snap.pooled],
+            }),
         }
 
     def load(self, books: Mapping[str, str | None]) -> None:
@@ -116,9 +105,8 @@ class Learner:
         quality = books.get(QUALITY_BOOK)
         if quality:
             raw = json.loads(quality)
-            self.quality.restore(
-                LearningSnapshot(
-                    estimates=tuple(QualityRow(**r) for r in raw["estimates"]),
-                    shares=tuple(ShareRow(**r) for r in raw["shares"]),
-                )
-            )
+            self.quality.restore(LearningSnapshot(
+                estimates=tuple(QualityRow(**r) for r in raw["estimates"]),
+                shares=tuple(ShareRow(**r) for r in raw["shares"]),
+                pooled=tuple(QualityRow(**r) for r in raw.get("pooled", ())),
+            ))

@@ -1,4 +1,4 @@
-"""ReportOutcome: record attempts, settle the reservation at the actual cost, exactly once."""
+"""ReportOutcome: check, record attempts, settle each to its own budgets, exactly once."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from routing_sidecar import domain
-from routing_sidecar.core.budget import Ledger
+from routing_sidecar.core.budget_rules import NO_CHANGE
 from routing_sidecar.core.catalog import Catalog
-from routing_sidecar.errors import InvalidArgument, NotFound, StorageError
+from routing_sidecar.core.outcome_checks import DEFAULT_LIMITS, check_outcome
+from routing_sidecar.errors import NotFound, StorageError
 from routing_sidecar.ports import (
     AttemptRecord,
     AuditLog,
+    BudgetBook,
     Clock,
     DecisionRecord,
     OutcomeRecord,
@@ -20,6 +22,7 @@ from routing_sidecar.ports import (
 )
 from routing_sidecar.service.budgets import AlertHook, log_alerts
 from routing_sidecar.service.learning import Learner
+from routing_sidecar.settings import OutcomeLimits
 
 HOUR_S = 3600.0
 
@@ -37,30 +40,7 @@ class OutcomeAck:
     attempts: tuple[AttemptRecord, ...] = ()
 
 
-def check_attempts(outcome: domain.Outcome, catalog: Catalog) -> tuple[domain.Attempt, ...]:
-    """Refuse attempts on models the catalog does not know; fill in missing providers."""
-    out = []
-    for i, a in enumerate(outcome.attempts):
-        spec = catalog.models.get(a.model)
-        if spec is None:
-            raise InvalidArgument(f"attempts[{i}].model", f"unknown model {a.model!r}")
-        if a.provider and a.provider != spec.provider:
-            raise InvalidArgument(
-                f"attempts[{i}].provider",
-                f"model {a.model!r} is served by {spec.provider!r}, not {a.provider!r}",
-            )
-        out.append(a if a.provider else _with_provider(a, spec.provider))
-    return tuple(out)
-
-
-def _with_provider(a: domain.Attempt, provider: str) -> domain.Attempt:
-    return domain.Attempt(
-        a.model, provider, a.status, a.error_type, a.started_at, a.duration_s,
-        a.input_tokens, a.output_tokens, a.cost_micros, a.retry_after_s,
-    )
-
-
-def _estimates(record: DecisionRecord) -> dict[str, int]:
+def plan_of(record: DecisionRecord) -> dict[str, int]:
     """Estimated cost per model the decision named: the choice and its fallbacks."""
     est = {f["model"]: int(f["estimated_cost_micros"]) for f in json.loads(record.fallbacks_json)}
     if record.chosen_model:
@@ -93,14 +73,16 @@ class OutcomeService:
     def __init__(
         self,
         catalog: Callable[[], Catalog],
-        ledger: Ledger,
+        ledger: BudgetBook,
         audit: AuditLog,
         clock: Clock,
         learner: Learner,
+        limits: OutcomeLimits = DEFAULT_LIMITS,
     ) -> None:
         self._catalog = catalog
         self._ledger = ledger
         self._learner = learner
+        self.limits = limits
         self.alert_hook: AlertHook | None = None  # set by the app to count crossings
         self._audit = audit
         self._clock = clock
@@ -108,58 +90,53 @@ class OutcomeService:
     async def report(self, outcome: domain.Outcome) -> OutcomeAck:
         """Record an outcome once; a repeat changes nothing and says it was a duplicate."""
         catalog = self._catalog()
-        attempts = check_attempts(outcome, catalog)
         record = await self._audit.get_decision(outcome.decision_id)
         if record is None:
             raise NotFound(f"decision_id: no decision {outcome.decision_id!r}")
         now = self._clock.now()
+        plan = plan_of(record)
+        checked = check_outcome(outcome, catalog, plan, record.decided_at, now, self.limits)
         labels: dict[str, str] = json.loads(record.labels_json)
-        estimates = _estimates(record)
-        rows, actual = [], 0
-        for i, a in enumerate(attempts):
-            cost = a.cost_micros
-            if cost is None:
-                cost = catalog.models[a.model].cost_micros(a.input_tokens, a.output_tokens)
-            actual += cost
-            rows.append(
-                AttemptRecord.from_attempt(
-                    record.decision_id, i, a, estimates.get(a.model, 0), cost
-                )
-            )
-        change = None
+        rows = [AttemptRecord.from_attempt(record.decision_id, i, c.attempt,
+                                           plan.get(c.attempt.model, 0), c.cost_micros,
+                                           c.off_plan)
+                for i, c in enumerate(checked)]
+        actual = sum(c.cost_micros for c in checked)
+        change = NO_CHANGE
         if not record.dry_run:
-            charges = [(catalog.models[a.model], r.actual_cost_micros)
-                       for a, r in zip(attempts, rows, strict=True)]
-            change = self._ledger.settle_attempts(
-                record.decision_id, labels, record.policy, charges, now
-            )
-        entries = change.entries if change else ()
+            change = await self._ledger.settle(
+                record.decision_id, labels, record.policy, record.task_id,
+                [(catalog.models[c.attempt.model], c.cost_micros) for c in checked],
+                record.decided_at, now)
         result = OutcomeRecord(record.decision_id, outcome.success, outcome.quality, actual, now)
-        performance = _performance(record.task_type, rows, outcome, now)
         try:
             fresh = await self._audit.record_outcome(
-                record.decision_id, rows, result, entries, performance
-            )
+                record.decision_id, rows, result, change.entries,
+                _performance(record.task_type, rows, outcome, now))
         except StorageError:
-            self._ledger.revert(entries)
+            await self._ledger.revert(change)
             raise
-        if change:
-            log_alerts(change.alerts, self.alert_hook)
-        if fresh:
-            self._learner.observe(
-                record.task_type, labels, attempts,
-                outcome.success, outcome.quality, now,
-            )
-        budgets = self._budgets(record, labels, catalog, now)
-        return OutcomeAck(
-            record.decision_id, actual, duplicate=not fresh, budgets=budgets,
-            decision=record, attempts=tuple(rows),
-        )
+        if not fresh:
+            # A repeat (or the loser of a race with the first report): undo its charges and
+            # answer with what was recorded the first time.
+            await self._ledger.revert(change)
+            recorded = await self._audit.get_outcome(record.decision_id)
+            return OutcomeAck(record.decision_id,
+                              recorded.actual_cost_micros if recorded else actual,
+                              duplicate=True, budgets=self._budgets(record, labels, catalog, now),
+                              decision=record)
+        log_alerts(change.alerts, self.alert_hook)
+        self._learner.observe(record.task_type, labels, [c.attempt for c in checked],
+                              outcome.success, outcome.quality, now)
+        return OutcomeAck(record.decision_id, actual, duplicate=False,
+                          budgets=self._budgets(record, labels, catalog, now), decision=record,
+                          attempts=tuple(rows))
 
-    def _budgets(
-        self, record: DecisionRecord, labels: dict[str, str], catalog: Catalog, now: float
-    ) -> tuple[domain.BudgetStatus, ...]:
-        if not record.chosen_model or record.chosen_model not in catalog.models:
+    def _budgets(self, record: DecisionRecord, labels: dict[str, str], catalog: Catalog,
+                 now: float) -> tuple[domain.BudgetStatus, ...]:
+        model = catalog.models.get(record.chosen_model or "")
+        if model is None:
             return ()
-        model = catalog.models[record.chosen_model]
-        return tuple(self._ledger.statuses_for(labels, model, record.policy, now))
+        return tuple(self._ledger.statuses_for(labels, model, record.policy, record.task_id,
+                                               now))
+

@@ -1,19 +1,22 @@
-"""Models an operator took out of routing: a capability filter the decision lists as `paused`."""
+"""Models an operator took out of routing: the records behind RoutingState.paused."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from routing_sidecar.core.health import clock
-from routing_sidecar.domain import ModelSpec, Rejection, Task
 from routing_sidecar.ports import PauseRecord
 
-Verdict = tuple[Rejection, str] | None
+
+def pause_reason(pause: PauseRecord) -> str:
+    """What a paused model's candidate says ("paused: by an operator since 12:03:10Z: ...")."""
+    note = f": {pause.reason}" if pause.reason else ""
+    return f"by an operator since {clock(pause.paused_at)}{note}"
 
 
 class ModelPauses:
-    """The paused models; swapped whole on every change, so a decision reads one version."""
+    """The paused models by name; swapped whole on every change."""
 
     def __init__(self, pauses: Iterable[PauseRecord] = ()) -> None:
         self._by_model: Mapping[str, PauseRecord] = MappingProxyType({p.model: p for p in pauses})
@@ -22,6 +25,10 @@ class ModelPauses:
     def paused(self) -> Mapping[str, PauseRecord]:
         """Paused models by name."""
         return self._by_model
+
+    def reasons(self) -> dict[str, str]:
+        """Each paused model with the reason its candidate is given, for RoutingState.paused."""
+        return {name: pause_reason(p) for name, p in self._by_model.items()}
 
     def set(self, pause: PauseRecord) -> None:
         """Take a model out of routing (replacing an earlier pause of it)."""
@@ -35,16 +42,3 @@ class ModelPauses:
             {name: p for name, p in self._by_model.items() if name != model}
         )
         return True
-
-    def as_filter(self) -> Callable[[Task, ModelSpec, int], Verdict]:
-        """A selection capability filter over the pauses as they stand now."""
-        by_model = self._by_model
-
-        def paused_filter(task: Task, model: ModelSpec, cost: int) -> Verdict:
-            pause = by_model.get(model.name)
-            if pause is None:
-                return None
-            note = f": {pause.reason}" if pause.reason else ""
-            return Rejection.PAUSED, f"paused by an operator since {clock(pause.paused_at)}{note}"
-
-        return paused_filter

@@ -1,24 +1,31 @@
-"""Route: validate against the catalog, decide, reserve budget, audit, then answer."""
+"""Route: snapshot the view, decide, reserve budget, audit, then answer.
+
+`RoutingService` owns the clock, the ids, the view and the reservation; the decision itself is
+`core.decide`. Everything derived from the config is one `RoutingState`, swapped whole on
+reload, so no decision ever sees half of two configs.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import random
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from routing_sidecar import domain
-from routing_sidecar.core.budget import Ledger
-from routing_sidecar.core.budget_rules import LedgerEntry
+from routing_sidecar.core.budget_rules import NO_CHANGE, LedgerChange
 from routing_sidecar.core.catalog import Catalog
+from routing_sidecar.core.decide import decide
 from routing_sidecar.core.rules import resolve_policy
-from routing_sidecar.core.selection import Signals, select
-from routing_sidecar.errors import Internal, InvalidArgument, StorageError
-from routing_sidecar.ports import AuditLog, Clock, DecisionRecord
-from routing_sidecar.service.budgets import AlertHook, apply_on_exceed, log_alerts
+from routing_sidecar.errors import InvalidArgument, StorageError, Unavailable
+from routing_sidecar.ports import AuditLog, BudgetBook, Clock, DecisionRecord
+from routing_sidecar.service.budgets import AlertHook, log_alerts
 from routing_sidecar.service.ev import EvWindow
 from routing_sidecar.service.learning import Learner
-from routing_sidecar.service.pauses import ModelPauses
+from routing_sidecar.service.view import Uncallable, build_view
+from routing_sidecar.settings import RouterSettings
 
 
 def new_decision_id() -> str:
@@ -42,27 +49,35 @@ class TraceIds:
 
 
 NO_TRACE = TraceIds()
+# A shared ledger may refuse a reservation the local copy allowed (other sidecars spent in the
+# meantime); the task is decided again on the fresh totals, at most this many times in all.
+RESERVE_ROUNDS = 3
+_NONE_PAUSED: Mapping[str, str] = MappingProxyType({})
 
 
-def best_estimate(
-    task: domain.Task, catalog: Catalog, signals: Signals, blocked: domain.Selection
-) -> domain.Selection:
-    """When no model is proven above the quality floor, judge by the estimate itself.
+@dataclass(frozen=True, slots=True)
+class RoutingState:
+    """Everything derived from one config that a decision reads; replaced whole on reload."""
 
-    Refusing would keep every model unproven forever at a high floor; routing to a model
-    whose estimated quality meets the floor lets its outcome prove or disprove it. Budgets,
-    breakers and every other filter still apply; a floor no estimate meets still rejects.
-    """
-    if not any(a.rejection is domain.Rejection.QUALITY for a in blocked.alternatives):
-        return blocked
-    relaxed = select(task, catalog, dataclasses.replace(signals, quality_check=None))
-    if relaxed.chosen is None:
-        return blocked
-    return dataclasses.replace(
-        relaxed,
-        reason=f"{relaxed.reason} No model is proven above the quality floor yet, so the "
-        "choice rests on estimated quality alone.",
-    )
+    settings: RouterSettings
+    catalog: Catalog
+    config_hash: str = ""
+    # Models an operator took out of routing, with why.
+    paused: Mapping[str, str] = field(default_factory=lambda: _NONE_PAUSED)
+
+    @classmethod
+    def of(cls, settings: RouterSettings, config_hash: str = "") -> RoutingState:
+        """The state of a settings object: its catalog built once."""
+        return cls(settings, Catalog.from_settings(settings), config_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """One decision made and reserved in memory, waiting for its audit row to commit."""
+
+    decision: domain.Decision
+    record: DecisionRecord
+    change: LedgerChange
 
 
 class RoutingService:
@@ -70,113 +85,118 @@ class RoutingService:
 
     def __init__(
         self,
-        catalog: Catalog,
+        state: RoutingState,
         clock: Clock,
-        ledger: Ledger,
+        ledger: BudgetBook,
         audit: AuditLog,
         learner: Learner,
         *,
-        config_hash: str = "",
-        reservation_ttl_s: float = 900.0,
         new_id: Callable[[], str] = new_decision_id,
+        rng: random.Random | None = None,
     ) -> None:
-        self.catalog = catalog
+        self.state = state
         self.ledger = ledger
         self.learner = learner
         self.alert_hook: AlertHook | None = None  # set by the app to count crossings
-        self.pauses = ModelPauses()  # models an operator took out of routing
-        self.config_hash = config_hash
-        self.reservation_ttl_s = reservation_ttl_s
         self._audit = audit
         self._clock = clock
         self._new_id = new_id
-        tiers = catalog.tiers
-        self.ev_window = EvWindow(tiers.ev_window, tiers.ev_percentile, tiers.ev_min_samples)
+        self._rng = rng or random.Random()  # exploration draws; the core takes randomness here
+        self.ev_window = EvWindow.of(state.settings.tiers)
 
-    def decide(
-        self, task: domain.Task, trace: TraceIds = NO_TRACE
-    ) -> tuple[domain.Decision, DecisionRecord, tuple[LedgerEntry, ...]]:
-        """Decide and reserve synchronously: no await, so no other request interleaves."""
-        check_task(task, self.catalog)
-        now = self._clock.now()
-        selection, policy = self._select(task, now)
+    @property
+    def catalog(self) -> Catalog:
+        """The catalog decisions are made against now."""
+        return self.state.catalog
+
+    def apply(self, state: RoutingState) -> None:
+        """Swap in a reloaded config's state everywhere it is derived (no await: atomic).
+
+        The catalog, priors, health and learning settings, critical lanes, tiers and the EV
+        window change; the ledger keeps its entries under the new rules, and the books keep
+        what they learned.
+        """
+        self.ev_window = self.ev_window.resized(state.settings.tiers)
+        self.ledger.replace_rules(state.settings.budgets)
+        self.learner.reconfigure(state.settings)
+        # Operator pauses are not config: a reload keeps them.
+        self.state = dataclasses.replace(state, paused=self.state.paused)
+
+    def set_paused(self, paused: Mapping[str, str]) -> None:
+        """Swap in the models an operator took out of routing, with why (no await: atomic)."""
+        self.state = dataclasses.replace(self.state, paused=MappingProxyType(dict(paused)))
+
+    async def decide(self, task: domain.Task, trace: TraceIds = NO_TRACE,
+                     uncallable: Uncallable | None = None) -> Decided:
+        """Decide and reserve; the audit row is left for `commit`.
+
+        The view and the reservation are one step with nothing in between for the embedded
+        ledger. A shared ledger checks again atomically as it reserves: when other sidecars
+        spent what this one's copy did not show, the reservation is refused and the task is
+        decided again on the fresh totals it returned. `uncallable` (execute mode) takes out
+        the models the sidecar cannot call itself.
+        """
+        state = self.state
+        check_task(task, state.catalog)
         decision_id = self._new_id()
-        entries: tuple[LedgerEntry, ...] = ()
-        budgets: tuple[domain.BudgetStatus, ...] = ()
-        chosen = selection.chosen
-        if chosen is not None:
-            model = self.catalog.models[chosen.model]
-            if not task.dry_run:
-                entries = self._reserve(decision_id, task, model, policy, chosen, now)
-            budgets = tuple(self.ledger.statuses_for(task.labels, model, policy, now))
-        decision = domain.Decision(
-            decision_id=decision_id,
-            task_id=task.task_id,
-            decided_at=now,
-            selection=selection,
-            dry_run=task.dry_run,
-            budgets=budgets,
-        )
-        record = DecisionRecord.from_decision(
-            decision, task, self.config_hash, trace.trace_id, trace.span_id
-        )
-        return decision, record, entries
+        for round_ in range(1, RESERVE_ROUNDS + 1):
+            now = self._clock.now()
+            selection, policy = self._select(task, state, now, uncallable)
+            chosen = selection.chosen
+            model = state.catalog.models[chosen.model] if chosen is not None else None
+            if model is None or chosen is None or task.dry_run:
+                break
+            ttl = state.settings.ledger.reservation_ttl_s
+            block, change = await self.ledger.reserve(
+                decision_id, task.labels, model, policy, task.task_id,
+                chosen.estimated_cost_micros, now, now + ttl)
+            if block is None:
+                log_alerts(change.alerts, self.alert_hook)
+                return self._decided(task, trace, decision_id, selection, model, policy,
+                                     change, now)
+            if round_ == RESERVE_ROUNDS:
+                raise Unavailable("budgets are changing too fast to reserve on; retry")
+        return self._decided(task, trace, decision_id, selection, model, policy, NO_CHANGE, now)
 
-    def _select(self, task: domain.Task, now: float) -> tuple[domain.Selection, str]:
-        """Run the core with budgets, breakers and learned quality; returns it and the policy."""
-        policy = resolve_policy(task, self.catalog)
-        gate = self.learner.gate(task, policy)
-        health = self.learner.health
-        signals = Signals(
-            ev_threshold=self.ev_window.threshold(),
-            capability_filters=(self.pauses.as_filter(), health.as_filter(now)),
-            cost_filters=(self.ledger.as_filter(policy.name, now),),
-            quality=self.learner.quality.quality,
-            penalty=health.penalty_fn(now),
-            quality_check=gate,
-        )
-        selection = select(task, self.catalog, signals)
-        selection = apply_on_exceed(
-            task, self.catalog, signals, self.ledger, policy.name, now, selection
-        )
-        selection = gate.annotate(selection)
-        unproven = selection.chosen is None and not self.learner.is_critical(task, policy)
-        if unproven:
-            selection = best_estimate(task, self.catalog, signals, selection)
-        chosen = selection.chosen
-        self.learner.after_decision(
-            task, selection, gate, self.catalog.models[chosen.model] if chosen else None, now,
-            explored=unproven and chosen is not None,
-        )
+    def _select(self, task: domain.Task, state: RoutingState, now: float,
+                uncallable: Uncallable | None) -> tuple[domain.Selection, str]:
+        policy = resolve_policy(task, state.catalog)
+        view = build_view(task, policy, state, self.learner, self.ledger,
+                          self.ev_window.threshold(), now, self._rng, uncallable)
+        return decide(task, state.catalog, view), policy.name
+
+    def _decided(self, task: domain.Task, trace: TraceIds, decision_id: str,
+                 selection: domain.Selection, model: domain.ModelSpec | None, policy: str,
+                 change: LedgerChange, now: float) -> Decided:
+        """Count the decision (probe, exploration, EV) once, and build its answer and row."""
+        budgets: tuple[domain.BudgetStatus, ...] = ()
+        if model is not None:
+            budgets = tuple(self.ledger.statuses_for(task.labels, model, policy, task.task_id,
+                                                     now))
+        if not task.dry_run:
+            self.learner.after_decision(task.task_type, model, selection.explored, now)
         # The task's own EV joins the window after it is judged, so it never raises its own bar.
         if task.ev is not None:
             self.ev_window.add(task.ev)
-        return selection, policy.name
-
-    def _reserve(
-        self, decision_id: str, task: domain.Task, model: domain.ModelSpec, policy: str,
-        chosen: domain.Alternative, now: float,
-    ) -> tuple[LedgerEntry, ...]:
-        result = self.ledger.reserve(
-            decision_id, task.labels, model, policy, chosen.estimated_cost_micros,
-            now, now + self.reservation_ttl_s,
-        )
-        if not result.ok:
-            # Unreachable while check and reserve share one synchronous step; if that ever
-            # breaks, fail loudly rather than answer with an unreserved decision.
-            raise Internal("budget reservation failed after the budget check passed")
-        log_alerts(result.alerts, self.alert_hook)
-        return result.entries
+        decision = domain.Decision(decision_id, task.task_id, now, selection, task.dry_run,
+                                   budgets)
+        record = DecisionRecord.from_decision(decision, task, self.state.config_hash,
+                                              trace.trace_id, trace.span_id)
+        return Decided(decision, record, change)
 
     async def route(self, task: domain.Task, trace: TraceIds = NO_TRACE) -> domain.Decision:
         """Decide one task; acknowledged only once its audit row and reservation commit.
 
         `trace` names the caller's span so ReportOutcome can attach attempt spans to it later.
         """
-        decision, record, entries = self.decide(task, trace)
+        decided = await self.decide(task, trace)
+        await self.commit(decided)
+        return decided.decision
+
+    async def commit(self, decided: Decided) -> None:
+        """Write a decision's audit row with its reservation rows; undo them if that fails."""
         try:
-            await self._audit.record_decision(record, entries)
+            await self._audit.record_decision(decided.record, decided.change.entries)
         except StorageError:
-            self.ledger.revert(entries)
+            await self.ledger.revert(decided.change)
             raise
-        return decision

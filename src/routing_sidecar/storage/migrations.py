@@ -1,12 +1,15 @@
 """Schema migrations keyed by `PRAGMA user_version`: script N brings the file to version N.
 
-Scripts only ever get appended. Each one uses IF NOT EXISTS, so re-running it is harmless, and
+Scripts only ever get appended. Each one uses IF NOT EXISTS (or, for a new column, checks
+the table first), so re-running it is harmless, and
 each runs in its own transaction together with the version bump, so a crash mid-migration
 leaves the previous version intact. Tables are STRICT (SQLite >= 3.37) so a float can never
 slip into a micro-USD column.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import aiosqlite
 
@@ -111,9 +114,30 @@ CREATE TABLE IF NOT EXISTS learned_state (
 ) STRICT;
 """
 
+
+@dataclass(frozen=True, slots=True)
+class AddColumn:
+    """A column added to an existing table (SQLite has no ADD COLUMN IF NOT EXISTS)."""
+
+    table: str
+    column: str
+    declaration: str
+
+    async def sql(self, conn: aiosqlite.Connection) -> str:
+        """The ALTER TABLE statement, or nothing when the column is already there."""
+        rows = await conn.execute_fetchall(f"PRAGMA table_info({self.table})")
+        if any(r[1] == self.column for r in rows):
+            return ""
+        return f"ALTER TABLE {self.table} ADD COLUMN {self.column} {self.declaration};"
+
+
+# Attempts on a model the decision's plan did not name (the orchestrator improvised).
+_V3 = AddColumn("model_selections", "off_plan", "INTEGER NOT NULL DEFAULT 0")
+
+
 # The admin HTTP API: policy edits (each producing a config version in routing_policies),
 # models an operator paused, and spend by the hour it was reported in.
-_V3 = """
+_V4 = """
 CREATE TABLE IF NOT EXISTS routing_policy_changes (
     version               INTEGER PRIMARY KEY,
     policy                TEXT NOT NULL,
@@ -132,7 +156,7 @@ CREATE TABLE IF NOT EXISTS model_pauses (
 CREATE INDEX IF NOT EXISTS outcomes_by_time ON decision_outcomes (reported_at);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[str | AddColumn, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -149,7 +173,8 @@ async def migrate(conn: aiosqlite.Connection) -> int:
         raise StorageError(
             f"database schema version {version} is newer than this build's {SCHEMA_VERSION}"
         )
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        script = step if isinstance(step, str) else await step.sql(conn)
         try:
             await conn.executescript(
                 f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"

@@ -87,6 +87,8 @@ class _ReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasonCode
     REASON_CODE_NO_CAPABLE_MODEL: _ReasonCode.ValueType  # 4
     REASON_CODE_BUDGET_EXHAUSTED: _ReasonCode.ValueType  # 5
     REASON_CODE_CACHE_HIT: _ReasonCode.ValueType  # 6
+    REASON_CODE_BELOW_FLOOR: _ReasonCode.ValueType  # 7
+    """No capable model's estimate meets the quality floor: the best estimate was routed."""
 
 class ReasonCode(_ReasonCode, metaclass=_ReasonCodeEnumTypeWrapper):
     """ReasonCode says, in a machine-readable way, why the decision has its status."""
@@ -100,6 +102,8 @@ REASON_CODE_AWAITING_SLOT: ReasonCode.ValueType  # 3
 REASON_CODE_NO_CAPABLE_MODEL: ReasonCode.ValueType  # 4
 REASON_CODE_BUDGET_EXHAUSTED: ReasonCode.ValueType  # 5
 REASON_CODE_CACHE_HIT: ReasonCode.ValueType  # 6
+REASON_CODE_BELOW_FLOOR: ReasonCode.ValueType  # 7
+"""No capable model's estimate meets the quality floor: the best estimate was routed."""
 Global___ReasonCode: _TypeAlias = ReasonCode  # noqa: Y015
 
 class _BudgetPeriod:
@@ -156,6 +160,8 @@ class _AttemptStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Attempt
     ATTEMPT_STATUS_PERMANENT_ERROR: _AttemptStatus.ValueType  # 3
     ATTEMPT_STATUS_TIMEOUT: _AttemptStatus.ValueType  # 4
     ATTEMPT_STATUS_RATE_LIMITED: _AttemptStatus.ValueType  # 5
+    ATTEMPT_STATUS_CANCELLED: _AttemptStatus.ValueType  # 6
+    """The caller went away (cancelled, deadline) while the call was running."""
 
 class AttemptStatus(_AttemptStatus, metaclass=_AttemptStatusEnumTypeWrapper):
     """AttemptStatus is how one call to a model ended."""
@@ -166,6 +172,8 @@ ATTEMPT_STATUS_TRANSIENT_ERROR: AttemptStatus.ValueType  # 2
 ATTEMPT_STATUS_PERMANENT_ERROR: AttemptStatus.ValueType  # 3
 ATTEMPT_STATUS_TIMEOUT: AttemptStatus.ValueType  # 4
 ATTEMPT_STATUS_RATE_LIMITED: AttemptStatus.ValueType  # 5
+ATTEMPT_STATUS_CANCELLED: AttemptStatus.ValueType  # 6
+"""The caller went away (cancelled, deadline) while the call was running."""
 Global___AttemptStatus: _TypeAlias = AttemptStatus  # noqa: Y015
 
 @_typing.final
@@ -270,6 +278,7 @@ class RouteRequest(_message.Message):
     EXCLUDE_MODELS_FIELD_NUMBER: _builtins.int
     CACHE_KEY_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    VALUE_MICROS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     task_type: _builtins.str
     priority: _builtins.int
@@ -284,6 +293,11 @@ class RouteRequest(_message.Message):
     cache_key: _builtins.str
     dry_run: _builtins.bool
     """Decide and audit, but reserve nothing."""
+    value_micros: _builtins.int
+    """What a good result of this task is worth to the caller, in micro-USD. When set, the
+    router chooses the capable model with the highest expected net value (value x estimated
+    quality - estimated cost), and the tier ceiling gives way to that arithmetic.
+    """
     @_builtins.property
     def requires(self) -> Global___Requirements: ...
     @_builtins.property
@@ -313,14 +327,20 @@ class RouteRequest(_message.Message):
         exclude_models: _abc.Iterable[_builtins.str] | None = ...,
         cache_key: _builtins.str = ...,
         dry_run: _builtins.bool = ...,
+        value_micros: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_ev", b"_ev", "ev", b"ev", "requires", b"requires"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ev", b"_ev", "_value_micros", b"_value_micros", "ev", b"ev", "requires", b"requires", "value_micros", b"value_micros"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ev", b"_ev", "available_slots", b"available_slots", "cache_key", b"cache_key", "dry_run", b"dry_run", "estimated_input_tokens", b"estimated_input_tokens", "ev", b"ev", "exclude_models", b"exclude_models", "labels", b"labels", "max_output_tokens", b"max_output_tokens", "objective", b"objective", "policy", b"policy", "priority", b"priority", "requires", b"requires", "task_id", b"task_id", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ev", b"_ev", "_value_micros", b"_value_micros", "available_slots", b"available_slots", "cache_key", b"cache_key", "dry_run", b"dry_run", "estimated_input_tokens", b"estimated_input_tokens", "ev", b"ev", "exclude_models", b"exclude_models", "labels", b"labels", "max_output_tokens", b"max_output_tokens", "objective", b"objective", "policy", b"policy", "priority", b"priority", "requires", b"requires", "task_id", b"task_id", "task_type", b"task_type", "value_micros", b"value_micros"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ev: _TypeAlias = _typing.Literal["ev"]  # noqa: Y015
     _WhichOneofArgType__ev: _TypeAlias = _typing.Literal["_ev", b"_ev"]  # noqa: Y015
+    _WhichOneofReturnType__value_micros: _TypeAlias = _typing.Literal["value_micros"]  # noqa: Y015
+    _WhichOneofArgType__value_micros: _TypeAlias = _typing.Literal["_value_micros", b"_value_micros"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__ev) -> _WhichOneofReturnType__ev | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value_micros) -> _WhichOneofReturnType__value_micros | None: ...
 
 Global___RouteRequest: _TypeAlias = RouteRequest  # noqa: Y015
 
@@ -373,6 +393,7 @@ class Alternative(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     ESTIMATED_QUALITY_FIELD_NUMBER: _builtins.int
     SLOT_ID_FIELD_NUMBER: _builtins.int
+    EXPECTED_NET_VALUE_MICROS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     provider: _builtins.str
     tier: _builtins.int
@@ -382,14 +403,16 @@ class Alternative(_message.Message):
     chosen: _builtins.bool
     rejection: _builtins.str
     """Short machine-readable code: chosen, fallback, outscored, capability, min_tier,
-    context_window, max_cost, excluded, paused (taken out of routing by an operator),
-    no_slot, tier_reserved, budget, circuit_open, quality.
+    context_window, max_cost, excluded, no_slot, tier_reserved, budget, circuit_open, quality,
+    no_credentials (execute mode: the sidecar cannot call the model's provider itself).
     """
     reason: _builtins.str
     """Why, in words a person can read."""
     estimated_quality: _builtins.float
     """The quality estimate for this task type that qualified or excluded the model."""
     slot_id: _builtins.str
+    expected_net_value_micros: _builtins.int
+    """value x estimated quality - estimated cost, when the request carried a value."""
     def __init__(
         self,
         *,
@@ -403,12 +426,15 @@ class Alternative(_message.Message):
         reason: _builtins.str = ...,
         estimated_quality: _builtins.float = ...,
         slot_id: _builtins.str = ...,
+        expected_net_value_micros: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_net_value_micros", b"_expected_net_value_micros", "expected_net_value_micros", b"expected_net_value_micros"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chosen", b"chosen", "estimated_cost_micros", b"estimated_cost_micros", "estimated_quality", b"estimated_quality", "model", b"model", "provider", b"provider", "reason", b"reason", "rejection", b"rejection", "score", b"score", "slot_id", b"slot_id", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_net_value_micros", b"_expected_net_value_micros", "chosen", b"chosen", "estimated_cost_micros", b"estimated_cost_micros", "estimated_quality", b"estimated_quality", "expected_net_value_micros", b"expected_net_value_micros", "model", b"model", "provider", b"provider", "reason", b"reason", "rejection", b"rejection", "score", b"score", "slot_id", b"slot_id", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__expected_net_value_micros: _TypeAlias = _typing.Literal["expected_net_value_micros"]  # noqa: Y015
+    _WhichOneofArgType__expected_net_value_micros: _TypeAlias = _typing.Literal["_expected_net_value_micros", b"_expected_net_value_micros"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_net_value_micros) -> _WhichOneofReturnType__expected_net_value_micros | None: ...
 
 Global___Alternative: _TypeAlias = Alternative  # noqa: Y015
 
@@ -483,6 +509,9 @@ class Decision(_message.Message):
     BUDGETS_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
     DECIDED_AT_FIELD_NUMBER: _builtins.int
+    EXPLORED_FIELD_NUMBER: _builtins.int
+    CACHED_VALUE_FIELD_NUMBER: _builtins.int
+    CACHE_SOURCE_DECISION_ID_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     task_id: _builtins.str
     status: Global___DecisionStatus.ValueType
@@ -497,6 +526,15 @@ class Decision(_message.Message):
     reason: _builtins.str
     """One sentence a person can read."""
     dry_run: _builtins.bool
+    explored: _builtins.bool
+    """The chosen model was tried by exploration: an unproven model, within the task type's
+    exploration share, so that the router learns what it can do.
+    """
+    cached_value: _builtins.bytes
+    """CACHE_HIT in decision mode: the value an earlier outcome stored under the request's
+    cache_key, and the decision that produced it.
+    """
+    cache_source_decision_id: _builtins.str
     @_builtins.property
     def fallbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Fallback]: ...
     @_builtins.property
@@ -525,10 +563,13 @@ class Decision(_message.Message):
         budgets: _abc.Iterable[Global___BudgetStatus] | None = ...,
         dry_run: _builtins.bool = ...,
         decided_at: _timestamp_pb2.Timestamp | None = ...,
+        explored: _builtins.bool = ...,
+        cached_value: _builtins.bytes = ...,
+        cache_source_decision_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternatives", b"alternatives", "budgets", b"budgets", "decided_at", b"decided_at", "decision_id", b"decision_id", "dry_run", b"dry_run", "estimated_cost_micros", b"estimated_cost_micros", "fallbacks", b"fallbacks", "model", b"model", "objective", b"objective", "policy", b"policy", "provider", b"provider", "reason", b"reason", "reason_code", b"reason_code", "slot_id", b"slot_id", "status", b"status", "task_id", b"task_id", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternatives", b"alternatives", "budgets", b"budgets", "cache_source_decision_id", b"cache_source_decision_id", "cached_value", b"cached_value", "decided_at", b"decided_at", "decision_id", b"decision_id", "dry_run", b"dry_run", "estimated_cost_micros", b"estimated_cost_micros", "explored", b"explored", "fallbacks", b"fallbacks", "model", b"model", "objective", b"objective", "policy", b"policy", "provider", b"provider", "reason", b"reason", "reason_code", b"reason_code", "slot_id", b"slot_id", "status", b"status", "task_id", b"task_id", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -550,6 +591,9 @@ class Attempt(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     COST_MICROS_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    HEDGED_FIELD_NUMBER: _builtins.int
+    OFF_PLAN_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     provider: _builtins.str
     status: Global___AttemptStatus.ValueType
@@ -558,6 +602,12 @@ class Attempt(_message.Message):
     output_tokens: _builtins.int
     cost_micros: _builtins.int
     """Actual cost; computed from the catalog's prices when absent."""
+    index: _builtins.int
+    """Execute mode: the attempt's place in the provenance (0 first), whether it was a hedge
+    started beside a slow attempt, and whether the decision's plan named its model.
+    """
+    hedged: _builtins.bool
+    off_plan: _builtins.bool
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -579,10 +629,13 @@ class Attempt(_message.Message):
         output_tokens: _builtins.int = ...,
         cost_micros: _builtins.int | None = ...,
         retry_after: _duration_pb2.Duration | None = ...,
+        index: _builtins.int = ...,
+        hedged: _builtins.bool = ...,
+        off_plan: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_micros", b"_cost_micros", "cost_micros", b"cost_micros", "duration", b"duration", "retry_after", b"retry_after", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_micros", b"_cost_micros", "cost_micros", b"cost_micros", "duration", b"duration", "error_type", b"error_type", "input_tokens", b"input_tokens", "model", b"model", "output_tokens", b"output_tokens", "provider", b"provider", "retry_after", b"retry_after", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_micros", b"_cost_micros", "cost_micros", b"cost_micros", "duration", b"duration", "error_type", b"error_type", "hedged", b"hedged", "index", b"index", "input_tokens", b"input_tokens", "model", b"model", "off_plan", b"off_plan", "output_tokens", b"output_tokens", "provider", b"provider", "retry_after", b"retry_after", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_micros: _TypeAlias = _typing.Literal["cost_micros"]  # noqa: Y015
     _WhichOneofArgType__cost_micros: _TypeAlias = _typing.Literal["_cost_micros", b"_cost_micros"]  # noqa: Y015
@@ -600,10 +653,17 @@ class Outcome(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     SUCCESS_FIELD_NUMBER: _builtins.int
     QUALITY_FIELD_NUMBER: _builtins.int
+    CACHE_VALUE_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     success: _builtins.bool
     quality: _builtins.float
-    """Quality of the final result, 0..1, when the caller grades it."""
+    """Quality of the final result, 0..1, when the caller grades it. Sent alone (no attempts)
+    for a decision whose outcome is already recorded (execute mode), it grades it.
+    """
+    cache_value: _builtins.bytes
+    """Decision mode: the result to store in the response cache under the request's cache_key,
+    when the outcome succeeded (bounded in size; opaque to the sidecar).
+    """
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]: ...
     def __init__(
@@ -613,10 +673,11 @@ class Outcome(_message.Message):
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
         success: _builtins.bool = ...,
         quality: _builtins.float | None = ...,
+        cache_value: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_quality", b"_quality", "quality", b"quality"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quality", b"_quality", "attempts", b"attempts", "decision_id", b"decision_id", "quality", b"quality", "success", b"success"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quality", b"_quality", "attempts", b"attempts", "cache_value", b"cache_value", "decision_id", b"decision_id", "quality", b"quality", "success", b"success"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__quality: _TypeAlias = _typing.Literal["quality"]  # noqa: Y015
     _WhichOneofArgType__quality: _TypeAlias = _typing.Literal["_quality", b"_quality"]  # noqa: Y015
@@ -953,3 +1014,228 @@ class RoutingStats(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RoutingStats: _TypeAlias = RoutingStats  # noqa: Y015
+
+@_typing.final
+class ChatMessage(_message.Message):
+    """ChatMessage is one message of a conversation sent to a model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    """system | user | assistant"""
+    content: _builtins.str
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        content: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+
+@_typing.final
+class CacheOptions(_message.Message):
+    """CacheOptions steer the response cache for one request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NO_CACHE_FIELD_NUMBER: _builtins.int
+    NO_STORE_FIELD_NUMBER: _builtins.int
+    TTL_S_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    no_cache: _builtins.bool
+    """Do not look the request up (still stored unless no_store)."""
+    no_store: _builtins.bool
+    """Do not store the answer."""
+    ttl_s: _builtins.int
+    """How long a stored answer is served; 0 means the configured cache.ttl_s."""
+    namespace: _builtins.str
+    """Entries are shared only within one namespace (and one tenant, by partition labels)."""
+    def __init__(
+        self,
+        *,
+        no_cache: _builtins.bool = ...,
+        no_store: _builtins.bool = ...,
+        ttl_s: _builtins.int = ...,
+        namespace: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "no_cache", b"no_cache", "no_store", b"no_store", "ttl_s", b"ttl_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheOptions: _TypeAlias = CacheOptions  # noqa: Y015
+
+@_typing.final
+class CompleteRequest(_message.Message):
+    """CompleteRequest asks the sidecar to decide and then run the task itself."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    stream: _builtins.bool
+    """Send text deltas as they arrive; otherwise the text comes whole in done."""
+    temperature: _builtins.float
+    response_format: _builtins.str
+    """"text" (default) or "json_object"."""
+    @_builtins.property
+    def route(self) -> Global___RouteRequest:
+        """The task's metadata, decided exactly as Route decides it."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]: ...
+    @_builtins.property
+    def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def cache(self) -> Global___CacheOptions: ...
+    def __init__(
+        self,
+        *,
+        route: Global___RouteRequest | None = ...,
+        messages: _abc.Iterable[Global___ChatMessage] | None = ...,
+        stream: _builtins.bool = ...,
+        temperature: _builtins.float | None = ...,
+        stop: _abc.Iterable[_builtins.str] | None = ...,
+        cache: Global___CacheOptions | None = ...,
+        response_format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "cache", b"cache", "route", b"route", "temperature", b"temperature"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "cache", b"cache", "messages", b"messages", "response_format", b"response_format", "route", b"route", "stop", b"stop", "stream", b"stream", "temperature", b"temperature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
+    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+
+Global___CompleteRequest: _TypeAlias = CompleteRequest  # noqa: Y015
+
+@_typing.final
+class TextDelta(_message.Message):
+    """TextDelta is a piece of the answer, in the order it was produced."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextDelta: _TypeAlias = TextDelta  # noqa: Y015
+
+@_typing.final
+class CompleteDone(_message.Message):
+    """CompleteDone ends every Complete stream, success or not."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_MICROS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CACHE_HIT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    decision_id: _builtins.str
+    success: _builtins.bool
+    model: _builtins.str
+    """The model and provider that produced the answer (the last attempt's when none did)."""
+    provider: _builtins.str
+    text: _builtins.str
+    """The whole answer when the request did not stream (and on a cache hit)."""
+    finish_reason: _builtins.str
+    """stop | length | tool_calls | content_filter | error | cancelled | ..."""
+    input_tokens: _builtins.int
+    output_tokens: _builtins.int
+    cost_micros: _builtins.int
+    """Charged for every attempt together."""
+    cache_hit: _builtins.bool
+    error: _builtins.str
+    """Why the task failed, in words, when it did."""
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]: ...
+    def __init__(
+        self,
+        *,
+        decision_id: _builtins.str = ...,
+        success: _builtins.bool = ...,
+        model: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        text: _builtins.str = ...,
+        finish_reason: _builtins.str = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        cost_micros: _builtins.int = ...,
+        attempts: _abc.Iterable[Global___Attempt] | None = ...,
+        cache_hit: _builtins.bool = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache_hit", b"cache_hit", "cost_micros", b"cost_micros", "decision_id", b"decision_id", "error", b"error", "finish_reason", b"finish_reason", "input_tokens", b"input_tokens", "model", b"model", "output_tokens", b"output_tokens", "provider", b"provider", "success", b"success", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteDone: _TypeAlias = CompleteDone  # noqa: Y015
+
+@_typing.final
+class CompleteEvent(_message.Message):
+    """CompleteEvent is one event of a Complete stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def decision(self) -> Global___Decision: ...
+    @_builtins.property
+    def delta(self) -> Global___TextDelta: ...
+    @_builtins.property
+    def attempt(self) -> Global___Attempt: ...
+    @_builtins.property
+    def done(self) -> Global___CompleteDone: ...
+    def __init__(
+        self,
+        *,
+        decision: Global___Decision | None = ...,
+        delta: Global___TextDelta | None = ...,
+        attempt: Global___Attempt | None = ...,
+        done: Global___CompleteDone | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "decision", b"decision", "delta", b"delta", "done", b"done", "event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "decision", b"decision", "delta", b"delta", "done", b"done", "event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["decision", "delta", "attempt", "done"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___CompleteEvent: _TypeAlias = CompleteEvent  # noqa: Y015

@@ -60,6 +60,11 @@ class RouterStub:
                 request_serializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.StatsQuery.SerializeToString,
                 response_deserializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.RoutingStats.FromString,
                 _registered_method=True)
+        self.Complete = channel.unary_stream(
+                '/routing_sidecar.v1.Router/Complete',
+                request_serializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CompleteRequest.SerializeToString,
+                response_deserializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CompleteEvent.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -101,6 +106,16 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Complete(self, request, context):
+        """Complete decides exactly as Route does, then makes the call itself (execute mode): the
+        chosen model, then its fallbacks, with retries, streaming and the provenance of every
+        attempt. Events come in order: decision, then per attempt its deltas and one attempt,
+        then done (always last, success or not).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +143,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.GetRoutingStats,
                     request_deserializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.StatsQuery.FromString,
                     response_serializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.RoutingStats.SerializeToString,
+            ),
+            'Complete': grpc.unary_stream_rpc_method_handler(
+                    servicer.Complete,
+                    request_deserializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CompleteRequest.FromString,
+                    response_serializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CompleteEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +286,33 @@ class Router:
             '/routing_sidecar.v1.Router/GetRoutingStats',
             routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.StatsQuery.SerializeToString,
             routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.RoutingStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Complete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/routing_sidecar.v1.Router/Complete',
+            routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CompleteRequest.SerializeToString,
+            routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CompleteEvent.FromString,
             options,
             channel_credentials,
             insecure,

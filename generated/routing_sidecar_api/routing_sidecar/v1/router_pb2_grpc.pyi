@@ -48,6 +48,12 @@ class RouterStub:
     """GetBudgetStatus lists budget scopes with their spend, reservations and state."""
     GetRoutingStats: _grpc.UnaryUnaryMultiCallable[_router_pb2.StatsQuery, _router_pb2.RoutingStats]
     """GetRoutingStats returns the model x dimension matrix and per-provider totals."""
+    Complete: _grpc.UnaryStreamMultiCallable[_router_pb2.CompleteRequest, _router_pb2.CompleteEvent]
+    """Complete decides exactly as Route does, then makes the call itself (execute mode): the
+    chosen model, then its fallbacks, with retries, streaming and the provenance of every
+    attempt. Events come in order: decision, then per attempt its deltas and one attempt,
+    then done (always last, success or not).
+    """
 
 @_typing.type_check_only
 class RouterAsyncStub(RouterStub):
@@ -64,6 +70,12 @@ class RouterAsyncStub(RouterStub):
     """GetBudgetStatus lists budget scopes with their spend, reservations and state."""
     GetRoutingStats: _aio.UnaryUnaryMultiCallable[_router_pb2.StatsQuery, _router_pb2.RoutingStats]  # type: ignore[assignment]
     """GetRoutingStats returns the model x dimension matrix and per-provider totals."""
+    Complete: _aio.UnaryStreamMultiCallable[_router_pb2.CompleteRequest, _router_pb2.CompleteEvent]  # type: ignore[assignment]
+    """Complete decides exactly as Route does, then makes the call itself (execute mode): the
+    chosen model, then its fallbacks, with retries, streaming and the provenance of every
+    attempt. Events come in order: decision, then per attempt its deltas and one attempt,
+    then done (always last, success or not).
+    """
 
 class RouterServicer(metaclass=_abc_1.ABCMeta):
     """Router answers routing questions and learns from reported outcomes."""
@@ -107,5 +119,17 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.RoutingStats, _abc.Awaitable[_router_pb2.RoutingStats]]:
         """GetRoutingStats returns the model x dimension matrix and per-provider totals."""
+
+    @_abc_1.abstractmethod
+    def Complete(
+        self,
+        request: _router_pb2.CompleteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_router_pb2.CompleteEvent], _abc.AsyncIterator[_router_pb2.CompleteEvent]]:
+        """Complete decides exactly as Route does, then makes the call itself (execute mode): the
+        chosen model, then its fallbacks, with retries, streaming and the provenance of every
+        attempt. Events come in order: decision, then per attempt its deltas and one attempt,
+        then done (always last, success or not).
+        """
 
 def add_RouterServicer_to_server(servicer: RouterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,4 +1,4 @@
-"""select(): filters, tier reservation, slots, scoring, fallbacks, alternatives, reasons."""
+"""decide(): README steps 1-6, table by table: filters, tiers, slots, scoring, fallbacks, step 6."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ from collections.abc import Sequence
 import pytest
 
 from routing_sidecar.core.catalog import Catalog
-from routing_sidecar.core.selection import Signals, estimate_output_tokens, select
+from routing_sidecar.core.decide import decide, estimate_output_tokens
+from routing_sidecar.core.view import BudgetLine, DecisionView, Exploration, QualitySignal
 from routing_sidecar.domain import (
+    BudgetPeriod,
+    BudgetRule,
     DecisionStatus,
     ModelSpec,
     Objective,
+    OnExceed,
     Policy,
     ReasonCode,
     Rejection,
@@ -69,7 +73,7 @@ def chosen(sel: Selection) -> str:
     ],
 )
 def test_objective_picks(objective: Objective, priority: int, expected: str) -> None:
-    sel = select(task(priority=priority, objective=objective), catalog())
+    sel = decide(task(priority=priority, objective=objective), catalog())
     assert chosen(sel) == expected
     assert sel.objective is objective
 
@@ -78,12 +82,13 @@ def test_objective_picks(objective: Objective, priority: int, expected: str) -> 
     ("priority", "tier"), [(0, 1), (94, 1), (95, 3), (100, 3)]
 )
 def test_priority_override_claims_reserved_tiers(priority: int, tier: int) -> None:
-    sel = select(task(priority=priority, objective=Objective.QUALITY), catalog())
+    sel = decide(task(priority=priority, objective=Objective.QUALITY), catalog())
     assert sel.chosen is not None and sel.chosen.tier == tier
 
 
 def test_reserved_reason_explains_the_missing_claim() -> None:
-    sel = select(task(ev=0.4, objective=Objective.QUALITY), catalog(), Signals(ev_threshold=12.0))
+    sel = decide(task(ev=0.4, objective=Objective.QUALITY), catalog(),
+                 DecisionView(ev_threshold=12.0))
     assert alt(sel, "a3") == (
         Rejection.TIER_RESERVED,
         "tier 3 reserved: ev 0.40 not above recent P90 12.00 and priority 50 < 95",
@@ -103,13 +108,14 @@ def test_reserved_reason_explains_the_missing_claim() -> None:
     ],
 )
 def test_ev_claims_reserved_tiers(ev: float | None, threshold: float | None, claims: bool) -> None:
-    sel = select(task(ev=ev, objective=Objective.QUALITY), catalog(), Signals(threshold))
+    sel = decide(task(ev=ev, objective=Objective.QUALITY), catalog(),
+                 DecisionView(ev_threshold=threshold))
     assert (chosen(sel) == "a3") is claims
     assert (alt(sel, "a3")[0] is Rejection.TIER_RESERVED) is not claims
 
 
 def test_min_tier_raises_the_ceiling_to_the_cheapest_capable_tier() -> None:
-    sel = select(task(requires=Requirements(min_tier=2), objective=Objective.QUALITY), catalog())
+    sel = decide(task(requires=Requirements(min_tier=2), objective=Objective.QUALITY), catalog())
     assert chosen(sel) == "a2"
     assert alt(sel, "a1") == (Rejection.MIN_TIER, "tier 1 below required tier 2")
     assert alt(sel, "a3")[0] is Rejection.TIER_RESERVED
@@ -117,7 +123,7 @@ def test_min_tier_raises_the_ceiling_to_the_cheapest_capable_tier() -> None:
 
 def test_reserve_above_two_keeps_tier_two_open() -> None:
     cat = Catalog.build(MODELS, [Policy("main", ORDER)], tiers=TierRules(reserve_above=2))
-    sel = select(task(objective=Objective.QUALITY), cat)
+    sel = decide(task(objective=Objective.QUALITY), cat)
     assert chosen(sel) == "a2"
     assert alt(sel, "a3")[0] is Rejection.TIER_RESERVED
 
@@ -139,7 +145,7 @@ def test_docs_and_link_checks_never_get_tier_three(
     router_catalog: Catalog, task_type: str, priority: int, objective: Objective
 ) -> None:
     t = task(task_type, priority, objective=objective, ev=3.0)
-    sel = select(t, router_catalog, Signals(ev_threshold=10.0))
+    sel = decide(t, router_catalog, DecisionView(ev_threshold=10.0))
     assert sel.chosen is not None and sel.chosen.tier == 1
     assert all(f.tier == 1 for f in sel.fallbacks)
     for a in sel.alternatives:
@@ -154,7 +160,7 @@ def test_strategic_design_claims_tier_three_only_with_high_ev(
     router_catalog: Catalog, ev: float, threshold: float | None, tier: int
 ) -> None:
     t = task("strategic_design", ev=ev, estimated_input_tokens=30_000)
-    sel = select(t, router_catalog, Signals(ev_threshold=threshold))
+    sel = decide(t, router_catalog, DecisionView(ev_threshold=threshold))
     assert sel.objective is Objective.QUALITY
     assert sel.chosen is not None and sel.chosen.tier == tier
     if tier == 3:
@@ -164,12 +170,12 @@ def test_strategic_design_claims_tier_three_only_with_high_ev(
 
 
 def test_fix_bug_routes_under_code_with_fallbacks(router_catalog: Catalog) -> None:
-    sel = select(task("fix_bug", estimated_input_tokens=20_000), router_catalog)
+    sel = decide(task("fix_bug", estimated_input_tokens=20_000), router_catalog)
     assert (sel.status, sel.reason_code) == (DecisionStatus.ROUTED, ReasonCode.SELECTED)
     assert (sel.policy, sel.objective) == ("code", Objective.BALANCED)
     assert [a.model for a in sel.alternatives] == list(router_catalog.policies["code"].models)
     assert chosen(sel) == "minimax-m2"
-    assert [f.model for f in sel.fallbacks] == ["glm-4.6", "claude-haiku-4-5"]
+    assert [f.model for f in sel.fallbacks] == ["claude-haiku-4-5", "glm-4.6"]
     providers = [sel.chosen.provider] + [f.provider for f in sel.fallbacks]  # type: ignore[union-attr]
     assert len(set(providers)) == 3
     assert {a.model for a in sel.alternatives if a.rejection is Rejection.TIER_RESERVED} == {
@@ -178,7 +184,7 @@ def test_fix_bug_routes_under_code_with_fallbacks(router_catalog: Catalog) -> No
         20_000, 8_000)
     assert sel.reason.startswith(
         "minimax-m2 (minimax, tier 1) for fix_bug under policy code, objective balanced: "
-        "best score 0.8 at est. $0.0156"
+        "best score 0.765 at est. $0.0156"
     )
     assert sel.reason.endswith("; 4 higher-tier models reserved.")
 
@@ -187,14 +193,14 @@ def test_fix_bug_routes_under_code_with_fallbacks(router_catalog: Catalog) -> No
 
 
 def test_excluded_models_are_never_chosen() -> None:
-    sel = select(task(exclude_models=frozenset({"b1"})), catalog())
+    sel = decide(task(exclude_models=frozenset({"b1"})), catalog())
     assert chosen(sel) == "a1"
     assert alt(sel, "b1") == (Rejection.EXCLUDED, "excluded by the request")
 
 
 def test_capability_filter_names_what_is_missing() -> None:
     req = Requirements(capabilities=frozenset({"vision", "reasoning"}))
-    sel = select(task(requires=req), catalog())
+    sel = decide(task(requires=req), catalog())
     assert chosen(sel) == "a3"  # the only capable model, so its tier is the cheapest capable
     assert alt(sel, "a1") == (Rejection.CAPABILITY, "lacks capability: reasoning, vision")
     assert alt(sel, "a2") == (Rejection.CAPABILITY, "lacks capability: reasoning")
@@ -210,7 +216,7 @@ def test_prompt_that_does_not_fit_never_picks_the_model(
 ) -> None:
     t = task(estimated_input_tokens=input_tokens, max_output_tokens=output_tokens,
              objective=Objective.COST_SPEED, priority=99)
-    sel = select(t, catalog())
+    sel = decide(t, catalog())
     rejection, reason = alt(sel, "b1")
     assert (rejection is not Rejection.CONTEXT_WINDOW) is b1_fits
     if not b1_fits:
@@ -227,41 +233,44 @@ def test_context_penalty_steers_away_from_a_nearly_full_window() -> None:
     small = spec("small", "x", ctx=10_000)
     big = spec("big", "y", ctx=100_000)
     cat = catalog(Policy("main", ("small", "big")), models=(small, big))
-    assert chosen(select(task(estimated_input_tokens=5_000), cat)) == "small"
-    assert chosen(select(task(estimated_input_tokens=8_500), cat)) == "big"
+    assert chosen(decide(task(estimated_input_tokens=5_000), cat)) == "small"
+    assert chosen(decide(task(estimated_input_tokens=8_500), cat)) == "big"
 
 
-def test_quality_floor_uses_the_estimate_from_signals() -> None:
+def test_quality_floor_uses_the_estimate_from_the_view() -> None:
     t = task(requires=Requirements(min_quality=0.8))
-    sel = select(t, catalog())
+    sel = decide(t, catalog())
     assert chosen(sel) == "a2"  # tier 1 fails the floor, so tier 2 is the cheapest capable
-    assert alt(sel, "b1") == (Rejection.QUALITY, "estimated quality 0.72 below floor 0.80")
-    learned = Signals(quality=lambda kind, m: 0.9 if m.name == "b1" else m.quality)
-    sel = select(t, catalog(), learned)
+    assert alt(sel, "b1") == (
+        Rejection.QUALITY,
+        "unproven: 0.72 (n=0, lower bound 0.72) below floor 0.80; no exploration")
+    learned = DecisionView(quality={"b1": QualitySignal.known(0.9)})
+    sel = decide(t, catalog(), learned)
     assert chosen(sel) == "b1"
     assert sel.chosen is not None and sel.chosen.estimated_quality == 0.9
+    assert sel.chosen.reason == (
+        "chosen: best score; proven: 0.90 (n=0, lower bound 0.90) meets floor 0.80")
 
 
 def test_policy_quality_floor() -> None:
-    sel = select(task(), catalog(Policy("main", ORDER, quality_floor=0.71)))
+    sel = decide(task(), catalog(Policy("main", ORDER, quality_floor=0.71)))
     assert alt(sel, "a1")[0] is Rejection.QUALITY
     assert chosen(sel) == "b1"
 
 
-def test_capability_filter_drops_a_model_after_builtin_checks() -> None:
-    seen: list[tuple[str, int]] = []
-
-    def breaker(t: Task, m: ModelSpec, cost: int) -> tuple[Rejection, str] | None:
-        seen.append((m.name, cost))
-        return (Rejection.CIRCUIT_OPEN, f"circuit open for {m.provider}") if m.provider == "b" \
-            else None
-
+def test_open_circuit_drops_a_model_after_the_builtin_checks() -> None:
     t = task(exclude_models=frozenset({"a2"}))
-    sel = select(t, catalog(), Signals(capability_filters=(breaker,)))
+    view = DecisionView(breakers={"b1": "circuit open until 12:00:30Z", "a2": "circuit open"})
+    sel = decide(t, catalog(), view)
     assert chosen(sel) == "a1"
-    assert alt(sel, "b1") == (Rejection.CIRCUIT_OPEN, "circuit open for b")
-    assert alt(sel, "a2")[0] is Rejection.EXCLUDED
-    assert seen == [(m.name, m.cost_micros(1_000, 1_024)) for m in (A1, B1, A3, C3)]
+    assert alt(sel, "b1") == (Rejection.CIRCUIT_OPEN, "circuit open until 12:00:30Z")
+    assert alt(sel, "a2")[0] is Rejection.EXCLUDED  # the request's own exclusion comes first
+
+
+def test_paused_model_is_out_with_the_operator_reason() -> None:
+    sel = decide(task(), catalog(), DecisionView(paused={"b1": "by ops at 12:00Z"}))
+    assert chosen(sel) == "a1"
+    assert alt(sel, "b1") == (Rejection.EXCLUDED, "paused: by ops at 12:00Z")
 
 
 # --- stage B cost -----------------------------------------------------------------------
@@ -269,38 +278,40 @@ def test_capability_filter_drops_a_model_after_builtin_checks() -> None:
 
 def test_max_cost_per_task() -> None:
     cat = catalog(Policy("main", ORDER, max_cost_per_task_micros=10_000))
-    sel = select(task(priority=95, objective=Objective.QUALITY), cat)
+    sel = decide(task(priority=95, objective=Objective.QUALITY), cat)
     assert chosen(sel) == "b1"
     assert alt(sel, "a2") == (Rejection.MAX_COST, "est. $0.0184 above policy max $0.0100")
     assert alt(sel, "a3")[0] is Rejection.MAX_COST
     assert alt(sel, "c3")[0] is Rejection.MAX_COST
 
 
-def _budget(names: set[str] | None = None) -> Signals:
-    def headroom(t: Task, m: ModelSpec, cost: int) -> tuple[Rejection, str] | None:
-        if names is None or m.name in names:
-            return Rejection.BUDGET, f"project:alpha has less than {cost} micros left"
-        return None
-    return Signals(cost_filters=(headroom,))
+ALPHA = BudgetRule("project:alpha", BudgetPeriod.MONTH, 10_000)
 
 
-def test_budget_filter_on_every_model_rejects_with_budget_exhausted() -> None:
-    sel = select(task(priority=95), catalog(), _budget())
+def _budget(names: set[str] | None = None, rule: BudgetRule = ALPHA,
+            used: int = 9_999) -> DecisionView:
+    """Budget lines with `used` of the rule's limit spent, on the named models (all: None)."""
+    models = [m.name for m in MODELS if names is None or m.name in names]
+    return DecisionView(budgets={m: (BudgetLine(rule, "project:alpha", used),) for m in models})
+
+
+def test_budget_on_every_model_rejects_with_budget_exhausted() -> None:
+    sel = decide(task(priority=95), catalog(), _budget())
     assert (sel.status, sel.reason_code) == (DecisionStatus.REJECTED, ReasonCode.BUDGET_EXHAUSTED)
     assert sel.chosen is None and sel.fallbacks == ()
     assert {a.rejection for a in sel.alternatives} == {Rejection.BUDGET}
-    assert "budget" in sel.reason
+    assert "budget project:alpha/month exhausted; on_exceed reject" in sel.reason
 
 
 def test_budget_never_promotes_a_task_to_a_reserved_tier() -> None:
-    sel = select(task(), catalog(), _budget({"a1", "b1"}))
+    sel = decide(task(), catalog(), _budget({"a1", "b1"}))
     assert (sel.status, sel.reason_code) == (DecisionStatus.REJECTED, ReasonCode.BUDGET_EXHAUSTED)
     assert alt(sel, "c3")[0] is Rejection.TIER_RESERVED
 
 
 def test_max_cost_alone_is_no_capable_model() -> None:
     cat = catalog(Policy("main", ORDER, max_cost_per_task_micros=1))
-    sel = select(task(), cat)
+    sel = decide(task(), cat)
     assert (sel.status, sel.reason_code) == (DecisionStatus.REJECTED, ReasonCode.NO_CAPABLE_MODEL)
 
 
@@ -309,7 +320,7 @@ def test_max_cost_alone_is_no_capable_model() -> None:
 
 def test_no_free_capable_slot_awaits_instead_of_rejecting() -> None:
     slots = (Slot("s-a3", "a3", 0.1), Slot("s-a1", "a1", 1.0))
-    sel = select(task(available_slots=slots), catalog())
+    sel = decide(task(available_slots=slots), catalog())
     assert (sel.status, sel.reason_code) == (DecisionStatus.AWAIT_SLOT, ReasonCode.AWAITING_SLOT)
     assert sel.chosen is None
     assert alt(sel, "a1") == (Rejection.NO_SLOT, "every offered slot is full")
@@ -320,7 +331,7 @@ def test_no_free_capable_slot_awaits_instead_of_rejecting() -> None:
 
 def test_slot_for_an_incapable_model_only_is_rejected_not_awaited() -> None:
     req = Requirements(capabilities=frozenset({"audio"}))
-    sel = select(task(requires=req, available_slots=(Slot("s1", "a1"),)), catalog())
+    sel = decide(task(requires=req, available_slots=(Slot("s1", "a1"),)), catalog())
     assert (sel.status, sel.reason_code) == (DecisionStatus.REJECTED, ReasonCode.NO_CAPABLE_MODEL)
 
 
@@ -333,7 +344,7 @@ def test_slot_for_an_incapable_model_only_is_rejected_not_awaited() -> None:
     ],
 )
 def test_slot_choice(slots: tuple[Slot, ...], model: str, slot_id: str) -> None:
-    sel = select(task(available_slots=slots), catalog())
+    sel = decide(task(available_slots=slots), catalog())
     assert chosen(sel) == model
     assert sel.chosen is not None and sel.chosen.slot_id == slot_id
 
@@ -350,7 +361,7 @@ def test_ties_go_to_lowest_utilisation_then_policy_order(
 ) -> None:
     slots = () if utilisation is None else (
         Slot("s1", "t1", utilisation[0]), Slot("s2", "t2", utilisation[1]))
-    sel = select(task(available_slots=slots), catalog(Policy("main", ("t1", "t2")), models=TWINS))
+    sel = decide(task(available_slots=slots), catalog(Policy("main", ("t1", "t2")), models=TWINS))
     assert chosen(sel) == expected
     assert sel.alternatives[0].score == sel.alternatives[1].score
     other = "t2" if expected == "t1" else "t1"
@@ -381,7 +392,7 @@ def test_fallback_chain_switches_provider_first(
 ) -> None:
     cat = catalog(Policy("main", tuple(m.name for m in models), objective=Objective.QUALITY,
                          fallbacks=fallbacks), models=models)
-    sel = select(task(), cat)
+    sel = decide(task(), cat)
     assert chosen(sel) == "x1"
     assert [f.model for f in sel.fallbacks] == chain
     reasons = [a.reason for a in sel.alternatives if a.rejection is Rejection.FALLBACK]
@@ -406,7 +417,7 @@ INVARIANT_TASKS = [
 
 @pytest.mark.parametrize("t", INVARIANT_TASKS, ids=lambda t: t.task_type)
 def test_every_candidate_appears_once_and_one_is_chosen(router_catalog: Catalog, t: Task) -> None:
-    sel = select(t, router_catalog, Signals(ev_threshold=10.0))
+    sel = decide(t, router_catalog, DecisionView(ev_threshold=10.0))
     policy = router_catalog.policies[sel.policy]
     assert [a.model for a in sel.alternatives] == list(policy.models)
     chosen_alts = [a for a in sel.alternatives if a.chosen]
@@ -427,9 +438,9 @@ def test_every_candidate_appears_once_and_one_is_chosen(router_catalog: Catalog,
 
 
 def test_outscored_reason_compares_scores() -> None:
-    sel = select(task(), catalog(Policy("main", ("b1", "a1", "a2"), fallbacks=0)))
+    sel = decide(task(), catalog(Policy("main", ("b1", "a1", "a2"), fallbacks=0)))
     assert chosen(sel) == "b1"
-    assert alt(sel, "a1") == (Rejection.OUTSCORED, "score 0.6457 below chosen 0.81")
+    assert alt(sel, "a1") == (Rejection.OUTSCORED, "score 0.7551 below chosen 0.775")
     assert alt(sel, "b1") == (Rejection.CHOSEN, "chosen: best score")
     assert sel.alternatives[2].score == 0.0  # a2 reserved before scoring
     assert sel.reason.endswith("; 1 higher-tier model reserved.")
@@ -440,16 +451,16 @@ def test_deterministic(router_catalog: Catalog, t: Task) -> None:
     from routing_sidecar.config import load_config
     from tests.unit.conftest import ROUTER_YAML
 
-    fresh = Catalog.from_config(load_config(ROUTER_YAML))
-    signals = Signals(ev_threshold=10.0)
-    first = select(t, router_catalog, signals)
-    assert select(t, router_catalog, signals) == first
-    assert select(t, fresh, signals) == first
+    fresh = Catalog.from_settings(load_config(ROUTER_YAML).settings())
+    signals = DecisionView(ev_threshold=10.0)
+    first = decide(t, router_catalog, signals)
+    assert decide(t, router_catalog, signals) == first
+    assert decide(t, fresh, signals) == first
 
 
 def test_unknown_override_policy_is_invalid_argument() -> None:
     with pytest.raises(InvalidArgument, match="policy: unknown policy 'nope'"):
-        select(task(policy="nope"), catalog())
+        decide(task(policy="nope"), catalog())
 
 
 @pytest.mark.parametrize(
@@ -458,3 +469,172 @@ def test_unknown_override_policy_is_invalid_argument() -> None:
 def test_estimate_output_tokens(task_out: int, policy_out: int | None, expected: int) -> None:
     t = task(max_output_tokens=task_out)
     assert estimate_output_tokens(t, Policy("p", ("a1",), max_output_tokens=policy_out)) == expected
+
+
+# --- step 6: budgets that downgrade or reject ------------------------------------------------
+
+DAY = BudgetRule("global", BudgetPeriod.DAY, 10_000, on_exceed=OnExceed.DOWNGRADE)
+ALPHA_REJECT = BudgetRule("project:alpha", BudgetPeriod.MONTH, 10_000, on_exceed=OnExceed.REJECT)
+TASK_CAP = BudgetRule("task", BudgetPeriod.TASK, 5_000, on_exceed=OnExceed.DOWNGRADE)
+
+
+def lines(rule: BudgetRule, key: str, used: int, models: Sequence[str]) -> DecisionView:
+    return DecisionView(budgets={m: (BudgetLine(rule, key, used),) for m in models})
+
+
+@pytest.mark.parametrize(
+    ("view", "status", "code", "model", "words"),
+    [
+        # 2,000 left: the preferred b1 (est. 2,548) does not fit a budget that downgrades,
+        # and neither does anything else, so the reason says no downgrade was possible.
+        (lines(DAY, "global", 8_000, ["b1", "a1"]), DecisionStatus.REJECTED,
+         ReasonCode.BUDGET_EXHAUSTED, None, "no cheaper model fits to downgrade to"),
+        # With room for a1 but a model budget on b1 alone, the task downgrades to a1.
+        (lines(DAY, "model:b1", 9_000, ["b1"]), DecisionStatus.ROUTED,
+         ReasonCode.DOWNGRADED, "a1", "Downgraded from b1: budget model:b1/day exhausted."),
+        # A budget that rejects refuses the task, never quietly running a lesser model.
+        (lines(ALPHA_REJECT, "project:alpha", 9_000, ["b1"]), DecisionStatus.REJECTED,
+         ReasonCode.BUDGET_EXHAUSTED, None, "b1 is over budget (budget project:alpha/month "
+         "exhausted; on_exceed reject)"),
+        # The per-task limit counts what this task already used, and says so in numbers.
+        (lines(TASK_CAP, "task:t-1", 4_000, ["b1", "a1"]), DecisionStatus.REJECTED,
+         ReasonCode.BUDGET_EXHAUSTED, None, "$0.0040 used + est. $0.0025 above the per-task "
+         "limit $0.0050"),
+        # A free call never breaks a budget, even an exhausted one.
+        (lines(DAY, "global", 10_000, []), DecisionStatus.ROUTED, ReasonCode.SELECTED, "b1", ""),
+    ],
+)
+def test_budgets_downgrade_or_reject(view: DecisionView, status: DecisionStatus,
+                                     code: ReasonCode, model: str | None, words: str) -> None:
+    sel = decide(task(objective=Objective.COST_SPEED), catalog(), view)
+    assert (sel.status, sel.reason_code) == (status, code), sel.reason
+    assert (sel.chosen.model if sel.chosen else None) == model
+    assert words in sel.reason
+    if status is DecisionStatus.REJECTED:
+        assert sel.fallbacks == () and not any(a.chosen for a in sel.alternatives)
+
+
+def test_downgraded_fallbacks_are_only_models_that_fit() -> None:
+    view = DecisionView(budgets={"b1": (BudgetLine(DAY, "model:b1", 9_000),)})
+    sel = decide(task(objective=Objective.COST_SPEED, priority=99), catalog(), view)
+    assert sel.reason_code is ReasonCode.DOWNGRADED
+    assert "b1" not in [f.model for f in sel.fallbacks]
+    assert alt(sel, "b1") == (Rejection.BUDGET, "budget model:b1/day exhausted")
+
+
+# --- step 6: quality floors route ------------------------------------------------------------
+
+PAIR = (spec("weak", "w", q=0.7, inp=0.1, out=0.1), spec("strong", "s", q=0.9, inp=5, out=25))
+FLOOR = Requirements(min_quality=0.85)
+
+
+def pair(**policy: object) -> Catalog:
+    return catalog(Policy("main", ("weak", "strong"), objective=Objective.COST_SPEED,
+                          **policy),  # type: ignore[arg-type]
+                   models=PAIR)
+
+
+def unproven(mean: float, draw: float | None = None, n: float = 2.0) -> QualitySignal:
+    """An estimate whose lower bound sits 0.1 under its mean, backed by too few outcomes."""
+    return QualitySignal(mean, n, mean - 0.1, False, mean - 0.15, draw)
+
+
+@pytest.mark.parametrize(
+    ("quality", "exploration", "code", "model", "explored", "words"),
+    [
+        # strong proven: it runs on proof, weak is out on the floor.
+        ({"strong": QualitySignal(0.93, 40, 0.9, True, 0.8)}, Exploration.OFF,
+         ReasonCode.SELECTED, "strong", False, "proven: 0.93 (n=40, lower bound 0.90)"),
+        # weak unproven but its draw reaches the floor: explored, and cheaper, so it runs.
+        ({"weak": unproven(0.8, draw=0.88), "strong": unproven(0.9)}, Exploration.ON,
+         ReasonCode.SELECTED, "weak", True, "exploring: 0.80"),
+        # nothing proven or explored: strong's estimate meets the floor, so it runs on that.
+        ({"weak": unproven(0.8, draw=0.7), "strong": unproven(0.9, draw=0.8)}, Exploration.ON,
+         ReasonCode.SELECTED, "strong", False, "rests on estimated quality alone"),
+        # no estimate meets the floor: the best estimate runs anyway, below the floor.
+        ({"weak": unproven(0.6), "strong": unproven(0.8)}, Exploration.SPENT,
+         ReasonCode.BELOW_FLOOR, "strong", False,
+         "no capable model's estimate meets floor 0.85, so the best estimate runs (0.80)"),
+    ],
+)
+def test_floor_ladder(quality: dict[str, QualitySignal], exploration: Exploration,
+                      code: ReasonCode, model: str, explored: bool, words: str) -> None:
+    view = DecisionView(quality=quality, exploration=exploration)
+    sel = decide(task(requires=FLOOR), pair(), view)
+    assert (sel.status, sel.reason_code) == (DecisionStatus.ROUTED, code), sel.reason
+    assert chosen(sel) == model and sel.explored is explored
+    assert words in sel.reason or words in alt(sel, model)[1]
+
+
+@pytest.mark.parametrize("how", ["policy", "lane"])
+def test_critical_lanes_and_policies_refuse_instead_of_lowering_the_bar(how: str) -> None:
+    cat = pair(critical=True) if how == "policy" else Catalog.build(
+        PAIR, [Policy("main", ("weak", "strong"))], critical_lanes=("prod",))
+    labels = {"lane": "prod"} if how == "lane" else {}
+    view = DecisionView(quality={"weak": unproven(0.8, draw=0.99), "strong": unproven(0.9)},
+                        exploration=Exploration.ON)
+    sel = decide(task(requires=FLOOR, labels=labels), cat, view)
+    assert (sel.status, sel.reason_code) == (DecisionStatus.REJECTED, ReasonCode.NO_CAPABLE_MODEL)
+    assert "critical lane" in sel.reason
+    assert alt(sel, "weak")[1].startswith("unproven on a critical lane")  # its draw is ignored
+
+
+def test_exploration_share_spent_is_said() -> None:
+    view = DecisionView(quality={"weak": unproven(0.8), "strong": unproven(0.9)},
+                        exploration=Exploration.SPENT)
+    sel = decide(task(requires=FLOOR), pair(), view)
+    assert alt(sel, "weak")[1].endswith("; exploration share spent")
+
+
+# --- value-aware routing ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value_usd", "model"),
+    [
+        (0.001, "weak"),  # a good result is worth less than strong's extra cost
+        (0.1, "weak"),  # +0.2 quality x $0.10 = $0.02 < strong's extra $0.0305
+        (1.0, "strong"),  # +$0.20 expected for $0.0305 more: strong pays for itself
+    ],
+)
+def test_value_buys_the_quality_that_pays_for_itself(value_usd: float, model: str) -> None:
+    sel = decide(task(value_micros=round(value_usd * 1e6)), pair())
+    assert chosen(sel) == model
+    other = "strong" if model == "weak" else "weak"
+    assert sel.alternatives[0].net_value_micros is not None
+    assert f"{model}: +$" in sel.reason and f"expected over {other}" in sel.reason
+
+
+def test_value_reason_in_numbers_and_the_tier_ceiling_gives_way() -> None:
+    cheap = spec("haiku", "a", tier=1, q=0.7, inp=1, out=5)
+    opus = spec("opus", "b", tier=3, q=0.95, inp=15, out=75)
+    cat = catalog(Policy("main", ("haiku", "opus")), models=(cheap, opus))
+    without = decide(task(), cat)
+    assert chosen(without) == "haiku" and alt(without, "opus")[0] is Rejection.TIER_RESERVED
+    sel = decide(task(value_micros=600_000), cat)
+    assert chosen(sel) == "opus"
+    # 0.95 x $0.60 - $0.0918 against 0.70 x $0.60 - $0.0061
+    assert sel.reason.endswith(
+        "value $0.6000: opus: +$0.0643 expected over haiku at $0.0918 vs $0.0061.")
+    assert alt(sel, "haiku") == (Rejection.FALLBACK, "fallback 1: different provider")
+
+
+def test_value_explores_through_the_views_draws_only() -> None:
+    # By the means strong wins at $1; weak's draw makes it look as good, so weak is explored.
+    view = DecisionView(quality={"weak": unproven(0.7, draw=0.95), "strong": unproven(0.9)},
+                        exploration=Exploration.ON)
+    sel = decide(task(value_micros=1_000_000), pair(), view)
+    assert chosen(sel) == "weak" and sel.explored
+    assert "(exploring)" in sel.reason
+    # The same view decides the same way every time: nothing is drawn inside decide.
+    assert decide(task(value_micros=1_000_000), pair(), view) == sel
+    # Without draws (critical lane, or exploration off) the means decide.
+    assert chosen(decide(task(value_micros=1_000_000), pair())) == "strong"
+
+
+def test_execute_mode_skips_models_it_cannot_call() -> None:
+    view = DecisionView(uncallable={"b1": "provider b has no key (api_key_env B_KEY unset)"})
+    sel = decide(task(), catalog(), view)
+    assert chosen(sel) == "a1"
+    assert alt(sel, "b1") == (Rejection.NO_CREDENTIALS,
+                              "provider b has no key (api_key_env B_KEY unset)")

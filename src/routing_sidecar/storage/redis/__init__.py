@@ -1,0 +1,1 @@
+"""Fleet back ends on Redis: the only place redis-py is imported."""
