@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
+import socket
+import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -27,14 +31,20 @@ from routing_sidecar.grpc_api.server import SidecarServer
 from routing_sidecar.grpc_api.servicer import RouterServicer
 from routing_sidecar.http_api.backend import Backend, Settings
 from routing_sidecar.http_api.server import AdminServer
-from routing_sidecar.ports import Clock, SystemClock
+from routing_sidecar.ports import BudgetBook, Clock, SystemClock
 from routing_sidecar.service.admin import Operator, PolicyEditor
 from routing_sidecar.service.budgets import LocalBudgets
+from routing_sidecar.service.fleet_budgets import FleetBudgets
+from routing_sidecar.service.fleet_sync import FleetSync
 from routing_sidecar.service.learning import LEARNED_BOOKS, Learner
 from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService, RoutingState, new_decision_id
 from routing_sidecar.service.upkeep import Upkeep
+from routing_sidecar.settings import RouterSettings
 from routing_sidecar.storage import Store, open_store
+from routing_sidecar.storage.outbox import Outbox
+from routing_sidecar.storage.redis import Fleet, open_fleet
+from routing_sidecar.workers import worker_admin, worker_outbox
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +61,14 @@ class Sidecar:
         admin_listen: str | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        worker: int | None = None,
     ) -> None:
+        if worker is not None:  # one of several processes on one port: its own admin, outbox
+            admin = admin_listen if admin_listen is not None else cfg.admin_listen()
+            admin_listen = worker_admin(admin, worker)
+            cfg = cfg.model_copy(update={"fleet": cfg.fleet.model_copy(
+                update={"outbox_path": worker_outbox(cfg.fleet.outbox_path, worker)})})
+        self.worker = worker
         self.cfg = cfg
         self.config_path = config_path
         self.clock = clock or SystemClock()
@@ -62,6 +79,11 @@ class Sidecar:
         self.store: Store | None = None
         self.server: SidecarServer | None = None
         self._upkeep_task: asyncio.Task[None] | None = None
+        # Fleet mode (fleet.redis_url): the shared books, the outbox and the sync loop.
+        self.sidecar_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.fleet: Fleet | None = None
+        self.outbox: Outbox | None = None
+        self.fleet_sync: FleetSync | None = None
         self._stopped = False
         self.telemetry: telemetry.Telemetry | None = None
 
@@ -85,9 +107,7 @@ class Sidecar:
         store = await open_store(cfg.store, clock=self.clock)
         self.store = store
         settings = cfg.settings()
-        embedded = Ledger(settings.budgets, ZoneInfo(settings.ledger.timezone))
-        embedded.restore(await store.load_ledger_entries())
-        ledger = LocalBudgets(embedded)
+        ledger = await self._budgets(settings, store)
         digest = config_hash(cfg)
         await store.record_config(digest, cfg.model_dump_json(), self.clock.now())
         learner = Learner.of(settings)
@@ -114,8 +134,10 @@ class Sidecar:
         )
         self.observer.set_provider_health(self._provider_health)
         self.routing.alert_hook = self.outcomes.alert_hook = self.observer.budget_alert
+        await self._join_fleet(learner, ledger)
         servicer = RouterServicer(self.routing, self.outcomes, store, self.clock, self.observer)
-        self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes)
+        self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes,
+                                    reuse_port=self.worker is not None)
         await self._restore_admin_state(store)
         self._upkeep_task = asyncio.create_task(self.upkeep.run(), name="upkeep")
         await self.server.start()
@@ -123,6 +145,33 @@ class Sidecar:
         log.info("sidecar started", extra={
             "address": self.address, "config_hash": digest, "metrics": self.admin_address,
         })
+
+    async def _budgets(self, settings: RouterSettings, store: Store) -> BudgetBook:
+        """The embedded ledger rebuilt from the store, or in fleet mode the shared one."""
+        tz = ZoneInfo(settings.ledger.timezone)
+        fleet = self.cfg.fleet
+        if not fleet.enabled:
+            embedded = Ledger(settings.budgets, tz)
+            embedded.restore(await store.load_ledger_entries())
+            return LocalBudgets(embedded)
+        self.fleet = open_fleet(fleet, settings, tz, origin=self.sidecar_id)
+        self.outbox = await Outbox.open(fleet.outbox_path)
+        return FleetBudgets(self.fleet.ledger, settings.budgets, tz, mode=fleet.on_redis_down,
+                            local_share=fleet.local_share, outbox=self.outbox,
+                            models=lambda: self.routing.catalog.models)
+
+    async def _join_fleet(self, learner: Learner, budgets: BudgetBook) -> None:
+        """Fleet mode: keep breakers, learned quality and budget copies in step with Redis."""
+        if self.fleet is None or not isinstance(budgets, FleetBudgets):
+            return
+        def models() -> Iterable[str]:  # the catalog of the moment: reloads change it
+            return self.routing.catalog.models.keys()
+
+        self.fleet_sync = FleetSync(
+            learner, budgets, self.fleet.breakers, self.fleet.learning, self.clock,
+            interval_s=self.cfg.fleet.sync_interval_s, models=models,
+            refresh=self.fleet.ledger.refresh)
+        await self.fleet_sync.start()
 
     def _provider_health(self) -> list[ProviderHealth]:
         """Detection and breaker state of every catalog provider, for the provider gauges."""
@@ -150,6 +199,12 @@ class Sidecar:
             self._upkeep_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._upkeep_task
+        if self.fleet_sync is not None:
+            await self.fleet_sync.stop()
+        if self.fleet is not None:
+            await self.fleet.close()
+        if self.outbox is not None:
+            await self.outbox.close()
         if self.store is not None:
             try:
                 await self.upkeep.save_learned()
@@ -252,11 +307,15 @@ class Sidecar:
 
 
 async def serve(
-    config_path: str, listen: str | None = None, admin_listen: str | None = None
+    config_path: str, listen: str | None = None, admin_listen: str | None = None,
+    *, worker: int | None = None,
 ) -> int:
-    """Run a sidecar until SIGTERM or SIGINT; SIGHUP reloads the config."""
+    """Run a sidecar until SIGTERM or SIGINT; SIGHUP reloads the config.
+
+    `worker` (serve --workers): this process is worker i of a set sharing one port.
+    """
     sidecar = Sidecar(load_config(config_path), config_path=config_path, listen=listen,
-                      admin_listen=admin_listen)
+                      admin_listen=admin_listen, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

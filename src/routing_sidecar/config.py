@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from routing_sidecar import calls, domain
+from routing_sidecar.config_fleet import FleetConfig
 from routing_sidecar.errors import ConfigError
 from routing_sidecar.settings import (
     BreakerSettings,
@@ -537,6 +538,7 @@ class RouterConfig(_Strict):
     learning: LearningConfig = LearningConfig()
     critical_lanes: list[str] = []
     outcomes: OutcomesConfig = OutcomesConfig()
+    fleet: FleetConfig = FleetConfig()
     providers: dict[str, ProviderConfig] = {}  # execute mode: how to reach each provider
 
     def admin_listen(self) -> str:
@@ -656,11 +658,14 @@ RESTART_ONLY: Mapping[str, Callable[[RouterConfig], object]] = MappingProxyType(
     "telemetry": lambda c: c.telemetry,
     "admin": lambda c: (c.admin_listen(), c.admin),
     "ledger.timezone": lambda c: c.ledger.timezone,
+    "fleet": lambda c: c.fleet,
 })
 
 
 def _cross_check(cfg: RouterConfig) -> Iterator[str]:
     """Yield every inconsistency between sections, each prefixed by its path."""
+    if cfg.fleet.redis_url is not None and cfg.fleet.redis_url_env is not None:
+        yield "fleet: give redis_url or redis_url_env, not both"
     providers = {m.provider for m in cfg.models.values()}
     for pname, pol in cfg.policies.items():
         seen: set[str] = set()

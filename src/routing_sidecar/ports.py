@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -13,6 +13,8 @@ import orjson
 from routing_sidecar import domain
 from routing_sidecar.calls import ProviderCall, StreamEvent
 from routing_sidecar.core.budget_rules import EntryKind, LedgerChange, LedgerEntry
+from routing_sidecar.core.health_types import BreakerChange
+from routing_sidecar.core.learning import QualityRow
 from routing_sidecar.core.view import BudgetLine
 
 
@@ -309,6 +311,79 @@ class BudgetBook(Protocol):
 
     def replace_rules(self, rules: Sequence[domain.BudgetRule]) -> None:
         """Swap in reloaded rules, keeping every total and reservation."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSettle:
+    """A settle the shared ledger has not seen yet: what ReportOutcome would have charged."""
+
+    reservation_id: str
+    labels: dict[str, str]
+    policy: str
+    task_id: str
+    charges: tuple[tuple[str, int], ...]  # (model name, micro-USD) per attempt
+    at: float  # when the decision was made: its charges land in that moment's periods
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class QualityObservation:
+    """One outcome's evidence about a model on a task type: y in 0..1, success, graded."""
+
+    task_type: str
+    model: str
+    y: float
+    success: bool
+    graded: bool
+
+
+class SharedHealth(Protocol):
+    """Breaker changes shared by the fleet (storage.redis.health.SharedBreakers)."""
+
+    async def start(self, apply: Callable[[BreakerChange], None]) -> None:
+        """Apply the fleet's open breakers now, and every change other sidecars make."""
+        ...
+
+    async def publish(self, changes: Iterable[BreakerChange]) -> None:
+        """Tell the fleet about this sidecar's breaker changes."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        ...
+
+
+class SharedQuality(Protocol):
+    """Learned-quality evidence summed over the fleet (storage.redis.learning.SharedLearning)."""
+
+    async def push(self, observations: Sequence[QualityObservation]) -> None:
+        """Fold observations into the fleet's sums, in order."""
+        ...
+
+    async def pull(self, task_types: Iterable[str], models: Iterable[str]
+                   ) -> tuple[list[QualityRow], list[QualityRow]]:
+        """The fleet's evidence per (task type, model) asked, and each model's pool."""
+        ...
+
+
+class PendingQueue(Protocol):
+    """Durable pending settles, in order (storage.outbox.Outbox)."""
+
+    async def add(self, op: PendingSettle) -> int:
+        """Queue one settle; returns once it is committed."""
+        ...
+
+    async def pending(self, limit: int = 500) -> list[tuple[int, PendingSettle]]:
+        """The oldest queued settles, in the order they were queued."""
+        ...
+
+    async def done(self, row_id: int) -> None:
+        """Forget a settle the shared ledger has applied."""
+        ...
+
+    async def size(self) -> int:
+        """How many settles are waiting."""
         ...
 
 

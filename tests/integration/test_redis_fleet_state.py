@@ -11,9 +11,10 @@ import redis.asyncio as aioredis
 from routing_sidecar.core.health import HealthBook
 from routing_sidecar.core.learning import QualityBook
 from routing_sidecar.domain import Attempt, AttemptStatus
+from routing_sidecar.ports import QualityObservation as Observation
 from routing_sidecar.settings import BreakerSettings, HealthSettings, LearningSettings
 from routing_sidecar.storage.redis.health import SharedBreakers
-from routing_sidecar.storage.redis.learning import Observation, SharedLearning
+from routing_sidecar.storage.redis.learning import SharedLearning
 from tests.redis_server import RedisServer, redis_server
 from tests.unit.conftest import spec
 

@@ -145,7 +145,7 @@ class QualityBook:
     def observe(self, task_type: str, model: str, success: bool,
                 quality: float | None = None) -> None:
         """Fold one outcome in: y = quality when given (clamped to 0..1), else success."""
-        y = float(success) if quality is None else min(1.0, max(0.0, quality))
+        y = score_of(success, quality)
         graded = quality is not None
         models = _touch(self._types, task_type, self._max_types, dict)
         for table in (models, self._pool):
@@ -288,6 +288,11 @@ class QualityBook:
         runs = p.s + p.f
         return LearnedStats(task_type, model, mean, n, lower,
                             p.s / runs if runs > 0 else None, p.g)
+
+
+def score_of(success: bool, quality: float | None) -> float:
+    """What one outcome says of a model: its graded quality (clamped to 0..1), else success."""
+    return float(success) if quality is None else min(1.0, max(0.0, quality))
 
 
 def _shape(m0: float, k: float, p: _Post | None) -> tuple[float, float, float, float]:

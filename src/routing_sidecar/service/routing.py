@@ -19,7 +19,7 @@ from routing_sidecar.core.budget_rules import NO_CHANGE, LedgerChange
 from routing_sidecar.core.catalog import Catalog
 from routing_sidecar.core.decide import decide
 from routing_sidecar.core.rules import resolve_policy
-from routing_sidecar.errors import InvalidArgument, StorageError, Unavailable
+from routing_sidecar.errors import BudgetUnavailable, InvalidArgument, StorageError, Unavailable
 from routing_sidecar.ports import AuditLog, BudgetBook, Clock, DecisionRecord
 from routing_sidecar.service.budgets import AlertHook, log_alerts
 from routing_sidecar.service.ev import EvWindow
@@ -147,9 +147,12 @@ class RoutingService:
             if model is None or chosen is None or task.dry_run:
                 break
             ttl = state.settings.ledger.reservation_ttl_s
-            block, change = await self.ledger.reserve(
-                decision_id, task.labels, model, policy, task.task_id,
-                chosen.estimated_cost_micros, now, now + ttl)
+            try:
+                block, change = await self.ledger.reserve(
+                    decision_id, task.labels, model, policy, task.task_id,
+                    chosen.estimated_cost_micros, now, now + ttl)
+            except BudgetUnavailable:
+                continue  # decided again, the view now says why budgets cannot be checked
             if block is None:
                 log_alerts(change.alerts, self.alert_hook)
                 return self._decided(task, trace, decision_id, selection, model, policy,

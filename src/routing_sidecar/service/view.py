@@ -55,5 +55,8 @@ def build_view(task: domain.Task, policy: domain.Policy, state: RoutingState, le
     cannot = {}
     if uncallable is not None:
         cannot = {m.name: why for m in models if (why := uncallable(m)) is not None}
-    return DecisionView(now, ev_threshold, signals, breakers, penalties, budgets, state.paused,
-                        cannot, exploration)
+    return DecisionView(
+        now=now, ev_threshold=ev_threshold, quality=signals, breakers=breakers,
+        penalties=penalties, budgets=budgets, paused=state.paused, uncallable=cannot,
+        exploration=exploration,
+        budgets_unavailable=ledger.unavailable if state.settings.budgets else None)

@@ -10,11 +10,11 @@ learns as one.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from routing_sidecar.core.learning import POOLED, QualityRow
+from routing_sidecar.ports import QualityObservation as Observation
 
 # KEYS: per-type evidence, pooled evidence. ARGV: forget, y, success (0/1), graded (0/1),
 # ttl ms of the per-type key (refreshed by every observation).
@@ -36,17 +36,6 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 FIELDS = ("a", "b", "q", "s", "f", "g")
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """One outcome's evidence about a model on a task type: y in 0..1, success, graded."""
-
-    task_type: str
-    model: str
-    y: float
-    success: bool
-    graded: bool
 
 
 class SharedLearning:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
 from fnmatch import fnmatchcase
@@ -64,8 +64,8 @@ class _Target:
 
 
 def _reachable(
-    fn: Callable[Concatenate[RedisLedger, P], Awaitable[R]],
-) -> Callable[Concatenate[RedisLedger, P], Awaitable[R]]:
+    fn: Callable[Concatenate[RedisLedger, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[RedisLedger, P], Coroutine[Any, Any, R]]:
     """Turn a lost or slow Redis into BudgetUnavailable, and note when it answers again."""
 
     @functools.wraps(fn)
@@ -82,7 +82,7 @@ def _reachable(
             self._down = None
         return result
 
-    return cast("Callable[Concatenate[RedisLedger, P], Awaitable[R]]", wrapper)
+    return cast("Callable[Concatenate[RedisLedger, P], Coroutine[Any, Any, R]]", wrapper)
 
 
 @dataclass(frozen=True, slots=True)
