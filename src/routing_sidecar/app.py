@@ -11,6 +11,7 @@ import signal
 import socket
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from routing_sidecar import logs, telemetry
@@ -18,14 +19,20 @@ from routing_sidecar.config import (
     RESTART_ONLY,
     RouterConfig,
     config_hash,
+    is_loopback_host,
     load_config,
+    remote_admin_problem,
 )
 from routing_sidecar.core.budget import Ledger
 from routing_sidecar.errors import ConfigError, StorageError
+from routing_sidecar.grpc_api import jsonwire
 from routing_sidecar.grpc_api.observe import Observer, ProviderHealth
 from routing_sidecar.grpc_api.server import SidecarServer
 from routing_sidecar.grpc_api.servicer import RouterServicer
+from routing_sidecar.http_api.backend import Backend, Settings
+from routing_sidecar.http_api.server import AdminServer
 from routing_sidecar.ports import BudgetBook, Cache, Clock, SystemClock
+from routing_sidecar.service.admin import Operator, PolicyEditor
 from routing_sidecar.service.budgets import LocalBudgets
 from routing_sidecar.service.cache import CacheService
 from routing_sidecar.service.fleet_budgets import FleetBudgets
@@ -59,7 +66,7 @@ class Sidecar:
         worker: int | None = None,
     ) -> None:
         if worker is not None:  # one of several processes on one port: its own admin, outbox
-            admin = admin_listen if admin_listen is not None else cfg.telemetry.admin_listen
+            admin = admin_listen if admin_listen is not None else cfg.admin_listen()
             admin_listen = worker_admin(admin, worker)
             cfg = cfg.model_copy(update={"fleet": cfg.fleet.model_copy(
                 update={"outbox_path": worker_outbox(cfg.fleet.outbox_path, worker)})})
@@ -72,7 +79,8 @@ class Sidecar:
         self.clock = clock or SystemClock()
         self._rng = rng or random.Random()  # exploration draws; the core takes randomness here
         self._listen = listen or cfg.server.listen
-        self._admin_listen = admin_listen  # overrides telemetry.admin_listen ("" turns it off)
+        self._admin_listen = admin_listen  # overrides admin.listen ("" turns it off)
+        self.admin: AdminServer | None = None
         self.store: Store | None = None
         self.server: SidecarServer | None = None
         self._upkeep_task: asyncio.Task[None] | None = None
@@ -94,16 +102,14 @@ class Sidecar:
 
     @property
     def admin_address(self) -> str | None:
-        """HOST:PORT serving Prometheus /metrics (port as bound), or None when turned off."""
-        return self.telemetry.admin_address if self.telemetry else None
+        """HOST:PORT of the admin port (port as bound), or None when turned off."""
+        return self.admin.address if self.admin else None
 
     async def start(self) -> None:
         """Open the store, rebuild the ledger from it, and start serving."""
         cfg = self.cfg
-        # First, so a busy admin port stops the start before anything else is opened.
-        tcfg = cfg.telemetry
-        if self._admin_listen is not None:
-            tcfg = tcfg.model_copy(update={"admin_listen": self._admin_listen})
+        admin = self._admin_settings(cfg)  # first: a refused admin port opens nothing
+        tcfg = cfg.telemetry.model_copy(update={"admin_listen": admin.listen if admin else ""})
         tel = self.telemetry = telemetry.setup(tcfg)
         store = await open_store(cfg.store, clock=self.clock)
         self.store = store
@@ -144,8 +150,10 @@ class Sidecar:
         servicer = RouterServicer(self.routing, self.outcomes, store, self.clock, self.observer)
         self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes,
                                     reuse_port=self.worker is not None)
+        await self._restore_admin_state(store)
         self._upkeep_task = asyncio.create_task(self.upkeep.run(), name="upkeep")
         await self.server.start()
+        await self._start_admin(admin)
         log.info("sidecar started", extra={
             "address": self.address, "config_hash": digest, "metrics": self.admin_address,
         })
@@ -219,6 +227,7 @@ class Sidecar:
         if self._stopped:
             return
         self._stopped = True
+        await self._stop_admin()
         if self.server is not None:
             await self.server.stop(self.cfg.server.grace_period_s)
         for task in (self._upkeep_task, self._cache_task):
@@ -244,6 +253,61 @@ class Sidecar:
             await asyncio.to_thread(self.telemetry.shutdown)
         log.info("sidecar stopped")
 
+    # -- the admin port (http_api) ------------------------------------------------------
+
+    def _admin_settings(self, cfg: RouterConfig) -> Settings | None:
+        """The admin port's settings, its token read; None when off. ConfigError if refused."""
+        listen = cfg.admin_listen() if self._admin_listen is None else self._admin_listen
+        if not listen:
+            return None
+        source = self.config_path or "config"
+        problem = remote_admin_problem(listen, cfg.admin.token_file)
+        if problem:
+            raise ConfigError(source, [f"admin.listen: {problem}"])
+        token = None
+        if cfg.admin.token_file:
+            try:
+                token = Path(cfg.admin.token_file).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                why = getattr(exc, "strerror", None) or "not UTF-8 text"
+                raise ConfigError(source, [f"admin.token_file: cannot read "
+                                           f"{cfg.admin.token_file}: {why}"]) from None
+            if not token:
+                raise ConfigError(source, [f"admin.token_file: {cfg.admin.token_file} is empty"])
+        a = cfg.admin
+        return Settings(listen, a.idle_timeout_s, a.read_timeout_s, a.max_request_bytes, token,
+                        remote=not is_loopback_host(listen.rpartition(":")[0]))
+
+    async def _restore_admin_state(self, store: Store) -> None:
+        """Paused models and policy edits made through the admin API, before anything routes."""
+        self.policies = PolicyEditor(store, self.clock, self.apply_config, self.cfg)
+        self.operator = Operator(store, self.clock, self.routing,
+                                 lambda: self.routing.learner.health)
+        await self.operator.restore()
+        edited = await self.policies.restore()
+        if edited is not None:
+            await self.apply_config(edited)
+
+    async def _start_admin(self, settings: Settings | None) -> None:
+        """Serve the admin port; after gRPC serves, so /health never answers before it."""
+        if settings is None or self.store is None or self.server is None:
+            return
+        tel = self.telemetry or telemetry.disabled()
+        health = self.server.health
+        backend = Backend(
+            self.routing, self.outcomes, self.store, self.clock, self.observer, self.policies,
+            self.operator, config=lambda: self.cfg, serving=lambda: jsonwire.serving(health),
+            metrics=tel.metrics_text, metrics_content_type=telemetry.METRICS_CONTENT_TYPE,
+            tracer=tel.tracer() if tel.tracing else None,
+        )
+        admin = AdminServer(backend, settings, self.cfg.server.grace_period_s)
+        await admin.start()
+        self.admin = admin
+
+    async def _stop_admin(self) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
+
     async def reload(self) -> bool:
         """Re-read the config file and apply it whole, or change nothing.
 
@@ -253,6 +317,7 @@ class Sidecar:
             return False
         try:
             cfg = load_config(self.config_path)
+            cfg = self.policies.with_overrides(cfg)  # policy edits made over HTTP stay
         except ConfigError as exc:
             log.error("config reload refused", extra={"problems": exc.problems})
             return False

@@ -39,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default="config/router.yaml")
     s.add_argument("--listen", help="HOST:PORT or unix:///path.sock (overrides server.listen)")
     s.add_argument("--admin-listen", type=_admin_listen,
-                   help='HOST:PORT for /metrics, or "" for none (overrides '
-                        "telemetry.admin_listen)")
+                   help='HOST:PORT of the admin port (/metrics, HTTP API, dashboard), or "" '
+                        "for none (overrides admin.listen)")
     s.add_argument("--log-level", default="INFO")
     s.add_argument("--workers", type=int, default=1,
                    help="server processes on one port (SO_REUSEPORT); more than one needs "

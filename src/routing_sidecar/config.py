@@ -158,6 +158,14 @@ class LedgerConfig(_Strict):
         return v
 
 
+def admin_listen_shape(v: str) -> str:
+    """HOST:PORT or "" (off); raises ValueError otherwise."""
+    host, sep, port = v.rpartition(":")
+    if v and (not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535):
+        raise ValueError("expected HOST:PORT, or \"\" to turn the admin port off")
+    return v
+
+
 class TelemetryConfig(_Strict):
     """OpenTelemetry traces and metrics; the standard OTEL_* variables fill what is left unset.
 
@@ -174,17 +182,60 @@ class TelemetryConfig(_Strict):
     insecure: bool | None = None
     sample_ratio: Fraction | None = None
     service_name: Annotated[str, Field(min_length=1)] | None = None
-    # Prometheus text at http://HOST:PORT/metrics; "" turns it off, port 0 picks a free one.
+    # The old name of `admin.listen` (the admin port: /metrics, the HTTP API, the dashboard).
     admin_listen: str = "127.0.0.1:9464"
     metric_export_interval_s: Annotated[float, Field(gt=0)] | None = None
 
     @field_validator("admin_listen")
     @classmethod
     def _admin_shape(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if v and (not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535):
-            raise ValueError("expected HOST:PORT, or \"\" to turn the admin port off")
-        return v
+        return admin_listen_shape(v)
+
+
+# -- the admin port (http_api) ------------------------------------------------------------
+
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1; any other name or address is remote."""
+    host = host.strip("[]").lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def remote_admin_problem(listen: str, token_file: str | None) -> str | None:
+    """Why an admin listen address is refused: remote without a token file; None when fine."""
+    if not listen or token_file:
+        return None
+    host = listen.rpartition(":")[0]
+    if is_loopback_host(host):
+        return None
+    return (f"{listen} is not a loopback address; set admin.token_file so that changes made "
+            "through the HTTP API need a bearer token")
+
+
+class AdminConfig(_Strict):
+    """The admin HTTP port: /health, /metrics, the HTTP/JSON API and the dashboard."""
+
+    # HOST:PORT, loopback unless token_file is set; "" turns it off, port 0 picks a free one.
+    listen: str = "127.0.0.1:9464"
+    # A file holding the bearer token that POST/DELETE under /api/routing/ require.
+    token_file: Annotated[str, Field(min_length=1)] | None = None
+    # An idle connection, or one that has not sent a whole request head, is closed after this.
+    idle_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 15.0
+    # Reading one request body may take at most this long.
+    read_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    max_request_bytes: Annotated[int, Field(gt=0, le=64 << 20)] = 1 << 20
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_shape(cls, v: str) -> str:
+        return admin_listen_shape(v)
 
 
 class ModelConfig(_Strict):
@@ -527,6 +578,7 @@ class RouterConfig(_Strict):
     store: StoreConfig = StoreConfig()
     ledger: LedgerConfig = LedgerConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    admin: AdminConfig = AdminConfig()
     models: Annotated[dict[str, ModelConfig], Field(min_length=1)]
     policies: Annotated[dict[str, PolicyConfig], Field(min_length=1)]
     rules: list[RuleConfig] = []
@@ -541,6 +593,12 @@ class RouterConfig(_Strict):
     fleet: FleetConfig = FleetConfig()
     providers: dict[str, ProviderConfig] = {}  # execute mode: how to reach each provider
     cache: CacheConfig = CacheConfig()
+
+    def admin_listen(self) -> str:
+        """The admin port: `admin.listen`, else its old name `telemetry.admin_listen`."""
+        if "listen" in self.admin.model_fields_set:
+            return self.admin.listen
+        return self.telemetry.admin_listen
 
     def execution_settings(self) -> calls.ExecutionSettings:
         """Providers and upstream model ids for execute mode, as domain settings."""
@@ -652,6 +710,7 @@ RESTART_ONLY: Mapping[str, Callable[[RouterConfig], object]] = MappingProxyType(
     "server": lambda c: c.server,
     "store": lambda c: c.store,
     "telemetry": lambda c: c.telemetry,
+    "admin": lambda c: (c.admin_listen(), c.admin),
     "ledger.timezone": lambda c: c.ledger.timezone,
     "fleet": lambda c: c.fleet,
     "cache.backend": lambda c: (c.cache.backend, c.cache.path),
@@ -684,6 +743,7 @@ def _cross_check(cfg: RouterConfig) -> Iterator[str]:
         yield f"default_policy: unknown policy {cfg.default_policy!r}"
     yield from _check_budgets(cfg, providers)
     yield from _check_providers(cfg)
+    yield from _check_admin(cfg)
     yield from _check_cache(cfg)
     breaker = cfg.health.breaker
     if breaker.cooldown_s > breaker.max_cooldown_s:
@@ -707,6 +767,19 @@ def _check_budgets(cfg: RouterConfig, providers: set[str]) -> Iterator[str]:
         if (b.scope, period) in seen:
             yield f"budgets[{i}]: duplicate budget for {b.scope}/{period}"
         seen.add((b.scope, period))
+
+
+def _check_admin(cfg: RouterConfig) -> Iterator[str]:
+    """`admin.listen` and its old name agree; a remote admin port has a token."""
+    new = "listen" in cfg.admin.model_fields_set
+    old = "admin_listen" in cfg.telemetry.model_fields_set
+    if new and old and cfg.admin.listen != cfg.telemetry.admin_listen:
+        yield (f"admin.listen: {cfg.admin.listen!r} differs from telemetry.admin_listen "
+               f"{cfg.telemetry.admin_listen!r} (its old name); set only admin.listen")
+        return
+    problem = remote_admin_problem(cfg.admin_listen(), cfg.admin.token_file)
+    if problem:
+        yield f"{'telemetry.admin_listen' if old and not new else 'admin.listen'}: {problem}"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -744,6 +817,11 @@ def parse_config(text: str, source: str = "<config>") -> RouterConfig:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(source, [f"YAML: {exc}".replace("\n", " ")]) from None
+    return validate_config(raw, source)
+
+
+def validate_config(raw: object, source: str = "<config>") -> RouterConfig:
+    """Validate decoded YAML (or JSON) data as a config; raise ConfigError listing every problem."""
     if not isinstance(raw, dict):
         raise ConfigError(source, ["(top level): expected a mapping"])
     try:

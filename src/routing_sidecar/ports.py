@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import orjson
 
@@ -154,6 +154,11 @@ class PerformanceRecord:
     cost_sum_micros: int = 0
 
 
+def per_decision(total_micros: int, decisions: int) -> int:
+    """A total spread over decisions, rounded down; 0 without decisions."""
+    return total_micros // decisions if decisions else 0
+
+
 @dataclass(frozen=True, slots=True)
 class ModelTaskCell:
     """Routed decisions of one model for one task type, with their costs."""
@@ -163,6 +168,16 @@ class ModelTaskCell:
     decisions: int
     estimated_cost_micros: int
     actual_cost_micros: int
+
+    @property
+    def estimated_per_decision(self) -> int:
+        """Mean estimated cost of a decision in micro-USD (rounded down)."""
+        return per_decision(self.estimated_cost_micros, self.decisions)
+
+    @property
+    def actual_per_decision(self) -> int:
+        """Mean reported cost of a decision in micro-USD (rounded down)."""
+        return per_decision(self.actual_cost_micros, self.decisions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +190,16 @@ class ModelLabelCell:
     decisions: int
     estimated_cost_micros: int
     actual_cost_micros: int
+
+    @property
+    def estimated_per_decision(self) -> int:
+        """Mean estimated cost of a decision in micro-USD (rounded down)."""
+        return per_decision(self.estimated_cost_micros, self.decisions)
+
+    @property
+    def actual_per_decision(self) -> int:
+        """Mean reported cost of a decision in micro-USD (rounded down)."""
+        return per_decision(self.actual_cost_micros, self.decisions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +214,22 @@ class ProviderCell:
     input_tokens: int = 0
     output_tokens: int = 0
     spend_micros: int = 0
+
+    @property
+    def fallback_rate(self) -> float:
+        """Share of its decisions that needed a fallback."""
+        return self.fallback_decisions / self.decisions if self.decisions else 0.0
+
+    @property
+    def error_rate(self) -> float:
+        """Share of the attempts it served that failed."""
+        return self.failed_attempts / self.attempts if self.attempts else 0.0
+
+    @property
+    def blended_cost_micros_per_mtok(self) -> int:
+        """Spend per million tokens, input and output together."""
+        tokens = self.input_tokens + self.output_tokens
+        return self.spend_micros * 1_000_000 // tokens if tokens else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,4 +571,104 @@ class ProviderClient(Protocol):
 
     async def aclose(self) -> None:
         """Close the connection pool; the client is unusable afterwards."""
+        ...
+
+
+# -- the admin HTTP API: audit reads for the dashboard, operator state ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuditedDecision:
+    """A recorded decision with its outcome (None until reported) and its attempts."""
+
+    decision: DecisionRecord
+    outcome: OutcomeRecord | None = None
+    attempts: tuple[AttemptRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackCell:
+    """Routed decisions of one model for one dimension value that fell back (> 1 attempt)."""
+
+    model: str
+    value: str
+    fallback_decisions: int
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityBucket:
+    """Non-dry-run decisions made, and spend reported, in one time bucket."""
+
+    start: float
+    decisions: int = 0
+    estimated_cost_micros: int = 0
+    spend_micros: int = 0
+
+
+PolicyAction = Literal["set", "revert"]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChange:
+    """One edit of a policy through the HTTP API, a row of `routing_policy_changes`."""
+
+    policy: str
+    action: PolicyAction  # set: policy_json replaces the file's; revert: back to the file
+    policy_json: str  # the policy as set ("" for a revert)
+    config_hash: str  # the config version it produced, a row of `routing_policies`
+    changed_at: float
+    version: int = 0  # assigned by the store, increasing
+
+
+@dataclass(frozen=True, slots=True)
+class PauseRecord:
+    """A model an operator took out of routing, a row of `model_pauses`."""
+
+    model: str
+    paused_at: float
+    reason: str = ""
+
+
+class AdminStore(Protocol):
+    """What the admin API reads from the audit trail, and the operator state it keeps."""
+
+    async def list_decisions(self, limit: int, model: str | None = None,
+                             task_type: str | None = None) -> list[AuditedDecision]:
+        """The most recent decisions, newest first, with outcomes and attempts."""
+        ...
+
+    async def decision_view(self, decision_id: str) -> AuditedDecision | None:
+        """One decision with its outcome and attempts, or None."""
+        ...
+
+    async def fallback_cells(self, since: float, label_key: str | None) -> list[FallbackCell]:
+        """Fallback decisions per (model, task type), or per (model, label value)."""
+        ...
+
+    async def label_keys(self, since: float) -> list[str]:
+        """Label keys of the decisions made since a time, sorted."""
+        ...
+
+    async def activity(self, since: float, bucket_s: float) -> list[ActivityBucket]:
+        """Decisions and spend per bucket since a time (buckets with neither are absent)."""
+        ...
+
+    async def record_policy_change(self, change: PolicyChange, config_json: str) -> int:
+        """Persist a policy edit with the config version it produced; return its version."""
+        ...
+
+    async def policy_changes(self) -> list[PolicyChange]:
+        """Every policy edit, oldest first."""
+        ...
+
+    async def set_pause(self, pause: PauseRecord) -> None:
+        """Persist a model's pause (replacing an earlier one)."""
+        ...
+
+    async def clear_pause(self, model: str) -> None:
+        """Forget a model's pause."""
+        ...
+
+    async def load_pauses(self) -> list[PauseRecord]:
+        """Every paused model."""
         ...

@@ -33,7 +33,13 @@ from routing_sidecar.core.budget import Ledger
 from routing_sidecar.core.budget_rules import EntryKind, LedgerEntry
 from routing_sidecar.domain import BudgetPeriod, BudgetRule
 from routing_sidecar.errors import StorageError
-from routing_sidecar.ports import OutcomeRecord, PerformanceRecord
+from routing_sidecar.ports import (
+    ActivityBucket,
+    OutcomeRecord,
+    PauseRecord,
+    PerformanceRecord,
+    PolicyChange,
+)
 from routing_sidecar.storage import Job, Store, Write, open_store
 from tests.store_records import GPT5, HAIKU, T0, FixedClock, attempt, decision_record, outcome
 
@@ -416,3 +422,104 @@ async def test_routing_stats_matrix(store: Store) -> None:
 
 def vars_of(cell: object) -> list[object]:
     return [getattr(cell, f) for f in cell.__dataclass_fields__]  # type: ignore[attr-defined]
+
+
+# -- the admin API's queries and operator state (storage/queries.py, postgres/admin.py) --------
+
+async def test_recent_decisions_newest_first_filtered_with_outcomes_and_attempts(
+    store: Store,
+) -> None:
+    for i in range(4):
+        await store.record_decision(decision_record(
+            i, decided_at=T0 + i, task_type="docs" if i == 2 else "fix_bug",
+            labels={"project": "alpha", "layer": "api"},
+            **({"model": HAIKU} if i == 3 else {})))
+    await store.record_outcome("d1", [attempt("d1", 0, status=domain.AttemptStatus.TIMEOUT),
+                                      attempt("d1", 1, HAIKU)], outcome("d1", 1_800))
+    views = await store.list_decisions(10)
+    assert [v.decision.decision_id for v in views] == ["d3", "d2", "d1", "d0"]
+    d1 = next(v for v in views if v.decision.decision_id == "d1")
+    assert d1.decision == await store.get_decision("d1")  # labels spelt alike by both
+    assert d1.outcome is not None and d1.outcome.actual_cost_micros == 1_800
+    assert [(a.attempt_index, a.model, a.status) for a in d1.attempts] == [
+        (0, "gpt-5", domain.AttemptStatus.TIMEOUT), (1, HAIKU.name, domain.AttemptStatus.SUCCESS)]
+    assert [v.decision.decision_id for v in await store.list_decisions(2)] == ["d3", "d2"]
+    assert [v.decision.decision_id
+            for v in await store.list_decisions(10, model=HAIKU.name)] == ["d3"]
+    assert [v.decision.decision_id
+            for v in await store.list_decisions(10, task_type="docs")] == ["d2"]
+    one = await store.decision_view("d1")
+    assert one is not None and one == d1
+    assert await store.decision_view("nope") is None
+    assert (await store.decision_view("d0")).outcome is None  # type: ignore[union-attr]
+
+
+async def test_fallbacks_per_cell_label_keys_and_activity_buckets(store: Store) -> None:
+    await store.record_decision(decision_record(0, decided_at=T0, labels={"layer": "api"}))
+    await store.record_decision(decision_record(1, decided_at=T0 + 30,
+                                                labels={"layer": "ui", "project": "x"}))
+    await store.record_decision(decision_record(2, decided_at=T0 + 90, labels={}))
+    await store.record_decision(decision_record(3, decided_at=T0 + 95, dry_run=True,
+                                                labels={"secret_key": "v"}))
+    await store.record_outcome("d0", [attempt("d0", 0), attempt("d0", 1, HAIKU)],
+                               outcome("d0", 2_000))
+    assert [(c.model, c.value, c.fallback_decisions)
+            for c in await store.fallback_cells(T0, None)] == [("gpt-5", "fix_bug", 1)]
+    by_layer = await store.fallback_cells(T0, "layer")
+    assert [(c.value, c.fallback_decisions) for c in by_layer] == [("api", 1), ("ui", 0)]
+    assert await store.label_keys(T0) == ["layer", "project"]  # dry runs left out
+    assert await store.label_keys(T0 + 31) == []
+    minutes = await store.activity(T0, 60.0)
+    assert minutes == [ActivityBucket(T0, 2, 2_000, 2_000),  # outcome reported at T0 + 10
+                       ActivityBucket(T0 + 60, 1, 1_000, 0)]
+    assert all(type(x) is int for b in minutes for x in (b.decisions, b.spend_micros))
+    assert await store.activity(T0 + 3600, 60.0) == []
+    with pytest.raises(ValueError, match="bucket_s"):
+        await store.activity(T0, 0.0)
+
+
+async def test_policy_changes_and_pauses_survive_reopening(store: Store,
+                                                           backend: Backend) -> None:
+    first = await store.record_policy_change(
+        PolicyChange("code", "set", '{"models": ["m"]}', "h1", T0), '{"cfg": 1}')
+    second = await store.record_policy_change(
+        PolicyChange("code", "revert", "", "h0", T0 + 1), '{"cfg": 0}')
+    assert (first, second) == (1, 2)
+    await store.set_pause(PauseRecord("m", T0, "incident"))
+    await store.set_pause(PauseRecord("n", T0))
+    await store.set_pause(PauseRecord("m", T0 + 5, "again"))
+    await store.clear_pause("n")
+    await store.close()
+    assert await backend.peek(
+        "SELECT config_hash FROM routing_policies ORDER BY config_hash") == [("h0",), ("h1",)]
+    again = await backend.open()
+    try:
+        assert await again.policy_changes() == [
+            PolicyChange("code", "set", '{"models": ["m"]}', "h1", T0, 1),
+            PolicyChange("code", "revert", "", "h0", T0 + 1, 2)]
+        assert await again.load_pauses() == [PauseRecord("m", T0 + 5, "again")]
+    finally:
+        await again.close()
+
+
+async def test_an_older_schema_gains_the_admin_tables(backend: Backend) -> None:
+    store = await backend.open()
+    await store.close()
+    if backend.name == "sqlite":
+        with sqlite3.connect(backend.cfg.path or "") as conn:  # as an older build left it
+            conn.execute("DROP TABLE routing_policy_changes")
+            conn.execute("DROP TABLE model_pauses")
+            conn.execute("DROP INDEX outcomes_by_time")
+            conn.execute("PRAGMA user_version = 3")
+    else:
+        for statement in ("DROP TABLE routing_policy_changes", "DROP TABLE model_pauses",
+                          "DROP INDEX outcomes_by_time",
+                          "DELETE FROM schema_migrations WHERE version = 4"):
+            await backend.peek(statement)
+    store = await backend.open()
+    try:
+        assert await store.load_pauses() == [] and await store.policy_changes() == []
+        await store.set_pause(PauseRecord("m", T0))
+        assert [p.model for p in await store.load_pauses()] == ["m"]
+    finally:
+        await store.close()

@@ -247,6 +247,24 @@ class HealthBook:
             and now < e.probe_at + self._probe_timeout,
         )
 
+    def reset_breaker(self, key: str) -> bool:
+        """Close the breaker of 'model:NAME' or 'provider:NAME' by hand; False if never seen.
+
+        An operator's override: the failure streak, trip count and probe are forgotten, while
+        the decaying health counts (and so demotion and detection) are kept as evidence. In a
+        fleet the closing is shared like any other (drain_changes).
+        """
+        scope, _, name = key.partition(":")
+        if scope not in (Scope.MODEL, Scope.PROVIDER):
+            raise ValueError(f"breaker key {key!r}: expected model:NAME or provider:NAME")
+        e = self._maps[Scope(scope)].get(name)
+        if e is None:
+            return False
+        e.state, e.open_until, e.probe_at, e.trips = BreakerStatus.CLOSED, 0.0, None, 0
+        e.consec, e.streak_model, e.streak_mixed, e.bn, e.bf = 0, "", False, 0.0, 0.0
+        self._changes.append(BreakerChange(e.scope.value, e.name, False))  # the fleet too
+        return True
+
     def detection(self, now: float, *, providers: Iterable[str] = (),
                   lanes: Iterable[str] = ()) -> dict[str, Detection]:
         """Detection state per 'provider:NAME' and 'lane:NAME'.

@@ -8,6 +8,7 @@ reload, so no decision ever sees half of two configs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import uuid
 from collections.abc import Callable, Mapping
@@ -121,7 +122,12 @@ class RoutingService:
         self.ev_window = self.ev_window.resized(state.settings.tiers)
         self.ledger.replace_rules(state.settings.budgets)
         self.learner.reconfigure(state.settings)
-        self.state = state
+        # Operator pauses are not config: a reload keeps them.
+        self.state = dataclasses.replace(state, paused=self.state.paused)
+
+    def set_paused(self, paused: Mapping[str, str]) -> None:
+        """Swap in the models an operator took out of routing, with why (no await: atomic)."""
+        self.state = dataclasses.replace(self.state, paused=MappingProxyType(dict(paused)))
 
     async def decide(self, task: domain.Task, trace: TraceIds = NO_TRACE,
                      uncallable: Uncallable | None = None) -> Decided:

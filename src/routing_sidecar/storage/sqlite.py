@@ -21,14 +21,20 @@ import aiosqlite
 from routing_sidecar.core.budget_rules import LedgerEntry
 from routing_sidecar.errors import StorageError
 from routing_sidecar.ports import (
+    ActivityBucket,
     AttemptRecord,
+    AuditedDecision,
     Clock,
     DecisionRecord,
+    FallbackCell,
     LedgerTotal,
     OutcomeRecord,
+    PauseRecord,
     PerformanceRecord,
+    PolicyChange,
     RoutingStats,
 )
+from routing_sidecar.storage import queries
 from routing_sidecar.storage.migrations import migrate
 from routing_sidecar.storage.rows import (
     DECISION_COLUMNS,
@@ -303,6 +309,50 @@ class SqliteStore:
     async def routing_stats(self, since: float, label_keys: Sequence[str] = ()) -> RoutingStats:
         """The routing matrix over non-dry-run decisions made since a time."""
         return await routing_stats(self._rows, since, label_keys)
+
+    # -- the admin API (storage/queries.py) ------------------------------------------------
+
+    async def list_decisions(self, limit: int, model: str | None = None,
+                             task_type: str | None = None) -> list[AuditedDecision]:
+        """The most recent decisions, newest first, with outcomes and attempts."""
+        return await queries.list_decisions(self._rows, limit, model, task_type)
+
+    async def decision_view(self, decision_id: str) -> AuditedDecision | None:
+        """One decision with its outcome and attempts, or None."""
+        return await queries.decision_view(self._rows, decision_id)
+
+    async def fallback_cells(self, since: float, label_key: str | None) -> list[FallbackCell]:
+        """Fallback decisions per (model, task type), or per (model, label value)."""
+        return await queries.fallback_cells(self._rows, since, label_key)
+
+    async def label_keys(self, since: float) -> list[str]:
+        """Label keys of the decisions made since a time, sorted."""
+        return await queries.label_keys(self._rows, since)
+
+    async def activity(self, since: float, bucket_s: float) -> list[ActivityBucket]:
+        """Decisions and spend per bucket since a time (buckets with neither are absent)."""
+        return await queries.activity(self._rows, since, bucket_s)
+
+    async def record_policy_change(self, change: PolicyChange, config_json: str) -> int:
+        """Persist a policy edit and the config version it produced; return its version."""
+        version: int = await self.writer.run(queries.record_policy_change(change, config_json))
+        return version
+
+    async def policy_changes(self) -> list[PolicyChange]:
+        """Every policy edit, oldest first."""
+        return await queries.policy_changes(self._rows)
+
+    async def set_pause(self, pause: PauseRecord) -> None:
+        """Persist a model's pause (replacing an earlier one)."""
+        await self.writer.submit(Job((queries.pause_write(pause),)))
+
+    async def clear_pause(self, model: str) -> None:
+        """Forget a model's pause."""
+        await self.writer.submit(Job((queries.unpause_write(model),)))
+
+    async def load_pauses(self) -> list[PauseRecord]:
+        """Every paused model."""
+        return await queries.load_pauses(self._rows)
 
 
 def _prune_decisions(conn: sqlite3.Connection, *, cutoff: float, limit: int) -> int:

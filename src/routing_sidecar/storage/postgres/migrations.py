@@ -121,7 +121,28 @@ _V3 = """
 ALTER TABLE model_selections ADD COLUMN off_plan BOOLEAN NOT NULL DEFAULT false;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+# The admin HTTP API: policy edits (each producing a config version in routing_policies),
+# models an operator paused, and spend by the hour it was reported in.
+_V4 = """
+CREATE TABLE routing_policy_changes (
+    version               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    policy                TEXT NOT NULL,
+    action                TEXT NOT NULL CHECK (action IN ('set', 'revert')),
+    policy_json           TEXT NOT NULL,
+    config_hash           TEXT NOT NULL,
+    changed_at            DOUBLE PRECISION NOT NULL
+);
+
+CREATE TABLE model_pauses (
+    model                 TEXT PRIMARY KEY,
+    paused_at             DOUBLE PRECISION NOT NULL,
+    reason                TEXT NOT NULL DEFAULT ''
+);
+
+CREATE INDEX outcomes_by_time ON decision_outcomes (reported_at);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _VERSIONS_TABLE = """

@@ -19,16 +19,22 @@ import asyncpg
 from routing_sidecar.core.budget_rules import LedgerEntry
 from routing_sidecar.errors import StorageError
 from routing_sidecar.ports import (
+    ActivityBucket,
     AttemptRecord,
+    AuditedDecision,
     Clock,
     DecisionRecord,
+    FallbackCell,
     LedgerTotal,
     OutcomeRecord,
+    PauseRecord,
     PerformanceRecord,
+    PolicyChange,
     RoutingStats,
 )
+from routing_sidecar.storage import queries
 from routing_sidecar.storage.batching import Job, Once, Write
-from routing_sidecar.storage.postgres import sql
+from routing_sidecar.storage.postgres import admin, sql
 from routing_sidecar.storage.postgres.dsn import Redactor
 from routing_sidecar.storage.postgres.migrations import migrate
 from routing_sidecar.storage.postgres.writer import LOST, PgWriter
@@ -62,6 +68,12 @@ def _canonical_labels(text: str) -> str:
     """Labels as DecisionRecord wrote them: compact, sorted keys (jsonb spells `{"a": "1"}`)."""
     return json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False,
                       sort_keys=True)
+
+
+def _decision(record: Sequence[Any]) -> DecisionRecord:
+    row = list(record)
+    row[_LABELS] = _canonical_labels(row[_LABELS])
+    return decision_from_row(row)
 
 
 class PostgresStore:
@@ -110,7 +122,7 @@ class PostgresStore:
             log.info("store schema migrated", extra={"store": redact.where,
                                                      "versions": list(applied)})
         writer = PgWriter(pool, redact, max_batch=max_batch, acquire_timeout_s=connect_timeout_s,
-                          keyed=sql.KEYED)
+                          keyed={**sql.KEYED, admin.UPSERT_PAUSE: 1})
         writer.start()
         return cls(pool, writer, redact, retention_days, clock, connect_timeout_s)
 
@@ -219,11 +231,7 @@ class PostgresStore:
     async def get_decision(self, decision_id: str) -> DecisionRecord | None:
         """A recorded decision, or None."""
         rows = await self._rows(sql.GET_DECISION, decision_id)
-        if not rows:
-            return None
-        row = list(rows[0])
-        row[_LABELS] = _canonical_labels(row[_LABELS])
-        return decision_from_row(row)
+        return _decision(rows[0]) if rows else None
 
     async def get_outcome(self, decision_id: str) -> OutcomeRecord | None:
         """The outcome recorded for a decision, or None."""
@@ -247,3 +255,74 @@ class PostgresStore:
             await self._rows(sql.STATS_DECISIONS_BY_PROVIDER, since),
             await self._rows(sql.STATS_ATTEMPTS_BY_PROVIDER, since),
         )
+
+    # -- the admin API (postgres/admin.py) -------------------------------------------------
+
+    async def _audited(self, found: Sequence[Any]) -> list[AuditedDecision]:
+        records = [_decision(r) for r in found]
+        if not records:
+            return []
+        ids = [r.decision_id for r in records]
+        return queries.audited(records, await self._rows(admin.OUTCOMES_OF, ids),
+                               await self._rows(admin.ATTEMPTS_OF, ids))
+
+    async def list_decisions(self, limit: int, model: str | None = None,
+                             task_type: str | None = None) -> list[AuditedDecision]:
+        """The most recent decisions, newest first, with outcomes and attempts."""
+        return await self._audited(
+            await self._rows(admin.LIST_DECISIONS, model, task_type, limit))
+
+    async def decision_view(self, decision_id: str) -> AuditedDecision | None:
+        """One decision with its outcome and attempts, or None."""
+        views = await self._audited(await self._rows(admin.GET_DECISION, decision_id))
+        return views[0] if views else None
+
+    async def fallback_cells(self, since: float, label_key: str | None) -> list[FallbackCell]:
+        """Fallback decisions per (model, task type), or per (model, label value)."""
+        if label_key is None:
+            return queries.fallback_cells_from(
+                await self._rows(admin.FALLBACKS_BY_TASK, since))
+        return queries.fallback_cells_from(
+            await self._rows(admin.FALLBACKS_BY_LABEL, since, label_key))
+
+    async def label_keys(self, since: float) -> list[str]:
+        """Label keys of the decisions made since a time, sorted."""
+        return [str(r[0]) for r in await self._rows(admin.LABEL_KEYS, since)]
+
+    async def activity(self, since: float, bucket_s: float) -> list[ActivityBucket]:
+        """Decisions and spend per bucket since a time (buckets with neither are absent)."""
+        queries.check_bucket(bucket_s)
+        return queries.buckets_from(
+            await self._rows(admin.DECISIONS_PER_BUCKET, bucket_s, since),
+            await self._rows(admin.SPEND_PER_BUCKET, bucket_s, since), bucket_s)
+
+    async def record_policy_change(self, change: PolicyChange, config_json: str) -> int:
+        """Persist a policy edit and the config version it produced; return its version."""
+
+        async def write(conn: asyncpg.Connection) -> int:
+            await conn.execute(admin.INSERT_CONFIG_VERSION, change.config_hash, config_json,
+                               change.changed_at)
+            version = await conn.fetchval(
+                admin.INSERT_POLICY_CHANGE, change.policy, change.action, change.policy_json,
+                change.config_hash, change.changed_at)
+            return int(version)
+
+        return await self.writer.run(write)
+
+    async def policy_changes(self) -> list[PolicyChange]:
+        """Every policy edit, oldest first."""
+        return [PolicyChange(r[0], r[1], r[2], r[3], r[4], int(r[5]))
+                for r in await self._rows(admin.POLICY_CHANGES)]
+
+    async def set_pause(self, pause: PauseRecord) -> None:
+        """Persist a model's pause (replacing an earlier one)."""
+        write = Write(admin.UPSERT_PAUSE, (pause.model, pause.paused_at, pause.reason))
+        await self.writer.submit(Job((write,)))
+
+    async def clear_pause(self, model: str) -> None:
+        """Forget a model's pause."""
+        await self.writer.submit(Job((Write(admin.DELETE_PAUSE, (model,)),)))
+
+    async def load_pauses(self) -> list[PauseRecord]:
+        """Every paused model."""
+        return [PauseRecord(*r) for r in await self._rows(admin.PAUSES)]
