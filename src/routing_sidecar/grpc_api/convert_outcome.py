@@ -6,7 +6,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from routing_sidecar import domain
 from routing_sidecar.errors import InvalidArgument
-from routing_sidecar.grpc_api.convert import MAX_TOKENS, _fraction, _ident, budget_to_pb
+from routing_sidecar.grpc_api.convert import MAX_TOKENS, _fraction, budget_to_pb, check_name
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 
 MAX_ATTEMPTS = 32
@@ -42,13 +42,11 @@ def _attempt(i: int, a: pb.Attempt) -> domain.Attempt:
     status = ATTEMPT_FROM_PB.get(a.status)
     if status is None:
         raise InvalidArgument(f"{where}.status", f"unknown or missing status {a.status}")
-    if len(a.error_type) > 128:
-        raise InvalidArgument(f"{where}.error_type", "is longer than 128 characters")
     return domain.Attempt(
-        model=_ident(f"{where}.model", a.model),
-        provider=_ident(f"{where}.provider", a.provider, required=False),
+        model=check_name(f"{where}.model", a.model),
+        provider=check_name(f"{where}.provider", a.provider, required=False),
         status=status,
-        error_type=a.error_type,
+        error_type=check_name(f"{where}.error_type", a.error_type, required=False),
         started_at=(
             a.started_at.seconds + a.started_at.nanos / 1e9 if a.HasField("started_at") else None
         ),
@@ -68,7 +66,7 @@ def _attempt(i: int, a: pb.Attempt) -> domain.Attempt:
 
 def outcome_from_pb(msg: pb.Outcome) -> domain.Outcome:
     """Validate an Outcome's shape and convert it; raises InvalidArgument naming the field."""
-    decision_id = _ident("decision_id", msg.decision_id)
+    decision_id = check_name("decision_id", msg.decision_id)
     if len(msg.attempts) > MAX_ATTEMPTS:
         raise InvalidArgument("attempts", f"has {len(msg.attempts)}; at most {MAX_ATTEMPTS}")
     quality = None
