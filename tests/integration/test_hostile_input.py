@@ -411,6 +411,20 @@ async def test_other_label_caps(make: Car, key: str, limit: str) -> None:
     assert await refusals(car, key) == 1
 
 
+async def test_project_cap_on_route_stream_names_the_message(make: Car) -> None:
+    car = await make(limits={"max_projects": 1})
+    async with grpc.aio.insecure_channel(car.address) as ch:
+        call = pb_grpc.RouterStub(ch).RouteStream()
+        got = []
+        with pytest.raises(grpc.aio.AioRpcError):
+            for p in ("p1", "P1", "p2", "p1"):  # lockstep: see the undecodable stream test
+                await call.write(req(labels={"project": p}))
+                got.append((await call.read()).status)
+        assert got == [pb.DECISION_STATUS_ROUTED] * 2
+        assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (await call.details() or "").startswith("stream message 2: labels[project]: 1 ")
+
+
 async def test_a_refused_label_admits_no_other_label_of_the_request(make: Car) -> None:
     car = await make(limits={"max_projects": 1, "max_lanes": 5})
     async with grpc.aio.insecure_channel(car.address) as ch:

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import grpc
 
 from routing_sidecar import logs
-from routing_sidecar.errors import InvalidArgument
+from routing_sidecar.errors import InvalidArgument, ResourceExhausted
 from routing_sidecar.grpc_api import convert, convert_outcome, convert_stats, observe
 from routing_sidecar.grpc_api.status import streaming, unary
 from routing_sidecar.ports import AuditLog, Clock
@@ -86,9 +86,9 @@ class RouterServicer(pb_grpc.RouterServicer):
                 try:
                     task = convert.task_from_pb(request)
                     decision = await self._service.route(task, self._observe.trace_ids())
-                except InvalidArgument as exc:
+                except (InvalidArgument, ResourceExhausted) as exc:
                     field = f"stream message {index}: {exc.field}"
-                    raise InvalidArgument(field, _problem(exc)) from None
+                    raise type(exc)(field, _problem(exc)) from None
                 self._observe.decided(task, decision, time.perf_counter() - started)
             yield convert.decision_to_pb(decision)
             index += 1
@@ -136,5 +136,5 @@ class RouterServicer(pb_grpc.RouterServicer):
         yield pb.CompleteEvent()  # pragma: no cover - abort raises
 
 
-def _problem(exc: InvalidArgument) -> str:
+def _problem(exc: InvalidArgument | ResourceExhausted) -> str:
     return exc.message.removeprefix(f"{exc.field}: ")
