@@ -13,6 +13,8 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -213,6 +215,23 @@ NEWLINE_FIELDS: list[tuple[str, tuple[str, Any]]] = [
 ]
 
 
+def _attempt(**kw: Any) -> tuple[str, Any]:
+    return "ReportOutcome", pb.Outcome(decision_id="d1", attempts=[
+        pb.Attempt(model="gpt-5", status=OK, **kw)])
+
+
+BAD_TIMES: list[tuple[str, tuple[str, Any]]] = [
+    ("attempts[0].started_at", _attempt(started_at=Timestamp(seconds=-5))),
+    ("attempts[0].started_at", _attempt(started_at=Timestamp(seconds=2**62))),
+    ("attempts[0].started_at", _attempt(started_at=Timestamp(seconds=1, nanos=-1))),
+    ("attempts[0].started_at", _attempt(started_at=Timestamp(seconds=1, nanos=10**9))),
+    ("attempts[0].duration", _attempt(duration=Duration(seconds=10**12))),
+    ("attempts[0].duration", _attempt(duration=Duration(seconds=0, nanos=-1))),
+    ("attempts[0].duration", _attempt(duration=Duration(seconds=5, nanos=2 * 10**9))),
+    ("attempts[0].retry_after", _attempt(retry_after=Duration(seconds=-1))),
+]
+
+
 @pytest.mark.parametrize(("field", "call"), NEWLINE_FIELDS, ids=[f for f, _ in NEWLINE_FIELDS])
 async def test_trailing_newline_ids_refused(
     sidecar: Sidecar, stub: pb_grpc.RouterStub, field: str, call: tuple[str, Any],
@@ -223,6 +242,20 @@ async def test_trailing_newline_ids_refused(
         await getattr(stub, method)(message)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (err.value.details() or "").startswith(f"{field}:"), err.value.details()
+    assert await books(sidecar, stub) == before
+
+
+async def test_attempt_times_out_of_range_refused(
+    sidecar: Sidecar, stub: pb_grpc.RouterStub,
+) -> None:
+    # Times the audit trail could hold but an exported attempt span could not (OTLP encodes
+    # unsigned 64-bit nanoseconds): one of these would lose a whole batch of traces.
+    before = await books(sidecar, stub)
+    for field, (method, message) in BAD_TIMES:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await getattr(stub, method)(message)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.value.details() or "").startswith(f"{field}:"), err.value.details()
     assert await books(sidecar, stub) == before
 
 

@@ -601,7 +601,9 @@ Global___Decision: _TypeAlias = Decision  # noqa: Y015
 
 @_typing.final
 class Attempt(_message.Message):
-    """Attempt is one call the orchestrator made for a decision."""
+    """Attempt is one call the orchestrator made for a decision. `started_at` lies between 1970
+    and 2199; `duration` and `retry_after` are 0..86400 s, with nanos of the seconds' sign.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
