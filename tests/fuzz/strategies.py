@@ -210,9 +210,16 @@ def _valid(method: str, recent: Recent) -> st.SearchStrategy[Message]:
         return _valid_route(recent)
     if method == "ReportOutcome":
         return _valid_outcome(recent)
+    if method == "Complete":
+        chat = st.builds(pb.ChatMessage, role=st.sampled_from(["system", "user", "assistant"]),
+                         content=st.text(max_size=40))
+        return st.builds(pb.CompleteRequest, route=_valid_route(recent),
+                         messages=st.lists(chat, min_size=1, max_size=3), stream=st.booleans())
     if method == "GetBudgetStatus":
         return st.builds(pb.BudgetQuery, scopes=st.lists(st.sampled_from(KNOWN["scopes"]),
                                                           max_size=3))
+    if method != "GetRoutingStats":
+        raise KeyError(f"no valid-message strategy for Router.{method}: add one")
     return st.builds(pb.StatsQuery, hours=st.integers(0, 48),
                      label_keys=st.lists(st.sampled_from(KNOWN["label_keys"]), max_size=2))
 

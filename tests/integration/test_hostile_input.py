@@ -123,6 +123,21 @@ async def test_undecodable_body_unary_is_invalid_argument_without_internals(
     no_tracebacks(caplog)
 
 
+async def test_undecodable_body_on_complete_is_invalid_argument(
+    sidecar: Sidecar, channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    call = channel.unary_stream(f"{ROUTER}/Complete")
+    for body in [*GARBAGE, bad_utf8("CompleteRequest")]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in call(body):
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == "request: not a valid CompleteRequest"
+    assert rows(sidecar) == (0, 0, 0)
+    no_tracebacks(caplog)
+
+
 async def test_undecodable_body_on_route_stream_names_its_index(
     sidecar: Sidecar, channel: grpc.aio.Channel, stub: pb_grpc.RouterStub,
     caplog: pytest.LogCaptureFixture,
