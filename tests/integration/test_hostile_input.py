@@ -404,6 +404,20 @@ async def test_project_cap_refuses_new_values_counts_them_and_keeps_known_ones(
     no_tracebacks(caplog)
 
 
+async def test_projects_the_config_names_are_known_and_count_toward_the_cap(make: Car) -> None:
+    car = await make(limits={"max_projects": 2},
+                     budgets=[{"scope": "project:Alpha", "period": "day", "limit_usd": 10}])
+    assert car.routing.limits.known("project") == 1
+    async with grpc.aio.insecure_channel(car.address) as ch:
+        stub = pb_grpc.RouterStub(ch)
+        await stub.Route(req(labels={"project": "beta"}))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Route(req(labels={"project": "gamma"}))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (await stub.Route(req(labels={"project": "ALPHA"}))).status == (
+            pb.DECISION_STATUS_ROUTED)
+
+
 async def test_project_cap_counts_values_known_from_the_ledger_after_restart(
     make: Car,
 ) -> None:
@@ -460,7 +474,7 @@ async def test_other_label_caps(make: Car, key: str, limit: str) -> None:
 
 
 async def test_project_cap_on_route_stream_names_the_message(make: Car) -> None:
-    car = await make(limits={"max_projects": 1})
+    car = await make(limits={"max_projects": 1}, budgets=[])  # no project the config names
     async with grpc.aio.insecure_channel(car.address) as ch:
         call = pb_grpc.RouterStub(ch).RouteStream()
         got = []
@@ -474,7 +488,7 @@ async def test_project_cap_on_route_stream_names_the_message(make: Car) -> None:
 
 
 async def test_a_refused_label_admits_no_other_label_of_the_request(make: Car) -> None:
-    car = await make(limits={"max_projects": 1, "max_lanes": 5})
+    car = await make(limits={"max_projects": 1, "max_lanes": 5}, budgets=[])
     async with grpc.aio.insecure_channel(car.address) as ch:
         stub = pb_grpc.RouterStub(ch)
         await stub.Route(req(labels={"project": "p1"}))

@@ -10,7 +10,8 @@ caller inventing values grows all of them without limit; without normalisation `
 - a value not yet known for a capped label is admitted while the label has room, else the
   request is refused (ResourceExhausted, nothing decided, written or charged) and counted.
 
-Values known at start (the persisted ledger's scopes, health's lanes) always keep working.
+Values known at start (the ledger's scopes, those the config names included, and the lanes
+health tracks) always keep working, and count toward their cap. Caps hold per process.
 """
 
 from __future__ import annotations
