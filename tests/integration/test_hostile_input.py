@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import yaml
 from google.protobuf.duration_pb2 import Duration
@@ -495,3 +496,24 @@ async def test_a_refused_label_admits_no_other_label_of_the_request(make: Car) -
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.Route(req(labels={"project": "p2", "lane": "l1"}))
     assert car.routing.limits.known("lane") == 0
+
+
+async def test_over_http_newline_ids_are_400_and_a_new_project_beyond_the_cap_is_429(
+    make: Car,
+) -> None:
+    car = await make(limits={"max_projects": 1}, budgets=[])
+    body = {"taskId": "t-1", "taskType": "fix_bug", "labels": {"project": "ALPHA "}}
+    async with httpx.AsyncClient(base_url=f"http://{car.admin_address}", timeout=10) as http:
+        r = await http.post("/route", json=body)
+        assert r.status_code == 200, r.text
+        before = rows(car)
+        r = await http.post("/route", json={**body, "taskId": "t-1\n"})
+        assert r.status_code == 400 and r.json()["error"]["field"] == "task_id"
+        r = await http.post("/route", json={**body, "labels": {"project": "beta"}})
+        assert r.status_code == 429, r.text
+        error = r.json()["error"]
+        assert error["code"] == "RESOURCE_EXHAUSTED" and error["field"] == "labels[project]"
+        assert rows(car) == before
+        # The same project in another case is the one already admitted.
+        assert (await http.post("/route", json={**body, "labels": {"project": "alpha"}})
+                ).status_code == 200
