@@ -112,6 +112,14 @@ def cpt(curve: Sequence[tuple[float, float]], target: float) -> float | None:
     return None
 
 
+def pgr_at(curve: Sequence[tuple[float, float]], share: float) -> float:
+    """PGR of a pgr_curve at a share of calls to strong, linear between its points."""
+    for (x0, y0), (x1, y1) in itertools.pairwise(curve):
+        if x0 <= share <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (share - x0) / (x1 - x0)
+    raise ValueError(f"share {share} outside the curve's {curve[0][0]}..{curve[-1][0]}")
+
+
 @dataclass(frozen=True)
 class PairCurve:
     """RouteLLM figures of one way of routing the weak/strong pair, from its (share, PGR) points.
@@ -120,6 +128,7 @@ class PairCurve:
     """
 
     points: tuple[tuple[float, float], ...]
+    curve: tuple[tuple[float, float], ...]  # pgr_curve of the points
     apgr: float
     cpt50: float | None
     cpt80: float | None
@@ -129,7 +138,11 @@ class PairCurve:
         """APGR and CPT(50%) / CPT(80%) of the points, with (0, 0) and (1, 1) added."""
         pts = tuple(points)
         curve = pgr_curve(pts)
-        return cls(pts, apgr(curve), cpt(curve, 0.5), cpt(curve, 0.8))
+        return cls(pts, tuple(curve), apgr(curve), cpt(curve, 0.5), cpt(curve, 0.8))
+
+    def at(self, share: float) -> float:
+        """The curve's PGR at `share` of calls to strong."""
+        return pgr_at(self.curve, share)
 
 
 # Mixing the two models at random: the straight line from (0, 0) to (1, 1).

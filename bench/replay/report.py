@@ -82,7 +82,8 @@ def pair_table(a: Analysis) -> Table:
     rows = [[f"router, {SWEEP_NAME[k]}", *_pair_cells(s.pair), str(s.refusals)]
             for k, s in a.sweeps.items() if s.pair is not None]
     rows += [[name, *_pair_cells(c), "-"] for name, c in a.refs.pairs.items()]
-    return Table(["llama/gemini", "APGR", "CPT(50%)", "CPT(80%)", "refusals"], rows)
+    return Table(["llama/gemini", "APGR", "CPT(50%)", "CPT(80%)",
+                  "refusals (whole sweep, both policies)"], rows)
 
 
 def aiq_table(a: Analysis) -> Table:
@@ -118,6 +119,7 @@ def targets_table(a: Analysis) -> Table:
         ref = a.refs.type_oracle_reach
         add(f"{SWEEP_NAME[k]}, three models", f"saved >= {pct(SAVING, 0)} at 95% of gemini",
             got, got is not None and got >= SAVING, pct(_saved(a, ref)) if ref else "-")
+    # APGR and CPT beside the gap-ordered oracle, the saving beside the lambda one.
     return Table(["sweep", "target", "measured", "", "per-task-type oracle"], rows)
 
 
@@ -137,13 +139,17 @@ def three_table(a: Analysis, s: SweepFigures) -> Table:
     return Table(heads, rows)
 
 
-def two_table(s: SweepFigures) -> Table:
+def two_table(a: Analysis, s: SweepFigures) -> Table:
+    """The weak/strong curve, with the gap-ordered oracle and the random mix at each share."""
+    oracle = a.refs.pairs[GAP_ORACLE]
     rows = [[level(s.knob, x), f"{f.summary.point.quality:.4f}", usd(f.summary.point.cost),
-             pct(f.strong_share), f"{f.pgr or 0.0:+.3f}", str(f.summary.not_routed),
-             str(f.run.below_floor), pct(f.explored, 0)]
+             pct(f.strong_share), f"{f.pgr or 0.0:+.3f}", f"{oracle.at(f.strong_share):+.3f}",
+             f"{f.strong_share:+.3f}", str(f.summary.not_routed), str(f.run.below_floor),
+             pct(f.explored, 0)]
             for x, f in sorted(s.two.items())]
-    return Table([s.knob.value, "quality", "$/prompt", "calls to gemini", "PGR", "not routed",
-                  "below floor", "explored"], rows)
+    return Table([s.knob.value, "quality", "$/prompt", "calls to gemini", "PGR",
+                  "oracle PGR at that share", "random-mix PGR", "not routed", "below floor",
+                  "explored"], rows)
 
 
 def gap_table(a: Analysis) -> Table:
@@ -268,7 +274,7 @@ def sections(a: Analysis) -> list[tuple[str, Table]]:
     for k, s in a.sweeps.items():
         if s.two:
             out.append((f"Curve, llama/gemini (policy weak_strong), {SWEEP_NAME[k]}",
-                        two_table(s)))
+                        two_table(a, s)))
         if s.three:
             out.append((f"Curve, three models (policy replay), {SWEEP_NAME[k]}",
                         three_table(a, s)))

@@ -196,6 +196,16 @@ def test_a_refusal_scores_zero_not_the_weak_model() -> None:
 
 def test_random_mix_is_the_diagonal() -> None:
     assert (RANDOM_MIX.apgr, RANDOM_MIX.cpt50, RANDOM_MIX.cpt80) == pytest.approx((0.5, 0.5, 0.8))
+    assert RANDOM_MIX.at(0.3) == pytest.approx(0.3)
+
+
+def test_a_curve_read_at_a_share_interpolates_between_its_points() -> None:
+    curve = PairCurve.of([(0.5, 1.0), (0.75, 1.2)])
+    assert curve.at(0.25) == pytest.approx(0.5)
+    assert curve.at(0.6) == pytest.approx(1.08)
+    assert curve.at(1.0) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="outside"):
+        curve.at(1.5)
 
 
 def test_lambda_oracle_restricted_to_the_pair() -> None:
