@@ -234,8 +234,8 @@ def _saving_line(a: Analysis, k: Knob, s: SweepFigures) -> str:
 
 def _convergence_line(a: Analysis, k: Knob, c: Convergence) -> str:
     big = [n for s, n in c.settled.items() if a.sources[s] >= 20]
-    if not c.windows:
-        stable = f"not measured (fewer than {WINDOW} prompts)"
+    if len(c.windows) < 2:
+        stable = f"not measured (fewer than {2 * WINDOW} prompts)"
     elif c.stable_from is None:
         stable = "never (shares still move >= 5 points between the last windows)"
     else:
