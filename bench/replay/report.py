@@ -128,14 +128,18 @@ def _saved(a: Analysis, p: Point) -> float:
 
 
 def three_table(a: Analysis, s: SweepFigures) -> Table:
+    """The three-model curve; "hull" marks the points on its non-decreasing convex hull."""
     gem = a.refs.singles[STRONG]
+    on_hull = set(s.hull)
     rows = [[level(s.knob, x), f"{f.summary.point.quality:.4f}", usd(f.summary.point.cost),
              *share_cells(f.summary.shares), str(f.summary.not_routed),
              str(f.run.below_floor), pct(f.explored, 0), f"{f.late.quality:.4f}",
-             pct(f.summary.point.quality / gem.quality), pct(_saved(a, f.summary.point))]
+             pct(f.summary.point.quality / gem.quality), pct(_saved(a, f.summary.point)),
+             "yes" if f.summary.point in on_hull else ""]
             for x, f in sorted(s.three.items())]
     heads = [s.knob.value, "quality", "$/prompt", *(SHORT[m] for m in MODELS), "not routed",
-             "below floor", "explored", "quality 2nd half", "% of gemini q", "saved vs gemini"]
+             "below floor", "explored", "quality 2nd half", "% of gemini q", "saved vs gemini",
+             "hull"]
     return Table(heads, rows)
 
 
@@ -237,14 +241,14 @@ def _convergence_line(a: Analysis, k: Knob, c: Convergence) -> str:
     if len(c.windows) < 2:
         stable = f"not measured (fewer than {2 * WINDOW} prompts)"
     elif c.stable_from is None:
-        stable = "never (shares still move >= 5 points between the last windows)"
+        stable = "still moving by 5 points or more between the last two"
     else:
-        stable = f"from prompt {c.windows[c.stable_from].start} (window {c.stable_from})"
+        stable = (f"stable to < 5 points from prompt {c.windows[c.stable_from].start} "
+                  f"(window {c.stable_from})")
     return (f"Convergence at the val-tuned {k.value} {level(k, c.level)} (three models): "
-            f"model shares per {WINDOW}-prompt window stable to < 5 points {stable}; task "
-            f"types with >= 20 prompts settle after a median of "
-            f"{statistics.median(big) if big else 0:g} of their own prompts "
-            f"(max {max(big, default=0)})")
+            f"model shares per {WINDOW}-prompt window {stable}; task types with >= 20 prompts "
+            f"settle after a median of {statistics.median(big) if big else 0:g} of their own "
+            f"prompts (max {max(big, default=0)})")
 
 
 def learning_line(a: Analysis) -> str:

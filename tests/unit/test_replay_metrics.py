@@ -284,6 +284,7 @@ def test_analysis_counts_refusals_as_failures_and_finds_the_cheapest_point() -> 
     # ... a refusal of prompt 0 scores 0, below always-llama: PGR (0.4 - 0.5) / 0.45.
     assert val.pair is not None and list(val.pair.points[0]) == pytest.approx([0.0, -0.1 / 0.45])
     assert val.three == {} and val.aiq is None and val.reach is None
+    assert bar.hull == [Point(0.001, 0.5), Point(0.01, 0.925), Point(1.0, 0.95)]
     md = markdown(a, {"Command": "test"})
     assert "#### Targets of the issue" in md
     assert "| value sweep (value_micros) | no refusals | 1 | MISSED |" in md
