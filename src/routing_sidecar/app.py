@@ -38,6 +38,7 @@ from routing_sidecar.service.cache import CacheService
 from routing_sidecar.service.fleet_budgets import FleetBudgets
 from routing_sidecar.service.fleet_sync import FleetSync
 from routing_sidecar.service.learning import LEARNED_BOOKS, Learner
+from routing_sidecar.service.limits import LabelLimits, fold_entries, known_at_start
 from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService, RoutingState, new_decision_id
 from routing_sidecar.service.upkeep import Upkeep
@@ -119,10 +120,11 @@ class Sidecar:
         await store.record_config(digest, cfg.model_dump_json(), self.clock.now())
         learner = Learner.of(settings)
         learner.load({book: await store.load_learned(book) for book in LEARNED_BOOKS})
+        limits = LabelLimits(await known_at_start(ledger, learner.health, self.clock.now()))
         self.routing = RoutingService(
             RoutingState.of(settings, digest), self.clock, ledger, store, learner,
             new_id=lambda: logs.bind_decision(new_decision_id()),  # logs name the decision
-            rng=self._rng,
+            rng=self._rng, limits=limits,
         )
         self.outcomes = OutcomeService(
             lambda: self.routing.catalog, ledger, store, self.clock, learner,
@@ -146,6 +148,7 @@ class Sidecar:
         self.cache.on_lookup = self.observer.cache_lookup
         self.routing.cache = self.outcomes.cache = self.cache
         self._cache_task = asyncio.create_task(self.cache.run(), name="cache-sweeper")
+        limits.on_refused = self.observer.label_refused
         await self._join_fleet(learner, ledger)
         servicer = RouterServicer(self.routing, self.outcomes, store, self.clock, self.observer)
         self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes,
@@ -164,7 +167,9 @@ class Sidecar:
         fleet = self.cfg.fleet
         if not fleet.enabled:
             embedded = Ledger(settings.budgets, tz)
-            embedded.restore(await store.load_ledger_entries())
+            # Rows of project:/worker: scopes in another case add to the folded scope's line.
+            embedded.restore(fold_entries(await store.load_ledger_entries(),
+                                          settings.limits.casefold_scope_labels))
             return LocalBudgets(embedded)
         self.fleet = open_fleet(fleet, settings, tz, origin=self.sidecar_id)
         self.outbox = await Outbox.open(fleet.outbox_path)

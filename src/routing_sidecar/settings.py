@@ -122,6 +122,22 @@ class CacheSettings:
     sweep_interval_s: float = 10.0  # expiry, LRU eviction, hit counts flushed
 
 
+# Labels whose values name budget scopes (project:X, worker:X), normalised alike on both sides.
+SCOPE_LABELS = ("project", "worker")
+_DEFAULT_CAPS: Mapping[str, int] = MappingProxyType(
+    {"project": 1000, "worker": 1000, "lane": 100, "layer": 1000})
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """Caps on the distinct label values callers may introduce, and how scope labels compare."""
+
+    # Label key -> the most distinct values admitted; keys not named are not capped.
+    caps: Mapping[str, int] = field(default_factory=lambda: _DEFAULT_CAPS)
+    # `project` and `worker` values (and the config's project:/worker: scopes) case-folded.
+    casefold_scope_labels: bool = True
+
+
 _NO_MODELS: Mapping[str, ModelSpec] = MappingProxyType({})
 _NO_POLICIES: Mapping[str, Policy] = MappingProxyType({})
 
@@ -143,3 +159,4 @@ class RouterSettings:
     critical_lanes: frozenset[str] = frozenset()
     outcomes: OutcomeLimits = OutcomeLimits()
     cache: CacheSettings = CacheSettings()
+    limits: LimitSettings = LimitSettings()

@@ -370,3 +370,17 @@ async def test_with_the_audit_trail_in_postgres_the_cache_keeps_a_file_of_its_ow
         await sidecar.stop()
     assert (tmp_path / "local-cache.db").exists()
     assert not (tmp_path / "routing.db").exists()  # the audit trail went to PostgreSQL
+
+
+async def test_the_tenant_is_the_project_as_budgets_see_it(car: Car) -> None:
+    # Project values are folded like budget scopes: ALPHA and alpha are one tenant.
+    stored = await car.store("fold-key", b"v", project="ALPHA")
+    hit = await car.route("fold-key", project="alpha")
+    assert hit.status == pb.DECISION_STATUS_CACHE_HIT
+    assert hit.cache_source_decision_id == stored.decision_id
+    stats = await car.stub.GetCacheStats(pb.CacheQuery(project="Alpha"))
+    assert stats.entries == 1 and [u.project for u in stats.usage] == ["alpha"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # a hit checks labels as a decision does
+        await car.route("fold-key", project="al pha")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("labels[project]")

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from routing_sidecar.errors import InvalidArgument
-from routing_sidecar.grpc_api.convert import MAX_LABEL_VALUE, _ident, timestamp
+from routing_sidecar.grpc_api.convert import check_label_value, check_name, timestamp
 from routing_sidecar.ports import CacheUsage
 from routing_sidecar.service.cache import CacheReport
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
@@ -27,17 +27,19 @@ class Query:
 
 def namespace(field: str, value: str) -> str:
     """A cache namespace: empty (the default) or a name of up to 128 characters."""
-    return _ident(field, value, required=False, max_len=MAX_NAMESPACE)
+    return check_name(field, value, required=False, max_len=MAX_NAMESPACE)
 
 
-def query_from_pb(q: pb.CacheQuery) -> Query:
-    """Validate a CacheQuery, naming the field at fault."""
+def query_from_pb(q: pb.CacheQuery, casefold: bool = False) -> Query:
+    """Validate a CacheQuery, naming the field at fault.
+
+    `casefold` (limits.casefold_scope_labels): the project is folded as requests' labels are.
+    """
     ns = namespace("namespace", q.namespace) if q.HasField("namespace") else None
     project = None
     if q.HasField("project"):
-        if len(q.project) > MAX_LABEL_VALUE:
-            raise InvalidArgument("project", f"is longer than {MAX_LABEL_VALUE} characters")
-        project = q.project
+        project = check_label_value("project", q.project)
+        project = project.lower() if casefold else project
     if not 0 <= q.hours <= MAX_HOURS:
         raise InvalidArgument("hours", f"must be 0..{MAX_HOURS} (got {q.hours})")
     return Query(ns, project, q.hours or 24, q.all)

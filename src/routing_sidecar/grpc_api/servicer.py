@@ -11,7 +11,12 @@ from typing import Any, TypeVar
 import grpc
 
 from routing_sidecar import logs
-from routing_sidecar.errors import FailedPrecondition, InvalidArgument, StorageError
+from routing_sidecar.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    StorageError,
+)
 from routing_sidecar.grpc_api import (
     convert,
     convert_cache,
@@ -95,9 +100,9 @@ class RouterServicer(pb_grpc.RouterServicer):
                 try:
                     task = convert.task_from_pb(request)
                     decision = await self._service.route(task, self._observe.trace_ids())
-                except InvalidArgument as exc:
+                except (InvalidArgument, ResourceExhausted) as exc:
                     field = f"stream message {index}: {exc.field}"
-                    raise InvalidArgument(field, _problem(exc)) from None
+                    raise type(exc)(field, _problem(exc)) from None
                 self._observe.decided(task, decision, time.perf_counter() - started)
             yield convert.decision_to_pb(decision)
             index += 1
@@ -146,7 +151,7 @@ class RouterServicer(pb_grpc.RouterServicer):
     @_traced
     async def GetCacheStats(self, request: pb.CacheQuery, context: Any) -> pb.CacheStats:
         """What the response cache holds, and its hits, misses and savings over a window."""
-        query = convert_cache.query_from_pb(request)
+        query = convert_cache.query_from_pb(request, self._casefold())
         now = self._clock.now()
         report = await self._cache().report(now - query.hours * 3600.0, query.namespace,
                                             query.project)
@@ -156,8 +161,12 @@ class RouterServicer(pb_grpc.RouterServicer):
     @_traced
     async def PurgeCache(self, request: pb.CacheQuery, context: Any) -> pb.PurgeCacheResult:
         """Delete the entries of a namespace and/or project, or (with all) every entry."""
-        namespace, project = convert_cache.purge_scope(convert_cache.query_from_pb(request))
+        query = convert_cache.query_from_pb(request, self._casefold())
+        namespace, project = convert_cache.purge_scope(query)
         return pb.PurgeCacheResult(deleted=await self._cache().purge(namespace, project))
+
+    def _casefold(self) -> bool:
+        return self._service.state.settings.limits.casefold_scope_labels
 
     def _cache(self) -> CacheService:
         if self._service.cache is None:
@@ -173,5 +182,5 @@ class RouterServicer(pb_grpc.RouterServicer):
         yield pb.CompleteEvent()  # pragma: no cover - abort raises
 
 
-def _problem(exc: InvalidArgument) -> str:
+def _problem(exc: InvalidArgument | ResourceExhausted) -> str:
     return exc.message.removeprefix(f"{exc.field}: ")

@@ -26,6 +26,7 @@ from routing_sidecar.service.budgets import AlertHook, log_alerts
 from routing_sidecar.service.cache import CacheService, cached_selection, project_of
 from routing_sidecar.service.ev import EvWindow
 from routing_sidecar.service.learning import Learner
+from routing_sidecar.service.limits import LabelLimits
 from routing_sidecar.service.view import Uncallable, build_view
 from routing_sidecar.settings import RouterSettings
 
@@ -95,7 +96,9 @@ class RoutingService:
         *,
         new_id: Callable[[], str] = new_decision_id,
         rng: random.Random | None = None,
+        limits: LabelLimits | None = None,
     ) -> None:
+        self.limits = limits or LabelLimits()  # label normalisation and cardinality caps
         self.state = state
         self.ledger = ledger
         self.learner = learner
@@ -140,6 +143,7 @@ class RoutingService:
         the models the sidecar cannot call itself.
         """
         state = self.state
+        task = self.limits.admit(task, state.settings.limits)  # scope labels folded, capped
         check_task(task, state.catalog)
         decision_id = self._new_id()
         for round_ in range(1, RESERVE_ROUNDS + 1):
@@ -194,6 +198,7 @@ class RoutingService:
                       trace: TraceIds = NO_TRACE) -> Decided:
         """A CACHE_HIT decision answered by a stored entry: audited, reserving nothing."""
         catalog = self.state.catalog
+        task = self.limits.admit(task, self.state.settings.limits)  # as decide() admits it
         check_task(task, catalog)
         now = self._clock.now()
         selection = cached_selection(task, resolve_policy(task, catalog), entry, catalog, now)
@@ -210,6 +215,8 @@ class RoutingService:
         A `cache_key` with a stored value answers CACHE_HIT instead (decision mode).
         """
         cache = self.cache
+        if cache is not None:  # the key's tenant is read from the labels as decide() sees them
+            task = self.limits.admit(task, self.state.settings.limits)
         key = cache.route_key(task, resolve_policy(task, self.catalog).name) if cache else None
         if cache is None or key is None:
             decided = await self.decide(task, trace)
