@@ -19,9 +19,11 @@ from tests.fuzz import strategies as fz
 from tests.fuzz.conftest import DOCUMENTED, PROFILE, LiveSidecar
 
 ROUTER = "/routing_sidecar.v1.Router"
-UNARY = ["Route", "ReportOutcome", "GetBudgetStatus", "GetRoutingStats"]
+UNARY = ["Route", "ReportOutcome", "GetBudgetStatus", "GetRoutingStats", "GetCacheStats",
+         "PurgeCache"]
 DECODE = {"Route": pb.Decision, "ReportOutcome": pb.OutcomeAck,
-          "GetBudgetStatus": pb.BudgetStatusList, "GetRoutingStats": pb.RoutingStats}
+          "GetBudgetStatus": pb.BudgetStatusList, "GetRoutingStats": pb.RoutingStats,
+          "GetCacheStats": pb.CacheStats, "PurgeCache": pb.PurgeCacheResult}
 # Complete answers UNIMPLEMENTED until execute mode is served; a body that does not decode is
 # refused before that, like on every other RPC.
 UNTIL_SERVED = frozenset({grpc.StatusCode.UNIMPLEMENTED})
