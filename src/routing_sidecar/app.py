@@ -17,6 +17,8 @@ from routing_sidecar.grpc_api.observe import Observer, ProviderHealth
 from routing_sidecar.grpc_api.server import SidecarServer
 from routing_sidecar.grpc_api.servicer import RouterServicer
 from routing_sidecar.ports import Clock, SystemClock
+from routing_sidecar.providers.registry import ProviderRegistry
+from routing_sidecar.service.complete import CompleteService, Execution
 from routing_sidecar.service.learning import LEARNED_BOOKS, Learner
 from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService, RoutingState, new_decision_id
@@ -47,6 +49,7 @@ class Sidecar:
         self._admin_listen = admin_listen  # overrides telemetry.admin_listen ("" turns it off)
         self.store: SqliteStore | None = None
         self.server: SidecarServer | None = None
+        self.complete: CompleteService | None = None
         self._upkeep_task: asyncio.Task[None] | None = None
         self._stopped = False
         self.telemetry: telemetry.Telemetry | None = None
@@ -103,7 +106,12 @@ class Sidecar:
         )
         self.observer.set_provider_health(self._provider_health)
         self.routing.alert_hook = self.outcomes.alert_hook = self.observer.budget_alert
-        servicer = RouterServicer(self.routing, self.outcomes, store, self.clock, self.observer)
+        # Execute mode: one client per `providers` entry, keys read now (rebuilt on reload).
+        self.complete = CompleteService(self.routing, self.outcomes, store, self.clock,
+                                        _execution(cfg), rng=self._rng)
+        self.complete.on_recorded = self.observer.reported
+        servicer = RouterServicer(self.routing, self.outcomes, store, self.clock, self.observer,
+                                  complete=self.complete)
         self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes)
         self._upkeep_task = asyncio.create_task(self.upkeep.run(), name="upkeep")
         await self.server.start()
@@ -132,6 +140,8 @@ class Sidecar:
         self._stopped = True
         if self.server is not None:
             await self.server.stop(self.cfg.server.grace_period_s)
+        if self.complete is not None:  # settles cancelled walks before the store closes
+            await self.complete.aclose()
         if self._upkeep_task is not None:
             self._upkeep_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -173,12 +183,21 @@ class Sidecar:
             log.warning("these settings change only on restart", extra={"settings": stale})
         digest = config_hash(cfg)
         state = RoutingState.of(cfg.settings(), digest)  # built before anything is swapped
+        execution = _execution(cfg)
         self.routing.apply(state)
+        if self.complete is not None:  # walks under way finish on the clients they started with
+            self.complete.use(execution)
         self.outcomes.limits = state.settings.outcomes
         self.cfg = cfg
         if self.store is not None:
             await self.store.record_config(digest, cfg.model_dump_json(), self.clock.now())
         log.info("config reloaded", extra={"config_hash": digest})
+
+
+def _execution(cfg: RouterConfig) -> Execution:
+    """The provider clients and upstream ids of a config (keys read from env or files now)."""
+    settings = cfg.execution_settings()
+    return Execution(ProviderRegistry.from_settings(settings), settings)
 
 
 async def serve(

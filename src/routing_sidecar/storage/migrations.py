@@ -135,7 +135,18 @@ class AddColumn:
 # Attempts on a model the decision's plan did not name (the orchestrator improvised).
 _V3 = AddColumn("model_selections", "off_plan", "INTEGER NOT NULL DEFAULT 0")
 
-MIGRATIONS: tuple[str | AddColumn, ...] = (_V1, _V2, _V3)
+# Later grades of recorded decisions (execute mode: ReportOutcome with only a quality), at
+# most one per decision; the graded quality is also copied into decision_outcomes.quality.
+_V4 = """
+CREATE TABLE IF NOT EXISTS decision_grades (
+    decision_id           TEXT PRIMARY KEY,
+    model                 TEXT NOT NULL,
+    quality               REAL NOT NULL,
+    graded_at             REAL NOT NULL
+) STRICT;
+"""
+
+MIGRATIONS: tuple[str | AddColumn, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -20,12 +20,19 @@ from typing import Any, Literal
 import aiosqlite
 
 from routing_sidecar.core.budget_rules import EntryKind, LedgerEntry
-from routing_sidecar.domain import BudgetPeriod, DecisionStatus, Objective, ReasonCode
+from routing_sidecar.domain import (
+    AttemptStatus,
+    BudgetPeriod,
+    DecisionStatus,
+    Objective,
+    ReasonCode,
+)
 from routing_sidecar.errors import StorageError
 from routing_sidecar.ports import (
     AttemptRecord,
     Clock,
     DecisionRecord,
+    GradeRecord,
     LedgerTotal,
     OutcomeRecord,
     PerformanceRecord,
@@ -62,6 +69,9 @@ INSERT_DECISION = _insert("model_routing_decisions", DECISION_COLUMNS)
 INSERT_SELECTION = _insert("model_selections", SELECTION_COLUMNS)
 INSERT_OUTCOME = _insert("decision_outcomes", OUTCOME_COLUMNS)
 INSERT_LEDGER = _insert("budget_ledger", LEDGER_COLUMNS)
+GRADE_COLUMNS = _columns(GradeRecord)
+INSERT_GRADE = _insert("decision_grades", GRADE_COLUMNS)
+COPY_GRADE = "UPDATE decision_outcomes SET quality = ? WHERE decision_id = ? AND quality IS NULL"
 INSERT_CONFIG = _insert("routing_policies", ("config_hash", "config_json", "loaded_at"),
                         " ON CONFLICT (config_hash) DO NOTHING")
 
@@ -247,6 +257,18 @@ class SqliteStore:
             Job(writes, once=Once("decision_outcomes", "decision_id", decision_id))
         )
 
+    async def record_grade(self, grade: GradeRecord,
+                           performance: Sequence[PerformanceRecord] = ()) -> bool:
+        """Persist a grade once; False (nothing written) when the decision is graded already."""
+        writes = (
+            Write(INSERT_GRADE, _params(grade, GRADE_COLUMNS)),
+            Write(COPY_GRADE, (grade.quality, grade.decision_id)),
+            *(Write(UPSERT_PERFORMANCE, _params(p, PERFORMANCE_COLUMNS)) for p in performance),
+        )
+        return await self.writer.submit(
+            Job(writes, once=Once("decision_grades", "decision_id", grade.decision_id))
+        )
+
     async def save_learned(self, book: str, state_json: str, at: float) -> None:
         """Replace the snapshot of one learned book (health, quality)."""
         await self.writer.submit(Job((Write(UPSERT_LEARNED, (book, state_json, at)),)))
@@ -314,6 +336,18 @@ class SqliteStore:
         d["success"] = bool(d["success"])
         return OutcomeRecord(**d)
 
+    async def get_attempts(self, decision_id: str) -> list[AttemptRecord]:
+        """The attempts recorded for a decision, in attempt order."""
+        rows = await self._rows(
+            f"SELECT {', '.join(SELECTION_COLUMNS)} FROM model_selections "
+            "WHERE decision_id = ? ORDER BY attempt_index", (decision_id,))
+        out = []
+        for r in rows:
+            d = dict(zip(SELECTION_COLUMNS, r, strict=True))
+            d.update(status=AttemptStatus(d["status"]), off_plan=bool(d["off_plan"]))
+            out.append(AttemptRecord(**d))
+        return out
+
     async def load_ledger_entries(self) -> list[LedgerEntry]:
         """Every persisted ledger row, in the order written."""
         rows = await self._rows(
@@ -338,7 +372,8 @@ def _prune_decisions(conn: sqlite3.Connection, *, cutoff: float, limit: int) -> 
         "SELECT decision_id FROM model_routing_decisions WHERE decided_at < ? "
         "ORDER BY decided_at LIMIT ?", (cutoff, limit)).fetchall()
     keys = [(r[0],) for r in rows]
-    for table in ("model_selections", "decision_outcomes", "model_routing_decisions"):
+    for table in ("model_selections", "decision_outcomes", "decision_grades",
+                  "model_routing_decisions"):
         conn.executemany(f"DELETE FROM {table} WHERE decision_id = ?", keys)
     return len(keys)
 
