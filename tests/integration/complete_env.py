@@ -112,11 +112,17 @@ class Seen:
 
     kinds: list[str] = field(default_factory=list)
     decision: pb.Decision | None = None
-    deltas: list[str] = field(default_factory=list)
+    deltas: list[str] = field(default_factory=list)  # as sent: a delta may carry many tokens
+    segments: list[str] = field(default_factory=lambda: [""])  # the text of each attempt
     attempts: list[pb.Attempt] = field(default_factory=list)
     done: pb.CompleteDone | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK
     details: str = ""
+
+    @property
+    def words(self) -> int:
+        """Tokens streamed so far, in the fake's measure (one word each)."""
+        return len("".join(self.deltas).split())
 
     @property
     def text(self) -> str:
@@ -142,8 +148,10 @@ def take(seen: Seen, event: pb.CompleteEvent) -> None:
         seen.decision = event.decision
     elif kind == "delta":
         seen.deltas.append(event.delta.text)
+        seen.segments[-1] += event.delta.text
     elif kind == "attempt":
         seen.attempts.append(event.attempt)
+        seen.segments.append("")
     else:
         seen.done = event.done
 

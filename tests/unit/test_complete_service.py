@@ -7,8 +7,10 @@ fallback's reservation or the outcome, a dry run refused before anything is writ
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -27,6 +29,8 @@ from routing_sidecar.service.complete import (
     Done,
     ExecutedAttempt,
     Execution,
+    coalesce,
+    ready_batches,
 )
 from tests.fakes import Stack, service_stack
 
@@ -182,6 +186,40 @@ async def test_closing_the_events_early_still_settles_what_ran() -> None:
     (attempt,) = stack.store.attempts[decision_id]
     assert attempt.status is AttemptStatus.CANCELLED and attempt.output_tokens >= 2
     assert stack.store.outcomes[decision_id].actual_cost_micros == attempt.actual_cost_micros
+
+
+def test_coalesce_joins_only_adjacent_text() -> None:
+    a = ExecutedAttempt(0, "a", "pa", AttemptStatus.SUCCESS, 0.0, 0.1, 1, 2, 3)
+    events: list[CompleteEvent] = [TextDelta("x"), TextDelta(" y"), a, TextDelta("z")]
+    assert coalesce(events) == [TextDelta("x y"), a, TextDelta("z")]
+    assert coalesce([]) == []
+
+
+async def test_ready_batches_hand_on_errors_and_close_the_source_early() -> None:
+    closed: list[str] = []
+
+    async def source(fail: bool) -> AsyncGenerator[CompleteEvent, None]:
+        try:
+            yield TextDelta("a")
+            yield TextDelta("b")
+            if fail:
+                raise InvalidArgument("messages", "boom")
+            await asyncio.sleep(30)  # a slow provider: the consumer stops before this ends
+            yield TextDelta("never")
+        finally:
+            closed.append("closed")
+
+    got: list[CompleteEvent] = []
+    with pytest.raises(InvalidArgument):
+        async with contextlib.aclosing(ready_batches(source(True))) as batches:
+            async for batch in batches:
+                got += batch
+    assert "".join(e.text for e in got if isinstance(e, TextDelta)) == "ab"
+    async with contextlib.aclosing(ready_batches(source(False))) as batches:
+        async for batch in batches:
+            assert batch
+            break
+    assert closed == ["closed", "closed"]
 
 
 def test_logs_configure_quiets_the_http_client() -> None:

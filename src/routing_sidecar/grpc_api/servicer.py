@@ -19,7 +19,7 @@ from routing_sidecar.grpc_api import (
 )
 from routing_sidecar.grpc_api.status import streaming, unary
 from routing_sidecar.ports import AuditLog, Clock
-from routing_sidecar.service.complete import CompleteService, Done
+from routing_sidecar.service.complete import CompleteService, Done, ready_batches
 from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
@@ -152,13 +152,14 @@ class RouterServicer(pb_grpc.RouterServicer):
         events = self._complete.complete(req, self._observe.trace_ids(),
                                          context.time_remaining())
         done: Done | None = None
-        async with contextlib.aclosing(events):
-            async for event in events:
-                if isinstance(event, domain.Decision):
-                    self._observe.decided(req.task, event, time.perf_counter() - started)
-                elif isinstance(event, Done):
-                    done = event
-                await context.write(convert_complete.event_to_pb(event))
+        async with contextlib.aclosing(ready_batches(events)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    if isinstance(event, domain.Decision):
+                        self._observe.decided(req.task, event, time.perf_counter() - started)
+                    elif isinstance(event, Done):
+                        done = event
+                    await context.write(convert_complete.event_to_pb(event))
         if done is not None and not done.success:
             # After `done`, the status says whether the same call may succeed later.
             raise (Unavailable if done.retryable else FailedPrecondition)(done.error)

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # The walk stops this far ahead of the caller's deadline, so that `done` still reaches it.
 DEADLINE_MARGIN_S = 0.05
 DRAIN_TIMEOUT_S = 10.0
+MAX_BUFFERED = 1024  # events read ahead of a slow caller before the provider is left waiting
 CHARS_PER_TOKEN = 4  # a rough token count of text no provider has counted yet
 
 
@@ -107,6 +108,69 @@ class Done:
 
 
 CompleteEvent = domain.Decision | TextDelta | ExecutedAttempt | Done
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    error: BaseException | None = None
+
+
+def coalesce(events: Sequence[CompleteEvent]) -> list[CompleteEvent]:
+    """Adjacent text deltas joined into one (the order of everything else kept)."""
+    out: list[CompleteEvent] = []
+    for event in events:
+        if isinstance(event, TextDelta) and out and isinstance(out[-1], TextDelta):
+            out[-1] = TextDelta(out[-1].text + event.text)
+        else:
+            out.append(event)
+    return out
+
+
+async def ready_batches(events: AsyncGenerator[CompleteEvent, None], *,
+                        max_buffered: int = MAX_BUFFERED) -> AsyncGenerator[
+                            list[CompleteEvent], None]:
+    """The events, in batches of what arrived while the consumer was busy writing the last.
+
+    A task of its own reads `events` ahead of the consumer (at most `max_buffered` events
+    ahead), so a provider faster than the caller's connection is forwarded in fewer, larger
+    deltas (`coalesce`) instead of one message per token, and a slow one costs nothing: each
+    batch goes out as soon as the consumer is free. Closing this generator cancels the
+    reader, which closes `events` (and the upstream request); errors reach the consumer.
+    """
+    queue: asyncio.Queue[CompleteEvent | _End] = asyncio.Queue(max_buffered)
+
+    async def pump() -> None:
+        end = _End()
+        try:
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    await queue.put(event)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            end = _End(exc)
+        await queue.put(end)
+
+    reader = asyncio.ensure_future(pump())
+    try:
+        while True:
+            batch: list[CompleteEvent] = []
+            item = await queue.get()
+            while not isinstance(item, _End):
+                batch.append(item)
+                if queue.empty():
+                    break
+                item = queue.get_nowait()
+            if batch:
+                yield coalesce(batch)
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+    finally:
+        if not reader.done():
+            reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
 
 
 class ProviderSet(Protocol):
@@ -184,7 +248,7 @@ class CompleteService:
 
     async def complete(self, request: CompleteRequest, trace: TraceIds = NO_TRACE,
                        timeout_s: float | None = None) -> AsyncGenerator[CompleteEvent, None]:
-        """Decide, commit the decision, then walk its plan; events as the module says.
+        """Decide, commit the decision (while the first attempt starts), then walk the plan.
 
         `timeout_s` is what is left of the caller's deadline: it bounds backoff waits and
         attempts. Raises InvalidArgument (naming the field, nothing written) before any event.
@@ -210,9 +274,8 @@ class CompleteService:
             except InvalidArgument as exc:
                 raise InvalidArgument(f"route.{exc.field}",
                                       exc.message.removeprefix(f"{exc.field}: ")) from None
-            await self.routing.commit(decided)
             walk = Walk(self, execution, state, request, decided, deadline)
-            async with contextlib.aclosing(walk.run()) as events:
+            async with contextlib.aclosing(walk.run(self.routing.commit(decided))) as events:
                 async for event in events:
                     yield event
         finally:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass, replace
 
 from routing_sidecar import domain
@@ -155,8 +155,29 @@ class Walk:
 
     # -- the events ------------------------------------------------------------------------
 
-    async def run(self) -> AsyncGenerator[CompleteEvent, None]:
-        """The decision, each attempt's deltas and end, then Done; settles whatever happens."""
+    async def run(self, commit: Awaitable[None]) -> AsyncGenerator[CompleteEvent, None]:
+        """The decision, each attempt's deltas and end, then Done; settles whatever happens.
+
+        The first attempt is sent while the decision's audit row commits (`commit`), so the
+        commit's latency hides behind the provider's first token; nothing is yielded before
+        the decision is durable, and a failed commit cancels that attempt at once.
+        """
+        if self._plan:
+            first = self._start(self._plan[0])
+            first.task = asyncio.ensure_future(_first(first.gen))
+        committing = asyncio.ensure_future(commit)
+        try:
+            await asyncio.shield(committing)
+        except BaseException:
+            await asyncio.wait({committing})  # the writer commits a job whose caller left
+            if committing.cancelled() or committing.exception() is not None:
+                for live in list(self._live.values()):  # not charged: no decision exists
+                    await self._stop_task(live)
+                    self._live.pop(live.index, None)
+                raise
+            await self._stop_all("the caller went away")  # decided, then cancelled
+            await asyncio.shield(self._svc.settle_later(self._settle()))
+            raise
         try:
             yield self._decided.decision
             if not self._plan:
@@ -169,8 +190,7 @@ class Walk:
             # Cancelled, deadline, the caller closed us, or a bug: stop every upstream request
             # now, then charge and record what they consumed before going on.
             await self._stop_all("the caller went away")
-            if self._plan:
-                await asyncio.shield(self._svc.settle_later(self._settle()))
+            await asyncio.shield(self._svc.settle_later(self._settle()))
             raise
         ack = await asyncio.shield(self._svc.settle_later(self._settle()))
         yield self._done(ack)
@@ -189,11 +209,14 @@ class Walk:
                 pos += 1
                 continue
             self._tries[pos] += 1
+            started = self._live.get(0) if self._started == 1 else None  # sent with the commit
+            live = started if started is not None else self._start(step)
+            first: StreamEvent | ProviderError | None = None
             if hedge_s is not None:
-                live, first = await self._race(step, self._plan[1], hedge_s)
+                live, first = await self._race(live, self._plan[1], hedge_s)
                 hedge_s = None  # only the first attempt is hedged
-            else:
-                live, first = self._start(step), None
+            elif live.task is not None:
+                first = await self._await_first(live)
             for ready in self._take_ready():
                 yield ready
             outcome: StreamEnd | ProviderError
@@ -347,15 +370,26 @@ class Walk:
         ms = self._policy.hedge_after_ms
         return ms / 1000.0 if ms is not None and len(self._plan) > 1 else None
 
-    async def _race(self, primary: Step, hedge: Step, after_s: float
+    async def _await_first(self, live: Live) -> StreamEvent | ProviderError:
+        """The first event of an attempt started as a task, under the caller's deadline."""
+        assert live.task is not None
+        done, _ = await asyncio.wait({live.task}, timeout=self._bounded(None))
+        if not done:
+            await self._stop_task(live)
+            return _deadline_error(live.step.spec.provider)
+        outcome = self._task_outcome(live)
+        live.task = None
+        return outcome
+
+    async def _race(self, a: Live, hedge: Step, after_s: float
                     ) -> tuple[Live, StreamEvent | ProviderError | None]:
         """The chosen model's first attempt, and the first fallback beside it if it is slow.
 
         Returns the attempt that goes on and its first event (or failure); the attempts that
         ended meanwhile wait in `_ready`.
         """
-        a = self._start(primary)
-        a.task = asyncio.ensure_future(_first(a.gen))
+        if a.task is None:
+            a.task = asyncio.ensure_future(_first(a.gen))
         done, _ = await asyncio.wait({a.task}, timeout=self._bounded(after_s))
         left = self._time_left()
         if not done and (left is None or left > 0) and await self._admit(hedge):
