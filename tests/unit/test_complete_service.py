@@ -21,6 +21,7 @@ from routing_sidecar.calls import ChatMessage, Role, TextDelta
 from routing_sidecar.config import parse_config
 from routing_sidecar.domain import AttemptStatus, Decision, Task
 from routing_sidecar.errors import InvalidArgument
+from routing_sidecar.providers.fake import FakeProvider
 from routing_sidecar.providers.registry import ProviderRegistry
 from routing_sidecar.service.complete import (
     CompleteEvent,
@@ -118,6 +119,20 @@ async def test_the_deadline_bounds_the_backoff() -> None:
     events = await run(svc, req(), timeout_s=1.0)  # a 2 s wait does not fit: next model now
     assert attempts(events) == [("a", AttemptStatus.TRANSIENT_ERROR), ("b", AttemptStatus.SUCCESS)]
     assert waits == []
+
+
+async def test_no_time_left_sends_nothing() -> None:
+    stack, svc, _ = build()
+    events = await run(svc, req(), timeout_s=0.01)  # less than the walk's margin
+    d = done(events)
+    assert not d.success and d.retryable and d.attempts == ()
+    assert "deadline" in d.error
+    client = svc.execution.providers.get("pa")
+    assert isinstance(client, FakeProvider) and client.requests_seen("fake") == 0
+    (decision_id,) = stack.store.decisions
+    assert stack.store.outcomes[decision_id].actual_cost_micros == 0  # its hold released
+    (status,) = stack.ledger.status(stack.clock.now(), ("global",))
+    assert status.reserved_micros == 0
 
 
 async def test_a_dry_run_is_refused_before_anything_is_written() -> None:

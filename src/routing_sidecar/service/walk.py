@@ -162,7 +162,7 @@ class Walk:
         commit's latency hides behind the provider's first token; nothing is yielded before
         the decision is durable, and a failed commit cancels that attempt at once.
         """
-        if self._plan:
+        if self._plan and not self._out_of_time():
             first = self._start(self._plan[0])
             first.task = asyncio.ensure_future(_first(first.gen))
         committing = asyncio.ensure_future(commit)
@@ -204,6 +204,9 @@ class Walk:
         pos = 0
         hedge_s = self._hedge_after()
         while pos < len(self._plan):
+            if self._out_of_time() and not self._live:  # no request is sent to be cut at once
+                self._skipped.append("the caller's deadline left no time for another attempt")
+                return
             step = self._plan[pos]
             if pos > 0 and self._tries[pos] == 0 and not await self._admit(step):
                 pos += 1
@@ -562,6 +565,10 @@ class Walk:
         return "; ".join(parts) or "no model could be called"
 
     # -- time ------------------------------------------------------------------------------
+
+    def _out_of_time(self) -> bool:
+        left = self._time_left()
+        return left is not None and left <= 0
 
     def _time_left(self) -> float | None:
         return None if self._deadline is None else self._deadline - self._loop.time()
