@@ -176,6 +176,30 @@ def sidecar_config(work: Path, fake_url: str, listen: str) -> Path:
     return path
 
 
+class _NoopRouter(pb_grpc.RouterServicer):
+    """Answers every Complete with a canned decision, 64 one-token deltas and done."""
+
+    def __init__(self) -> None:
+        self._events = [pb.CompleteEvent(decision=pb.Decision(
+            decision_id="0" * 32, model="noop", provider="noop", reason="canned " * 20))]
+        self._events += [pb.CompleteEvent(delta=pb.TextDelta(text=" word")) for _ in range(64)]
+        self._events.append(pb.CompleteEvent(done=pb.CompleteDone(success=True,
+                                                                  output_tokens=64)))
+
+    async def Complete(self, request: pb.CompleteRequest, context: Any) -> Any:
+        for event in self._events:
+            await context.write(event)
+
+
+async def serve_noop(listen: str) -> None:
+    """The transport floor: a grpc.aio server streaming canned Complete events, until killed."""
+    server = grpc.aio.server()
+    pb_grpc.add_RouterServicer_to_server(_NoopRouter(), server)
+    server.add_insecure_port(listen)
+    await server.start()
+    await server.wait_for_termination()
+
+
 # --- the two ways to make the call -------------------------------------------------------------
 
 def _request(s: Scenario, i: int) -> pb.CompleteRequest:
@@ -271,22 +295,30 @@ async def _route_p50(stub: pb_grpc.RouterStub, s: Scenario, calls: int, concurre
     return _pct(lat, 50) / 1000
 
 
-async def measure(sidecar: str, fake_url: str, calls: dict[int, int], rounds: int,
+async def measure(sidecar: str, fake_url: str, noop: str, calls: dict[int, int], rounds: int,
                   warmup: int) -> tuple[list[Row], dict[int, float]]:
-    """Every scenario x concurrency, direct and sidecar interleaved round by round."""
+    """Every scenario x concurrency, direct and sidecar interleaved round by round.
+
+    The first payload also runs against the no-op gRPC server: what any streamed gRPC hop
+    from this client costs, the floor under the sidecar's figures.
+    """
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     rows: list[Row] = []
     route: dict[int, float] = {}
     async with httpx.AsyncClient(base_url=fake_url, limits=limits, timeout=60) as client, \
-            grpc.aio.insecure_channel(sidecar) as channel:
+            grpc.aio.insecure_channel(sidecar) as channel, \
+            grpc.aio.insecure_channel(noop) as noop_channel:
         stub = pb_grpc.RouterStub(channel)
+        noop_stub = pb_grpc.RouterStub(noop_channel)
         for s in SCENARIOS:
             for conc, n in calls.items():
-                cells = {"direct": Calls(), "sidecar": Calls()}
                 makers = {
                     "direct": lambda i, out, s=s: direct(client, s, out),
                     "sidecar": lambda i, out, s=s: via_sidecar(stub, s, i, out),
                 }
+                if s is SCENARIOS[0]:
+                    makers["grpc-noop"] = lambda i, out, s=s: via_sidecar(noop_stub, s, i, out)
+                cells = {name: Calls() for name in makers}
                 for make in makers.values():  # warm both paths and their pools
                     await _load(make, warmup, conc, Calls())
                 for r in range(rounds):
@@ -337,6 +369,21 @@ def _pair(rows: Sequence[Row]) -> Iterator[tuple[Row, Row]]:
             yield r, by[(r.scenario, r.concurrency, "sidecar")]
 
 
+def floor_notes(res: Results) -> list[str]:
+    """How much of the added first-token time any streamed gRPC hop costs this client."""
+    by = {(r.scenario, r.concurrency, r.target): r for r in res.rows}
+    out = []
+    for (scenario, conc, target), noop in sorted(by.items()):
+        if target != "grpc-noop":
+            continue
+        d, s = by[(scenario, conc, "direct")], by[(scenario, conc, "sidecar")]
+        out.append(f"{scenario} c={conc}: a no-op gRPC server's first delta p50 "
+                   f"{noop.ttft_p50:.0f} µs; sidecar minus direct {s.ttft_p50 - d.ttft_p50:.0f} "
+                   f"µs, of which beyond that hop about "
+                   f"{s.ttft_p50 - d.ttft_p50 - noop.ttft_p50:.0f} µs")
+    return out
+
+
 def verdicts(res: Results) -> list[str]:
     """The issue's aims, judged on this run (not assertions)."""
     out = []
@@ -384,8 +431,11 @@ def markdown(res: Results) -> str:
         "What the sidecar adds (sidecar minus direct, same run):", "",
         _table(added_head, added), "",
         _table(head, body), "",
-        f"For scale, Route alone for the same task over the same channel, p50: {route}. ",
-        "",
+        f"For scale, Route alone for the same task over the same channel, p50: {route}. "
+        "The no-op gRPC server (`grpc-noop`, `bench/execute.py --serve-noop`) streams a canned "
+        "decision, 64 one-token deltas and done for every Complete: the cost of the gRPC hop "
+        "itself from this client, which the direct call does not pay:", "",
+        *(f"- {n}" for n in floor_notes(res)), "",
         "Method: the bundled fake provider (`routing-sidecar fake-provider`) and a sidecar run "
         "as processes on 127.0.0.1; the harness (one Python process, grpc.aio and httpx) "
         "sends the same streamed chat completion (same messages, same fake script, OpenAI "
@@ -414,7 +464,8 @@ def console(res: Results) -> str:
               f"{r.total_p99:>8.0f} {r.stream_tps:>7.0f} {r.aggregate_tps:>7.0f} {r.errors:>3}"
               for r in res.rows]
     route = ", ".join(f"c={c}: {p:.0f} µs" for c, p in sorted(res.route_p50_us.items()))
-    return "\n".join([*lines, "", f"Route alone, p50: {route}", *verdicts(res)])
+    return "\n".join([*lines, "", f"Route alone, p50: {route}", *floor_notes(res),
+                      *verdicts(res)])
 
 
 def splice(page: str, section: str) -> str:
@@ -445,18 +496,23 @@ def run(quick: bool, command: str) -> Results:
         fake_port, side_port = _free_port(), _free_port()
         fake_url, listen = f"http://127.0.0.1:{fake_port}", f"127.0.0.1:{side_port}"
         config = sidecar_config(work, fake_url, listen)
+        noop_port = _free_port()
+        noop = f"127.0.0.1:{noop_port}"
         with _process([_bin(), "fake-provider", "--listen", f"127.0.0.1:{fake_port}"],
                       work / "fake.log") as fake, \
                 _process([_bin(), "serve", "--config", str(config), "--log-level", "WARNING"],
-                         work / "sidecar.log") as side:
+                         work / "sidecar.log") as side, \
+                _process([sys.executable, "-m", "bench.execute", "--serve-noop", noop],
+                         work / "noop.log") as noop_proc:
             _wait_port(fake_port, fake, work / "fake.log")
             _wait_port(side_port, side, work / "sidecar.log")
+            _wait_port(noop_port, noop_proc, work / "noop.log")
             print(f"execute mode: fake provider {fake_url}, sidecar {listen}; "
                   f"{st['rounds']} rounds x ({st['calls_c1']} calls at c=1, "
                   f"{st['calls_c32']} at c=32) per payload ...", flush=True)
             res.rows, res.route_p50_us = asyncio.run(measure(
-                listen, fake_url, {1: st["calls_c1"], 32: st["calls_c32"]}, st["rounds"],
-                st["warmup"]))
+                listen, fake_url, noop, {1: st["calls_c1"], 32: st["calls_c32"]},
+                st["rounds"], st["warmup"]))
     res.duration_s = time.perf_counter() - t0
     return res
 
@@ -467,7 +523,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a short run")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
     p.add_argument("--output", type=Path, default=BENCHMARKS_MD)
+    p.add_argument("--serve-noop", metavar="HOST:PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.serve_noop:  # the harness's own child process: the gRPC floor
+        asyncio.run(serve_noop(args.serve_noop))
+        return 0
     command = "python -m bench.execute" + (" --quick" if args.quick else "")
     res = run(args.quick, command)
     print(console(res))
