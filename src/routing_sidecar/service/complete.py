@@ -144,7 +144,12 @@ async def ready_batches(events: AsyncGenerator[CompleteEvent, None], *,
         try:
             async with contextlib.aclosing(events):
                 async for event in events:
+                    idle = queue.empty()  # the consumer may be waiting for this one
                     await queue.put(event)
+                    if idle:
+                        # Let it take the event now rather than after everything the provider
+                        # has already sent: the first token goes out at once, later ones join.
+                        await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
