@@ -13,6 +13,7 @@ import yaml
 from routing_sidecar.app import Sidecar
 from routing_sidecar.config import RouterConfig, parse_config
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
+from tests.pg_server import pg, pg_dsn  # noqa: F401  (PostgreSQL fixtures, one per session)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "config" / "router.yaml"

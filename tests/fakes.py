@@ -41,6 +41,7 @@ from routing_sidecar.ports import (
     RoutingStats,
 )
 from routing_sidecar.providers import fake_script
+from routing_sidecar.service.budgets import LocalBudgets
 from routing_sidecar.service.learning import Learner
 from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService, RoutingState
@@ -195,10 +196,11 @@ def service_stack(settings: RouterSettings, *, clock: FakeClock | None = None,
     ledger = Ledger(settings.budgets, ZoneInfo(settings.ledger.timezone))
     learner = Learner.of(settings)
     ids = itertools.count(1)
-    routing = RoutingService(RoutingState.of(settings), clock, ledger, store, learner,
+    book = LocalBudgets(ledger)
+    routing = RoutingService(RoutingState.of(settings), clock, book, store, learner,
                              new_id=lambda: logs.bind_decision(f"d{next(ids)}"),
                              rng=random.Random(seed))
-    outcomes = OutcomeService(lambda: routing.catalog, ledger, store, clock, learner,
+    outcomes = OutcomeService(lambda: routing.catalog, book, store, clock, learner,
                               settings.outcomes)
     return Stack(routing, outcomes, store, clock, ledger)
 

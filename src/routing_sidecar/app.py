@@ -5,25 +5,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
+import socket
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from routing_sidecar import logs, telemetry
-from routing_sidecar.config import RESTART_ONLY, RouterConfig, config_hash, load_config
+from routing_sidecar.config import (
+    RESTART_ONLY,
+    RouterConfig,
+    config_hash,
+    is_loopback_host,
+    load_config,
+    remote_admin_problem,
+)
 from routing_sidecar.core.budget import Ledger
 from routing_sidecar.errors import ConfigError, StorageError
+from routing_sidecar.grpc_api import jsonwire
 from routing_sidecar.grpc_api.observe import Observer, ProviderHealth
 from routing_sidecar.grpc_api.server import SidecarServer
 from routing_sidecar.grpc_api.servicer import RouterServicer
-from routing_sidecar.ports import Clock, SystemClock
+from routing_sidecar.http_api.backend import Backend, Settings
+from routing_sidecar.http_api.server import AdminServer
+from routing_sidecar.ports import BudgetBook, Clock, SystemClock
 from routing_sidecar.providers.registry import ProviderRegistry
+from routing_sidecar.service.admin import Operator, PolicyEditor
+from routing_sidecar.service.budgets import LocalBudgets
 from routing_sidecar.service.complete import CompleteService, Execution
+from routing_sidecar.service.fleet_budgets import FleetBudgets
+from routing_sidecar.service.fleet_sync import FleetSync
 from routing_sidecar.service.learning import LEARNED_BOOKS, Learner
 from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService, RoutingState, new_decision_id
 from routing_sidecar.service.upkeep import Upkeep
-from routing_sidecar.storage import SqliteStore
+from routing_sidecar.settings import RouterSettings
+from routing_sidecar.storage import Store, open_store
+from routing_sidecar.storage.outbox import Outbox
+from routing_sidecar.storage.redis import Fleet, open_fleet
+from routing_sidecar.workers import worker_admin, worker_outbox
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +63,30 @@ class Sidecar:
         admin_listen: str | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        worker: int | None = None,
     ) -> None:
+        if worker is not None:  # one of several processes on one port: its own admin, outbox
+            admin = admin_listen if admin_listen is not None else cfg.admin_listen()
+            admin_listen = worker_admin(admin, worker)
+            cfg = cfg.model_copy(update={"fleet": cfg.fleet.model_copy(
+                update={"outbox_path": worker_outbox(cfg.fleet.outbox_path, worker)})})
+        self.worker = worker
         self.cfg = cfg
         self.config_path = config_path
         self.clock = clock or SystemClock()
         self._rng = rng or random.Random()  # exploration draws; the core takes randomness here
         self._listen = listen or cfg.server.listen
-        self._admin_listen = admin_listen  # overrides telemetry.admin_listen ("" turns it off)
-        self.store: SqliteStore | None = None
+        self._admin_listen = admin_listen  # overrides admin.listen ("" turns it off)
+        self.admin: AdminServer | None = None
+        self.store: Store | None = None
         self.server: SidecarServer | None = None
         self.complete: CompleteService | None = None
         self._upkeep_task: asyncio.Task[None] | None = None
+        # Fleet mode (fleet.redis_url): the shared books, the outbox and the sync loop.
+        self.sidecar_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.fleet: Fleet | None = None
+        self.outbox: Outbox | None = None
+        self.fleet_sync: FleetSync | None = None
         self._stopped = False
         self.telemetry: telemetry.Telemetry | None = None
 
@@ -62,24 +98,19 @@ class Sidecar:
 
     @property
     def admin_address(self) -> str | None:
-        """HOST:PORT serving Prometheus /metrics (port as bound), or None when turned off."""
-        return self.telemetry.admin_address if self.telemetry else None
+        """HOST:PORT of the admin port (port as bound), or None when turned off."""
+        return self.admin.address if self.admin else None
 
     async def start(self) -> None:
         """Open the store, rebuild the ledger from it, and start serving."""
         cfg = self.cfg
-        # First, so a busy admin port stops the start before anything else is opened.
-        tcfg = cfg.telemetry
-        if self._admin_listen is not None:
-            tcfg = tcfg.model_copy(update={"admin_listen": self._admin_listen})
+        admin = self._admin_settings(cfg)  # first: a refused admin port opens nothing
+        tcfg = cfg.telemetry.model_copy(update={"admin_listen": admin.listen if admin else ""})
         tel = self.telemetry = telemetry.setup(tcfg)
-        store = await SqliteStore.open(
-            cfg.store.path, retention_days=cfg.store.retention_days, clock=self.clock
-        )
+        store = await open_store(cfg.store, clock=self.clock)
         self.store = store
         settings = cfg.settings()
-        ledger = Ledger(settings.budgets, ZoneInfo(settings.ledger.timezone))
-        ledger.restore(await store.load_ledger_entries())
+        ledger = await self._budgets(settings, store)
         digest = config_hash(cfg)
         await store.record_config(digest, cfg.model_dump_json(), self.clock.now())
         learner = Learner.of(settings)
@@ -100,24 +131,55 @@ class Sidecar:
         )
         self.observer = Observer(
             tel.tracer(), tel.meter(), self.clock, tracing=tel.tracing,
-            budgets=lambda: self.routing.ledger.status(self.clock.now()),
+            budgets=lambda: self.routing.ledger.cached_status(self.clock.now()),
             providers=lambda: (m.provider for m in self.routing.catalog.models.values()),
             loop=asyncio.get_running_loop(),
         )
         self.observer.set_provider_health(self._provider_health)
         self.routing.alert_hook = self.outcomes.alert_hook = self.observer.budget_alert
+        await self._join_fleet(learner, ledger)
         # Execute mode: one client per `providers` entry, keys read now (rebuilt on reload).
         self.complete = CompleteService(self.routing, self.outcomes, store, self.clock,
                                         _execution(cfg), rng=self._rng)
         self.complete.on_recorded = self.observer.reported
         servicer = RouterServicer(self.routing, self.outcomes, store, self.clock, self.observer,
                                   complete=self.complete)
-        self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes)
+        self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes,
+                                    reuse_port=self.worker is not None)
+        await self._restore_admin_state(store)
         self._upkeep_task = asyncio.create_task(self.upkeep.run(), name="upkeep")
         await self.server.start()
+        await self._start_admin(admin)
         log.info("sidecar started", extra={
             "address": self.address, "config_hash": digest, "metrics": self.admin_address,
         })
+
+    async def _budgets(self, settings: RouterSettings, store: Store) -> BudgetBook:
+        """The embedded ledger rebuilt from the store, or in fleet mode the shared one."""
+        tz = ZoneInfo(settings.ledger.timezone)
+        fleet = self.cfg.fleet
+        if not fleet.enabled:
+            embedded = Ledger(settings.budgets, tz)
+            embedded.restore(await store.load_ledger_entries())
+            return LocalBudgets(embedded)
+        self.fleet = open_fleet(fleet, settings, tz, origin=self.sidecar_id)
+        self.outbox = await Outbox.open(fleet.outbox_path)
+        return FleetBudgets(self.fleet.ledger, settings.budgets, tz, mode=fleet.on_redis_down,
+                            local_share=fleet.local_share, outbox=self.outbox,
+                            models=lambda: self.routing.catalog.models)
+
+    async def _join_fleet(self, learner: Learner, budgets: BudgetBook) -> None:
+        """Fleet mode: keep breakers, learned quality and budget copies in step with Redis."""
+        if self.fleet is None or not isinstance(budgets, FleetBudgets):
+            return
+        def models() -> Iterable[str]:  # the catalog of the moment: reloads change it
+            return self.routing.catalog.models.keys()
+
+        self.fleet_sync = FleetSync(
+            learner, budgets, self.fleet.breakers, self.fleet.learning, self.clock,
+            interval_s=self.cfg.fleet.sync_interval_s, models=models,
+            refresh=self.fleet.ledger.refresh)
+        await self.fleet_sync.start()
 
     def _provider_health(self) -> list[ProviderHealth]:
         """Detection and breaker state of every catalog provider, for the provider gauges."""
@@ -138,6 +200,7 @@ class Sidecar:
         if self._stopped:
             return
         self._stopped = True
+        await self._stop_admin()
         if self.server is not None:
             await self.server.stop(self.cfg.server.grace_period_s)
         if self.complete is not None:  # settles cancelled walks before the store closes
@@ -146,6 +209,12 @@ class Sidecar:
             self._upkeep_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._upkeep_task
+        if self.fleet_sync is not None:
+            await self.fleet_sync.stop()
+        if self.fleet is not None:
+            await self.fleet.close()
+        if self.outbox is not None:
+            await self.outbox.close()
         if self.store is not None:
             try:
                 await self.upkeep.save_learned()
@@ -156,6 +225,61 @@ class Sidecar:
             await asyncio.to_thread(self.telemetry.shutdown)
         log.info("sidecar stopped")
 
+    # -- the admin port (http_api) ------------------------------------------------------
+
+    def _admin_settings(self, cfg: RouterConfig) -> Settings | None:
+        """The admin port's settings, its token read; None when off. ConfigError if refused."""
+        listen = cfg.admin_listen() if self._admin_listen is None else self._admin_listen
+        if not listen:
+            return None
+        source = self.config_path or "config"
+        problem = remote_admin_problem(listen, cfg.admin.token_file)
+        if problem:
+            raise ConfigError(source, [f"admin.listen: {problem}"])
+        token = None
+        if cfg.admin.token_file:
+            try:
+                token = Path(cfg.admin.token_file).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                why = getattr(exc, "strerror", None) or "not UTF-8 text"
+                raise ConfigError(source, [f"admin.token_file: cannot read "
+                                           f"{cfg.admin.token_file}: {why}"]) from None
+            if not token:
+                raise ConfigError(source, [f"admin.token_file: {cfg.admin.token_file} is empty"])
+        a = cfg.admin
+        return Settings(listen, a.idle_timeout_s, a.read_timeout_s, a.max_request_bytes, token,
+                        remote=not is_loopback_host(listen.rpartition(":")[0]))
+
+    async def _restore_admin_state(self, store: Store) -> None:
+        """Paused models and policy edits made through the admin API, before anything routes."""
+        self.policies = PolicyEditor(store, self.clock, self.apply_config, self.cfg)
+        self.operator = Operator(store, self.clock, self.routing,
+                                 lambda: self.routing.learner.health)
+        await self.operator.restore()
+        edited = await self.policies.restore()
+        if edited is not None:
+            await self.apply_config(edited)
+
+    async def _start_admin(self, settings: Settings | None) -> None:
+        """Serve the admin port; after gRPC serves, so /health never answers before it."""
+        if settings is None or self.store is None or self.server is None:
+            return
+        tel = self.telemetry or telemetry.disabled()
+        health = self.server.health
+        backend = Backend(
+            self.routing, self.outcomes, self.store, self.clock, self.observer, self.policies,
+            self.operator, config=lambda: self.cfg, serving=lambda: jsonwire.serving(health),
+            metrics=tel.metrics_text, metrics_content_type=telemetry.METRICS_CONTENT_TYPE,
+            tracer=tel.tracer() if tel.tracing else None,
+        )
+        admin = AdminServer(backend, settings, self.cfg.server.grace_period_s)
+        await admin.start()
+        self.admin = admin
+
+    async def _stop_admin(self) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
+
     async def reload(self) -> bool:
         """Re-read the config file and apply it whole, or change nothing.
 
@@ -165,6 +289,7 @@ class Sidecar:
             return False
         try:
             cfg = load_config(self.config_path)
+            cfg = self.policies.with_overrides(cfg)  # policy edits made over HTTP stay
         except ConfigError as exc:
             log.error("config reload refused", extra={"problems": exc.problems})
             return False
@@ -201,11 +326,15 @@ def _execution(cfg: RouterConfig) -> Execution:
 
 
 async def serve(
-    config_path: str, listen: str | None = None, admin_listen: str | None = None
+    config_path: str, listen: str | None = None, admin_listen: str | None = None,
+    *, worker: int | None = None,
 ) -> int:
-    """Run a sidecar until SIGTERM or SIGINT; SIGHUP reloads the config."""
+    """Run a sidecar until SIGTERM or SIGINT; SIGHUP reloads the config.
+
+    `worker` (serve --workers): this process is worker i of a set sharing one port.
+    """
     sidecar = Sidecar(load_config(config_path), config_path=config_path, listen=listen,
-                      admin_listen=admin_listen)
+                      admin_listen=admin_listen, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

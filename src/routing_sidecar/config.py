@@ -9,13 +9,22 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from routing_sidecar import calls, domain
+from routing_sidecar.config_fleet import FleetConfig
 from routing_sidecar.errors import ConfigError
 from routing_sidecar.settings import (
     BreakerSettings,
@@ -56,11 +65,79 @@ class ServerConfig(_Strict):
         return v
 
 
-class StoreConfig(_Strict):
-    """The embedded SQLite store."""
+DEFAULT_STORE_PATH = "var/routing.db"
+_PG_SCHEMES = ("postgresql", "postgres")
+_PG_ONLY = ("pool_size", "connect_timeout_s", "command_timeout_s")
 
-    path: str = "var/routing.db"
+
+def masked_dsn(url: str) -> str:
+    """The DSN with its password (in the netloc or a password= parameter) replaced by ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    query = "&".join(
+        f"{k}=***" if k == "password" else f"{k}={v}" for k, v in parse_qsl(parts.query)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+class StoreConfig(_Strict):
+    """Where the audit trail lives: a SQLite file (`path`) or one PostgreSQL database (`url`).
+
+    SQLite is the default; a fleet shares one PostgreSQL database. The URL's password never
+    leaves this object unmasked (not in dumps, reprs or errors); it may also come from
+    $PGPASSWORD or a passfile, which libpq and asyncpg read.
+    """
+
+    # The input may hold the DSN's password: validation errors never echo it.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    path: Annotated[str, Field(min_length=1)] | None = None
+    url: str | None = Field(default=None, repr=False)
     retention_days: Annotated[int, Field(ge=1)] = 30
+    # PostgreSQL only: one pooled connection writes, the others read.
+    pool_size: Annotated[int, Field(ge=2, le=100)] = 4
+    connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+    command_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_path(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("path") is None and data.get("url") is None:
+            return {**data, "path": DEFAULT_STORE_PATH}
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _dsn_shape(cls, v: str | None) -> str | None:
+        # Messages here never quote the value: it may hold the password.
+        if v is None:
+            return v
+        try:
+            parts = urlsplit(v)
+            _ = parts.port
+        except ValueError:
+            raise ValueError("not a valid postgresql:// URL (bad host or port)") from None
+        if parts.scheme not in _PG_SCHEMES:
+            raise ValueError("expected a postgresql:// or postgres:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> StoreConfig:
+        if self.path is not None and self.url is not None:
+            raise ValueError("give store.path (SQLite) or store.url (PostgreSQL), not both")
+        if self.url is None:
+            extra = [f"store.{k}" for k in _PG_ONLY if k in self.model_fields_set]
+            if extra:
+                raise ValueError(f"only a PostgreSQL store (store.url) takes {', '.join(extra)}")
+        return self
+
+    @field_serializer("url")
+    def _mask(self, v: str | None) -> str | None:
+        # Dumps feed the config hash and the stored config versions: no password there.
+        return None if v is None else masked_dsn(v)
 
 
 class LedgerConfig(_Strict):
@@ -80,6 +157,14 @@ class LedgerConfig(_Strict):
         return v
 
 
+def admin_listen_shape(v: str) -> str:
+    """HOST:PORT or "" (off); raises ValueError otherwise."""
+    host, sep, port = v.rpartition(":")
+    if v and (not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535):
+        raise ValueError("expected HOST:PORT, or \"\" to turn the admin port off")
+    return v
+
+
 class TelemetryConfig(_Strict):
     """OpenTelemetry traces and metrics; the standard OTEL_* variables fill what is left unset.
 
@@ -96,17 +181,60 @@ class TelemetryConfig(_Strict):
     insecure: bool | None = None
     sample_ratio: Fraction | None = None
     service_name: Annotated[str, Field(min_length=1)] | None = None
-    # Prometheus text at http://HOST:PORT/metrics; "" turns it off, port 0 picks a free one.
+    # The old name of `admin.listen` (the admin port: /metrics, the HTTP API, the dashboard).
     admin_listen: str = "127.0.0.1:9464"
     metric_export_interval_s: Annotated[float, Field(gt=0)] | None = None
 
     @field_validator("admin_listen")
     @classmethod
     def _admin_shape(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if v and (not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535):
-            raise ValueError("expected HOST:PORT, or \"\" to turn the admin port off")
-        return v
+        return admin_listen_shape(v)
+
+
+# -- the admin port (http_api) ------------------------------------------------------------
+
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1; any other name or address is remote."""
+    host = host.strip("[]").lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def remote_admin_problem(listen: str, token_file: str | None) -> str | None:
+    """Why an admin listen address is refused: remote without a token file; None when fine."""
+    if not listen or token_file:
+        return None
+    host = listen.rpartition(":")[0]
+    if is_loopback_host(host):
+        return None
+    return (f"{listen} is not a loopback address; set admin.token_file so that changes made "
+            "through the HTTP API need a bearer token")
+
+
+class AdminConfig(_Strict):
+    """The admin HTTP port: /health, /metrics, the HTTP/JSON API and the dashboard."""
+
+    # HOST:PORT, loopback unless token_file is set; "" turns it off, port 0 picks a free one.
+    listen: str = "127.0.0.1:9464"
+    # A file holding the bearer token that POST/DELETE under /api/routing/ require.
+    token_file: Annotated[str, Field(min_length=1)] | None = None
+    # An idle connection, or one that has not sent a whole request head, is closed after this.
+    idle_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 15.0
+    # Reading one request body may take at most this long.
+    read_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    max_request_bytes: Annotated[int, Field(gt=0, le=64 << 20)] = 1 << 20
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_shape(cls, v: str) -> str:
+        return admin_listen_shape(v)
 
 
 class ModelConfig(_Strict):
@@ -402,6 +530,7 @@ class RouterConfig(_Strict):
     store: StoreConfig = StoreConfig()
     ledger: LedgerConfig = LedgerConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    admin: AdminConfig = AdminConfig()
     models: Annotated[dict[str, ModelConfig], Field(min_length=1)]
     policies: Annotated[dict[str, PolicyConfig], Field(min_length=1)]
     rules: list[RuleConfig] = []
@@ -413,7 +542,14 @@ class RouterConfig(_Strict):
     learning: LearningConfig = LearningConfig()
     critical_lanes: list[str] = []
     outcomes: OutcomesConfig = OutcomesConfig()
+    fleet: FleetConfig = FleetConfig()
     providers: dict[str, ProviderConfig] = {}  # execute mode: how to reach each provider
+
+    def admin_listen(self) -> str:
+        """The admin port: `admin.listen`, else its old name `telemetry.admin_listen`."""
+        if "listen" in self.admin.model_fields_set:
+            return self.admin.listen
+        return self.telemetry.admin_listen
 
     def execution_settings(self) -> calls.ExecutionSettings:
         """Providers and upstream model ids for execute mode, as domain settings."""
@@ -526,12 +662,16 @@ RESTART_ONLY: Mapping[str, Callable[[RouterConfig], object]] = MappingProxyType(
     "server": lambda c: c.server,
     "store": lambda c: c.store,
     "telemetry": lambda c: c.telemetry,
+    "admin": lambda c: (c.admin_listen(), c.admin),
     "ledger.timezone": lambda c: c.ledger.timezone,
+    "fleet": lambda c: c.fleet,
 })
 
 
 def _cross_check(cfg: RouterConfig) -> Iterator[str]:
     """Yield every inconsistency between sections, each prefixed by its path."""
+    if cfg.fleet.redis_url is not None and cfg.fleet.redis_url_env is not None:
+        yield "fleet: give redis_url or redis_url_env, not both"
     providers = {m.provider for m in cfg.models.values()}
     for pname, pol in cfg.policies.items():
         seen: set[str] = set()
@@ -557,6 +697,7 @@ def _cross_check(cfg: RouterConfig) -> Iterator[str]:
         yield f"default_policy: unknown policy {cfg.default_policy!r}"
     yield from _check_budgets(cfg, providers)
     yield from _check_providers(cfg)
+    yield from _check_admin(cfg)
     breaker = cfg.health.breaker
     if breaker.cooldown_s > breaker.max_cooldown_s:
         yield (f"health.breaker.cooldown_s: {breaker.cooldown_s:g} is above max_cooldown_s "
@@ -579,6 +720,19 @@ def _check_budgets(cfg: RouterConfig, providers: set[str]) -> Iterator[str]:
         if (b.scope, period) in seen:
             yield f"budgets[{i}]: duplicate budget for {b.scope}/{period}"
         seen.add((b.scope, period))
+
+
+def _check_admin(cfg: RouterConfig) -> Iterator[str]:
+    """`admin.listen` and its old name agree; a remote admin port has a token."""
+    new = "listen" in cfg.admin.model_fields_set
+    old = "admin_listen" in cfg.telemetry.model_fields_set
+    if new and old and cfg.admin.listen != cfg.telemetry.admin_listen:
+        yield (f"admin.listen: {cfg.admin.listen!r} differs from telemetry.admin_listen "
+               f"{cfg.telemetry.admin_listen!r} (its old name); set only admin.listen")
+        return
+    problem = remote_admin_problem(cfg.admin_listen(), cfg.admin.token_file)
+    if problem:
+        yield f"{'telemetry.admin_listen' if old and not new else 'admin.listen'}: {problem}"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -616,6 +770,11 @@ def parse_config(text: str, source: str = "<config>") -> RouterConfig:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(source, [f"YAML: {exc}".replace("\n", " ")]) from None
+    return validate_config(raw, source)
+
+
+def validate_config(raw: object, source: str = "<config>") -> RouterConfig:
+    """Validate decoded YAML (or JSON) data as a config; raise ConfigError listing every problem."""
     if not isinstance(raw, dict):
         raise ConfigError(source, ["(top level): expected a mapping"])
     try:

@@ -41,6 +41,8 @@ class ReasonCode(StrEnum):
     CACHE_HIT = "CACHE_HIT"
     # No capable model's estimate meets the quality floor: the best estimate runs anyway.
     BELOW_FLOOR = "BELOW_FLOOR"
+    # The shared budget ledger cannot be reached and budgets fail closed.
+    BUDGET_UNAVAILABLE = "BUDGET_UNAVAILABLE"
 
 
 class Rejection(StrEnum):

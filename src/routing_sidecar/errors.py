@@ -7,6 +7,7 @@
     +-- FailedPrecondition     the request is valid but the state forbids it
     +-- ConfigError            a config file fails validation; names file and path
     +-- Unavailable (retryable=True)   the sidecar is starting, draining or overloaded
+    |   +-- BudgetUnavailable          the shared budget ledger (Redis) cannot be reached
     +-- StorageError (retryable=True)  the store could not commit; nothing was acknowledged
     +-- Internal               a bug; the message is safe to show, details are logged
     +-- ProviderError (retryable per classification)  one call to an LLM provider failed
@@ -64,6 +65,10 @@ class Unavailable(RoutingError):
     """The sidecar cannot serve right now; the same call may succeed later."""
 
     retryable = True
+
+
+class BudgetUnavailable(Unavailable):
+    """The shared budget ledger cannot be reached: budgets cannot be checked or changed."""
 
 
 class StorageError(RoutingError):

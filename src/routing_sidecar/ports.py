@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import orjson
 
 from routing_sidecar import domain
 from routing_sidecar.calls import ProviderCall, StreamEvent
-from routing_sidecar.core.budget_rules import EntryKind, LedgerEntry
+from routing_sidecar.core.budget_rules import EntryKind, LedgerChange, LedgerEntry
+from routing_sidecar.core.health_types import BreakerChange
+from routing_sidecar.core.learning import QualityRow
+from routing_sidecar.core.view import BudgetLine
 
 
 class Clock(Protocol):
@@ -161,6 +164,11 @@ class PerformanceRecord:
     cost_sum_micros: int = 0
 
 
+def per_decision(total_micros: int, decisions: int) -> int:
+    """A total spread over decisions, rounded down; 0 without decisions."""
+    return total_micros // decisions if decisions else 0
+
+
 @dataclass(frozen=True, slots=True)
 class ModelTaskCell:
     """Routed decisions of one model for one task type, with their costs."""
@@ -170,6 +178,16 @@ class ModelTaskCell:
     decisions: int
     estimated_cost_micros: int
     actual_cost_micros: int
+
+    @property
+    def estimated_per_decision(self) -> int:
+        """Mean estimated cost of a decision in micro-USD (rounded down)."""
+        return per_decision(self.estimated_cost_micros, self.decisions)
+
+    @property
+    def actual_per_decision(self) -> int:
+        """Mean reported cost of a decision in micro-USD (rounded down)."""
+        return per_decision(self.actual_cost_micros, self.decisions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +200,16 @@ class ModelLabelCell:
     decisions: int
     estimated_cost_micros: int
     actual_cost_micros: int
+
+    @property
+    def estimated_per_decision(self) -> int:
+        """Mean estimated cost of a decision in micro-USD (rounded down)."""
+        return per_decision(self.estimated_cost_micros, self.decisions)
+
+    @property
+    def actual_per_decision(self) -> int:
+        """Mean reported cost of a decision in micro-USD (rounded down)."""
+        return per_decision(self.actual_cost_micros, self.decisions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +224,22 @@ class ProviderCell:
     input_tokens: int = 0
     output_tokens: int = 0
     spend_micros: int = 0
+
+    @property
+    def fallback_rate(self) -> float:
+        """Share of its decisions that needed a fallback."""
+        return self.fallback_decisions / self.decisions if self.decisions else 0.0
+
+    @property
+    def error_rate(self) -> float:
+        """Share of the attempts it served that failed."""
+        return self.failed_attempts / self.attempts if self.attempts else 0.0
+
+    @property
+    def blended_cost_micros_per_mtok(self) -> int:
+        """Spend per million tokens, input and output together."""
+        tokens = self.input_tokens + self.output_tokens
+        return self.spend_micros * 1_000_000 // tokens if tokens else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +261,140 @@ class LedgerTotal:
     period_start: float
     kind: EntryKind
     amount_micros: int
+
+
+class BudgetBook(Protocol):
+    """The budget ledger as the services use it: embedded in the process, or shared (Redis).
+
+    Reads on the decision path are synchronous, from what the book holds locally; every change
+    is awaited. A shared book that cannot reach its store says so with `unavailable`.
+    """
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why the budgets cannot be checked right now, or None when they can."""
+        ...
+
+    def lines(self, labels: Mapping[str, str], model: domain.ModelSpec, policy: str,
+              task_id: str, now: float) -> tuple[BudgetLine, ...]:
+        """Every budget a decision for the model falls under, with what it used."""
+        ...
+
+    def statuses_for(self, labels: Mapping[str, str], model: domain.ModelSpec, policy: str,
+                     task_id: str, now: float) -> list[domain.BudgetStatus]:
+        """Standing of every budget one decision falls under."""
+        ...
+
+    def cached_status(self, now: float,
+                      scopes: Collection[str] = ()) -> list[domain.BudgetStatus]:
+        """Every scope's standing as held locally (gauges read this)."""
+        ...
+
+    async def status(self, now: float,
+                     scopes: Collection[str] = ()) -> list[domain.BudgetStatus]:
+        """Every scope's standing, read fresh from where the totals live."""
+        ...
+
+    async def reserve(self, reservation_id: str, labels: Mapping[str, str],
+                      model: domain.ModelSpec, policy: str, task_id: str, amount_micros: int,
+                      now: float, expires_at: float) -> tuple[BudgetLine | None, LedgerChange]:
+        """Hold the amount on every budget, if it fits; else the first budget it breaks."""
+        ...
+
+    async def settle(self, reservation_id: str, labels: Mapping[str, str], policy: str,
+                     task_id: str, charges: Sequence[tuple[domain.ModelSpec, int]], at: float,
+                     now: float) -> LedgerChange:
+        """Close the reservation and charge each attempt to its own budgets."""
+        ...
+
+    async def release(self, reservation_id: str, now: float) -> LedgerChange:
+        """Drop an open reservation without charging it."""
+        ...
+
+    async def expire(self, now: float) -> LedgerChange:
+        """Release reservations past their expiry."""
+        ...
+
+    async def revert(self, change: LedgerChange) -> None:
+        """Undo a change whose rows failed to commit (or that was a duplicate)."""
+        ...
+
+    def replace_rules(self, rules: Sequence[domain.BudgetRule]) -> None:
+        """Swap in reloaded rules, keeping every total and reservation."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSettle:
+    """A settle the shared ledger has not seen yet: what ReportOutcome would have charged."""
+
+    reservation_id: str
+    labels: dict[str, str]
+    policy: str
+    task_id: str
+    charges: tuple[tuple[str, int], ...]  # (model name, micro-USD) per attempt
+    at: float  # when the decision was made: its charges land in that moment's periods
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class QualityObservation:
+    """One outcome's evidence about a model on a task type: y in 0..1, success, graded."""
+
+    task_type: str
+    model: str
+    y: float
+    success: bool
+    graded: bool
+
+
+class SharedHealth(Protocol):
+    """Breaker changes shared by the fleet (storage.redis.health.SharedBreakers)."""
+
+    async def start(self, apply: Callable[[BreakerChange], None]) -> None:
+        """Apply the fleet's open breakers now, and every change other sidecars make."""
+        ...
+
+    async def publish(self, changes: Iterable[BreakerChange]) -> None:
+        """Tell the fleet about this sidecar's breaker changes."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        ...
+
+
+class SharedQuality(Protocol):
+    """Learned-quality evidence summed over the fleet (storage.redis.learning.SharedLearning)."""
+
+    async def push(self, observations: Sequence[QualityObservation]) -> None:
+        """Fold observations into the fleet's sums, in order."""
+        ...
+
+    async def pull(self, task_types: Iterable[str], models: Iterable[str]
+                   ) -> tuple[list[QualityRow], list[QualityRow]]:
+        """The fleet's evidence per (task type, model) asked, and each model's pool."""
+        ...
+
+
+class PendingQueue(Protocol):
+    """Durable pending settles, in order (storage.outbox.Outbox)."""
+
+    async def add(self, op: PendingSettle) -> int:
+        """Queue one settle; returns once it is committed."""
+        ...
+
+    async def pending(self, limit: int = 500) -> list[tuple[int, PendingSettle]]:
+        """The oldest queued settles, in the order they were queued."""
+        ...
+
+    async def done(self, row_id: int) -> None:
+        """Forget a settle the shared ledger has applied."""
+        ...
+
+    async def size(self) -> int:
+        """How many settles are waiting."""
+        ...
 
 
 class LedgerStore(Protocol):
@@ -313,4 +491,104 @@ class ProviderClient(Protocol):
 
     async def aclose(self) -> None:
         """Close the connection pool; the client is unusable afterwards."""
+        ...
+
+
+# -- the admin HTTP API: audit reads for the dashboard, operator state ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuditedDecision:
+    """A recorded decision with its outcome (None until reported) and its attempts."""
+
+    decision: DecisionRecord
+    outcome: OutcomeRecord | None = None
+    attempts: tuple[AttemptRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackCell:
+    """Routed decisions of one model for one dimension value that fell back (> 1 attempt)."""
+
+    model: str
+    value: str
+    fallback_decisions: int
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityBucket:
+    """Non-dry-run decisions made, and spend reported, in one time bucket."""
+
+    start: float
+    decisions: int = 0
+    estimated_cost_micros: int = 0
+    spend_micros: int = 0
+
+
+PolicyAction = Literal["set", "revert"]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChange:
+    """One edit of a policy through the HTTP API, a row of `routing_policy_changes`."""
+
+    policy: str
+    action: PolicyAction  # set: policy_json replaces the file's; revert: back to the file
+    policy_json: str  # the policy as set ("" for a revert)
+    config_hash: str  # the config version it produced, a row of `routing_policies`
+    changed_at: float
+    version: int = 0  # assigned by the store, increasing
+
+
+@dataclass(frozen=True, slots=True)
+class PauseRecord:
+    """A model an operator took out of routing, a row of `model_pauses`."""
+
+    model: str
+    paused_at: float
+    reason: str = ""
+
+
+class AdminStore(Protocol):
+    """What the admin API reads from the audit trail, and the operator state it keeps."""
+
+    async def list_decisions(self, limit: int, model: str | None = None,
+                             task_type: str | None = None) -> list[AuditedDecision]:
+        """The most recent decisions, newest first, with outcomes and attempts."""
+        ...
+
+    async def decision_view(self, decision_id: str) -> AuditedDecision | None:
+        """One decision with its outcome and attempts, or None."""
+        ...
+
+    async def fallback_cells(self, since: float, label_key: str | None) -> list[FallbackCell]:
+        """Fallback decisions per (model, task type), or per (model, label value)."""
+        ...
+
+    async def label_keys(self, since: float) -> list[str]:
+        """Label keys of the decisions made since a time, sorted."""
+        ...
+
+    async def activity(self, since: float, bucket_s: float) -> list[ActivityBucket]:
+        """Decisions and spend per bucket since a time (buckets with neither are absent)."""
+        ...
+
+    async def record_policy_change(self, change: PolicyChange, config_json: str) -> int:
+        """Persist a policy edit with the config version it produced; return its version."""
+        ...
+
+    async def policy_changes(self) -> list[PolicyChange]:
+        """Every policy edit, oldest first."""
+        ...
+
+    async def set_pause(self, pause: PauseRecord) -> None:
+        """Persist a model's pause (replacing an earlier one)."""
+        ...
+
+    async def clear_pause(self, model: str) -> None:
+        """Forget a model's pause."""
+        ...
+
+    async def load_pauses(self) -> list[PauseRecord]:
+        """Every paused model."""
         ...

@@ -8,8 +8,9 @@ resource attributes, batch and export intervals). This module only picks which e
 - traces: OTLP over gRPC or HTTP, console, or none (then no tracer provider and no spans at
   all);
 - metrics: the same exporter on a periodic reader (unless OTEL_METRICS_EXPORTER is none or
-  prometheus), plus Prometheus text on the admin port (`admin_listen`, loopback by default)
-  whatever the exporter.
+  prometheus), plus a Prometheus registry whenever the admin port is on (`admin_listen`),
+  whatever the exporter; the admin HTTP server (http_api) serves `Telemetry.metrics_text()`
+  at /metrics, so prometheus_client stays in this module.
 
 `Telemetry.shutdown()` flushes pending spans and metrics; the sidecar calls it last on stop.
 Nothing here logs a header value: the exporters get their headers from the environment.
@@ -19,12 +20,10 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
-from wsgiref.simple_server import WSGIServer
 
 from opentelemetry import metrics, trace
 from opentelemetry.environment_variables import OTEL_METRICS_EXPORTER, OTEL_TRACES_EXPORTER
@@ -40,6 +39,7 @@ from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from routing_sidecar import __version__
 from routing_sidecar.config import TelemetryConfig
@@ -50,6 +50,8 @@ DEFAULT_SERVICE_NAME = "routing-sidecar"
 INSTRUMENTATION_NAME = "routing_sidecar"
 
 Exporter = Literal["otlp_grpc", "otlp_http", "console", "none"]
+# The media type of `Telemetry.metrics_text()`.
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 def exporter_kind(cfg: TelemetryConfig) -> Exporter:
@@ -119,41 +121,6 @@ def _exporters(kind: Exporter, cfg: TelemetryConfig) -> tuple[SpanExporter, Metr
     return ConsoleSpanExporter(), ConsoleMetricExporter()
 
 
-def split_host_port(listen: str) -> tuple[str, int]:
-    """("127.0.0.1", 9464) from "127.0.0.1:9464"; IPv6 hosts may be bracketed."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-@dataclass
-class AdminServer:
-    """Prometheus text exposition on a small HTTP port (every path answers; use /metrics)."""
-
-    address: str
-    _server: WSGIServer
-    _thread: threading.Thread
-
-    @classmethod
-    def start(cls, listen: str, registry: object) -> AdminServer:
-        """Serve `registry` on `listen` (port 0 picks a free port) from a daemon thread."""
-        from prometheus_client import start_http_server  # noqa: PLC0415
-
-        host, port = split_host_port(listen)
-        try:
-            server, thread = start_http_server(port, addr=host, registry=registry)  # type: ignore[arg-type]
-        except OSError as exc:
-            raise OSError(f"telemetry.admin_listen: cannot bind {listen}: {exc.strerror}") from exc
-        bound = server.server_address[1]
-        shown = f"[{host}]" if ":" in host else host
-        return cls(f"{shown}:{bound}", server, thread)
-
-    def stop(self) -> None:
-        """Stop serving and release the port."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-
 @dataclass
 class Telemetry:
     """The providers the sidecar records through, and how to flush and stop them."""
@@ -162,7 +129,8 @@ class Telemetry:
     meter_provider: metrics.MeterProvider
     # None when tracing is off: no spans are made at all.
     tracer_provider: trace.TracerProvider | None = None
-    admin: AdminServer | None = None
+    # The Prometheus registry /metrics renders; None when the admin port is off.
+    registry: CollectorRegistry | None = None
     _shutdowns: list[Callable[[], object]] = field(default_factory=list)
 
     @property
@@ -170,10 +138,9 @@ class Telemetry:
         """Whether spans are made and exported."""
         return self.tracer_provider is not None
 
-    @property
-    def admin_address(self) -> str | None:
-        """HOST:PORT of the /metrics endpoint, with the port actually bound; None when off."""
-        return self.admin.address if self.admin else None
+    def metrics_text(self) -> bytes:
+        """Every metric in the Prometheus text format (blocking: collects the meters)."""
+        return generate_latest(self.registry) if self.registry is not None else b""
 
     def tracer(self) -> trace.Tracer:
         """The sidecar's tracer (a no-op one when tracing is off)."""
@@ -195,7 +162,7 @@ class Telemetry:
 
 
 def disabled() -> Telemetry:
-    """No spans, no metrics, no admin port."""
+    """No spans, no metrics, no Prometheus registry."""
     return Telemetry("none", metrics.NoOpMeterProvider())
 
 
@@ -204,13 +171,11 @@ def setup(cfg: TelemetryConfig) -> Telemetry:
     kind = exporter_kind(cfg)
     resource = build_resource(cfg)
     readers: list[MetricReader] = []
-    admin: AdminServer | None = None
-    if cfg.admin_listen:  # first: a port that cannot be bound stops the start, nothing leaks
+    registry = None
+    if cfg.admin_listen:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
-        from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
         registry = CollectorRegistry()  # one per sidecar, so several can share a process
-        admin = AdminServer.start(cfg.admin_listen, registry)
         readers.append(PrometheusMetricReader(registry=registry))
     shutdowns: list[Callable[[], object]] = []
     tracer_provider: TracerProvider | None = None
@@ -233,14 +198,11 @@ def setup(cfg: TelemetryConfig) -> Telemetry:
         sdk_meters = MeterProvider(metric_readers=readers, resource=resource)
         shutdowns.append(sdk_meters.shutdown)
         meter_provider = sdk_meters
-    if admin is not None:
-        shutdowns.append(admin.stop)
     log.info("telemetry configured", extra={
-        "exporter": kind, "endpoint": _redacted(cfg.endpoint),
-        "admin_address": admin.address if admin else None,
+        "exporter": kind, "endpoint": _redacted(cfg.endpoint), "prometheus": registry is not None,
         "service_name": resource.attributes.get(SERVICE_NAME),
     })
-    return Telemetry(kind, meter_provider, tracer_provider, admin, shutdowns)
+    return Telemetry(kind, meter_provider, tracer_provider, registry, shutdowns)
 
 
 def _redacted(url: str | None) -> str | None:

@@ -350,3 +350,31 @@ async def test_decisions_past_retention_are_pruned(make_sidecar: Any, tmp_path: 
         db.close()
     assert kept == [(fresh.decision_id,)]
     assert attempts == (0,)
+
+
+async def test_the_32_million_dollar_outcome_is_refused_and_every_budget_untouched(
+    make_sidecar: Any, tmp_path: Path,
+) -> None:
+    # A ReportOutcome for a cheap decision carrying 32 attempts of another model at $1M each
+    # once charged $32M to global, the project and a provider the decision never touched.
+    car = await make_sidecar([{"scope": "global", "period": "month", "limit_usd": 10},
+                              {"scope": "project:alpha", "period": "month", "limit_usd": 10},
+                              {"scope": "provider:*", "period": "month", "limit_usd": 10}])
+    async with grpc.aio.insecure_channel(car.address) as ch:
+        stub = pb_grpc.RouterStub(ch)
+        d = await stub.Route(task(1))
+        before = (await stub.GetBudgetStatus(pb.BudgetQuery())).budgets
+        absurd = pb.Outcome(decision_id=d.decision_id, success=True, attempts=[
+            attempt("pricey", cost_micros=10**12) for _ in range(32)])
+        one = pb.Outcome(decision_id=d.decision_id, success=True,
+                         attempts=[attempt("pricey", cost_micros=10**12)])
+        for outcome, field in ((absurd, "attempts"), (one, "attempts[0].cost_micros")):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ReportOutcome(outcome)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (err.value.details() or "").startswith(f"{field}:"), err.value.details()
+        assert (await stub.GetBudgetStatus(pb.BudgetQuery())).budgets == before
+        # The real outcome is still accepted afterwards: nothing was recorded for the decision.
+        ack = await stub.ReportOutcome(pb.Outcome(decision_id=d.decision_id, success=True,
+                                                  attempts=[attempt()]))
+        assert not ack.duplicate and ack.actual_cost_micros == 2_500

@@ -638,3 +638,15 @@ def test_execute_mode_skips_models_it_cannot_call() -> None:
     assert chosen(sel) == "a1"
     assert alt(sel, "b1") == (Rejection.NO_CREDENTIALS,
                               "provider b has no key (api_key_env B_KEY unset)")
+
+
+def test_budgets_that_cannot_be_checked_fail_closed() -> None:
+    view = DecisionView(budgets={m.name: (BudgetLine(ALPHA, "project:alpha", 0),) for m in MODELS},
+                        budgets_unavailable="the shared budget ledger is unreachable")
+    sel = decide(task(), catalog(), view)
+    assert (sel.status, sel.reason_code) == (DecisionStatus.REJECTED,
+                                             ReasonCode.BUDGET_UNAVAILABLE)
+    assert "the shared budget ledger is unreachable" in sel.reason
+    # A task no budget governs still routes.
+    assert chosen(decide(task(), catalog(), DecisionView(
+        budgets_unavailable="the shared budget ledger is unreachable"))) == "b1"

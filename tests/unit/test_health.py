@@ -11,6 +11,7 @@ from routing_sidecar.config import parse_config
 from routing_sidecar.core.catalog import Catalog
 from routing_sidecar.core.decide import decide
 from routing_sidecar.core.health import (
+    BreakerChange,
     BreakerStatus,
     Detection,
     HealthBook,
@@ -440,3 +441,36 @@ def test_a_cancelled_attempt_is_no_evidence_against_the_model() -> None:
     for _ in range(5):
         hb.record(att(M1, AttemptStatus.CANCELLED), T0)
     assert hb.blocked(M1, T0) is None and hb.snapshot() == []
+
+
+# -- the fleet ------------------------------------------------------------------------------
+
+def test_opening_and_closing_are_drained_for_the_fleet() -> None:
+    hb = book(cooldown_s=30)
+    feed(hb, [TIMEOUT] * 3)
+    [opened] = hb.drain_changes()
+    assert (opened.scope, opened.name, opened.opened, opened.open_until) == (
+        "model", "m1", True, T0 + 30)
+    assert hb.drain_changes() == []
+    hb.on_routed(M1, T0 + 31)  # the probe
+    hb.record(att(M1, OK), T0 + 32)
+    assert [(c.name, c.opened) for c in hb.drain_changes()] == [("m1", False)]
+
+
+def test_a_remote_open_blocks_here_and_leaves_the_probe_to_its_owner() -> None:
+    here = book(cooldown_s=30, probe_timeout_s=60)
+    here.apply_remote(BreakerChange("model", "m1", True, T0 + 30, 1), T0)
+    assert here.blocked(M1, T0 + 10) == "circuit open until 12:00:30Z"
+    assert here.blocked(M1, T0 + 31) == "circuit half-open, probe in flight"  # not ours
+    assert here.blocked(M1, T0 + 30 + 60) is None  # its owner never answered: ours to try
+    here.apply_remote(BreakerChange("model", "m1", False), T0 + 40)
+    assert here.blocked(M1, T0 + 40) is None and here.breaker("model:m1", T0 + 40).status is CLOSED
+
+
+def test_a_remote_open_never_shortens_a_local_one() -> None:
+    hb = book(cooldown_s=30)
+    feed(hb, [TIMEOUT] * 3)
+    hb.drain_changes()
+    hb.apply_remote(BreakerChange("model", "m1", True, T0 + 5, 1), T0 + 1)
+    assert hb.blocked(M1, T0 + 20) == "circuit open until 12:00:30Z"
+    assert hb.drain_changes() == []  # what came from the fleet is not sent back

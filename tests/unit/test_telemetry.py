@@ -88,7 +88,7 @@ def test_sampler_from_env_when_the_file_sets_no_ratio(monkeypatch: pytest.Monkey
 
 def test_tracing_off_means_no_provider_and_no_spans() -> None:
     tel = telemetry.setup(TelemetryConfig(exporter="none", admin_listen=""))
-    assert not tel.tracing and tel.tracer_provider is None and tel.admin_address is None
+    assert not tel.tracing and tel.tracer_provider is None and tel.registry is None
     assert not tel.tracer().start_span("x").is_recording()
     tel.shutdown()
 
@@ -139,7 +139,8 @@ def _without_shipped_telemetry() -> str:
 
 def test_shipped_config_keeps_tracing_off_and_metrics_on_loopback() -> None:
     cfg = parse_config(DEFAULT_CONFIG.read_text())
-    assert cfg.telemetry.exporter is None and cfg.telemetry.admin_listen == "127.0.0.1:9464"
+    assert cfg.telemetry.exporter is None and cfg.admin_listen() == "127.0.0.1:9464"
+    assert cfg.admin.token_file is None
     assert parse_config(_without_shipped_telemetry()).telemetry == TelemetryConfig()
 
 

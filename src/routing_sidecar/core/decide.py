@@ -230,6 +230,9 @@ def _choose(f: _Frame, cands: list[Cand], ranked: list[Cand], level: Level,
     the models this rung admits, while the floor kept others out.
     """
     budgets = f.view.budgets
+    down = f.view.budgets_unavailable
+    if down is not None and any(budgets.get(c.model.name) for c in ranked):
+        return _budgets_unavailable(f, cands, ranked, down), False
     fitting = []
     for c in ranked:
         c.block = first_block(budgets.get(c.model.name, ()), c.cost)
@@ -336,6 +339,16 @@ def _over_budget(f: _Frame, cands: list[Cand], ranked: list[Cand], preferred: Ca
     for c in ranked:
         c.drop((Rejection.BUDGET, c.block.reason(c.cost) if c.block else note))
     return Selection(DecisionStatus.REJECTED, ReasonCode.BUDGET_EXHAUSTED, f.policy.name,
+                     f.objective, reason, alternatives(cands, f.floor is not None))
+
+
+def _budgets_unavailable(f: _Frame, cands: list[Cand], ranked: list[Cand],
+                         why: str) -> Selection:
+    """Budgets fail closed: a task that has one is refused while they cannot be checked."""
+    for c in ranked:
+        c.drop((Rejection.BUDGET, f"budgets cannot be checked: {why}"))
+    reason = f"{f.task.task_type} refused under policy {f.policy.name}: {why}."
+    return Selection(DecisionStatus.REJECTED, ReasonCode.BUDGET_UNAVAILABLE, f.policy.name,
                      f.objective, reason, alternatives(cands, f.floor is not None))
 
 

@@ -24,12 +24,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 
+from routing_sidecar.core.health_types import (
+    SCOPE_NAMES,
+    BreakerChange,
+    BreakerState,
+    BreakerStatus,
+    Detection,
+    HealthStats,
+    PerfRow,
+    Scope,
+)
 from routing_sidecar.domain import Attempt, AttemptStatus, ModelSpec
 from routing_sidecar.settings import HealthSettings
+
+__all__ = ["BreakerChange", "BreakerState", "BreakerStatus", "Detection", "HealthBook",
+           "HealthStats", "PerfRow", "Scope", "clock"]
 
 # Keys come from callers (attempt model names, lane labels): each map is bounded, and past the
 # bound a new key is not tracked rather than growing memory without limit.
@@ -40,108 +51,16 @@ OK, TRANSIENT, PERMANENT, TIMEOUT, LIMITED = (
 )
 
 
-class Scope(StrEnum):
-    """What a health key describes."""
-
-    MODEL = "model"
-    PROVIDER = "provider"
-    LANE = "lane"
-
-
-_SCOPES = frozenset(s.value for s in Scope)
-
-
-class BreakerStatus(StrEnum):
-    """Where a circuit breaker stands."""
-
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
-class Detection(StrEnum):
-    """Detection state of a provider or a lane."""
-
-    HEALTHY = "healthy"
-    ELEVATED_FALLBACK = "elevated_fallback"
-    DEGRADED = "degraded"
-    IDLE = "idle"
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerState:
-    """A breaker as seen at one instant."""
-
-    status: BreakerStatus
-    open_until: float | None = None
-    consecutive_failures: int = 0
-    trips: int = 0
-    probe_in_flight: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class HealthStats:
-    """One row of the stats matrix (RoutingStats, CLI): rates over the decaying window."""
-
-    scope: Scope
-    name: str
-    volume: float
-    success_rate: float
-    transient_rate: float
-    permanent_rate: float
-    timeout_rate: float
-    rate_limited_rate: float
-    fallback_rate: float
-    latency_ewma_s: float | None
-    tokens_per_s: float | None
-    breaker: BreakerStatus
-    open_until: float | None
-    detection: Detection | None
-    last_seen: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class PerfRow:
-    """Everything one key holds, as plain numbers and strings, for table model_performance.
-
-    Counts are decaying sums as of `updated_at`; `restore(snapshot())` gives back exactly the
-    same state.
-    """
-
-    scope: str
-    name: str
-    updated_at: float
-    attempts: float = 0.0
-    successes: float = 0.0
-    transient: float = 0.0
-    permanent: float = 0.0
-    timeouts: float = 0.0
-    rate_limited: float = 0.0
-    fallbacks: float = 0.0
-    latency_ewma_s: float | None = None
-    tps_ewma: float | None = None
-    tps_volume: float = 0.0
-    last_seen: float | None = None
-    breaker: str = BreakerStatus.CLOSED.value
-    open_until: float | None = None
-    trips: int = 0
-    probe_at: float | None = None
-    consecutive_failures: int = 0
-    streak_model: str = ""
-    streak_mixed: bool = False
-    breaker_attempts: float = 0.0
-    breaker_failures: float = 0.0
-
-
 class _Entry:
     """Mutable state of one key; counts decay from `t`."""
 
-    __slots__ = ("bf", "bn", "consec", "fallbacks", "last_seen", "lat", "limited", "n", "ok",
-                 "open_until", "permanent", "probe_at", "state", "streak_mixed", "streak_model",
-                 "t", "timeout", "tps", "tps_n", "transient", "trips")
+    __slots__ = ("bf", "bn", "consec", "fallbacks", "last_seen", "lat", "limited", "n", "name",
+                 "ok", "open_until", "permanent", "probe_at", "scope", "state", "streak_mixed",
+                 "streak_model", "t", "timeout", "tps", "tps_n", "transient", "trips")
 
-    def __init__(self, t: float) -> None:
+    def __init__(self, t: float, scope: Scope = Scope.MODEL, name: str = "") -> None:
         self.t = t
+        self.scope, self.name = scope, name
         self.n = self.ok = self.transient = self.permanent = self.timeout = self.limited = 0.0
         self.fallbacks = self.tps_n = self.bn = self.bf = 0.0
         self.lat: float | None = None
@@ -194,6 +113,7 @@ class HealthBook:
             dm.error_weight, dm.slowness_weight, dm.evidence, dm.max_penalty)
         self._det = d
         self._maps: dict[Scope, dict[str, _Entry]] = {s: {} for s in Scope}
+        self._changes: list[BreakerChange] = []  # opened or closed here, not yet shared
         self._models = self._maps[Scope.MODEL]
         self._providers = self._maps[Scope.PROVIDER]
 
@@ -246,6 +166,33 @@ class HealthBook:
                 e.probe_at is None or now >= e.probe_at + self._probe_timeout
             ):
                 e.probe_at = now
+
+    # -- the fleet -------------------------------------------------------------------------
+
+    def drain_changes(self) -> list[BreakerChange]:
+        """Breakers this sidecar opened or closed since the last call, oldest first."""
+        out, self._changes = self._changes, []
+        return out
+
+    def apply_remote(self, change: BreakerChange, now: float) -> None:
+        """Another sidecar opened or closed a breaker: follow it.
+
+        The sidecar that opened a breaker sends its half-open probe; here the probe counts as
+        in flight from the end of the cooldown, so no second sidecar probes unless that one
+        has not answered within the probe timeout.
+        """
+        e = self._entry(Scope(change.scope), change.name, now)
+        if e is None:
+            return
+        if not change.opened:
+            e.state, e.trips, e.probe_at, e.bn, e.bf = BreakerStatus.CLOSED, 0, None, 0.0, 0.0
+            e.consec, e.streak_model, e.streak_mixed = 0, "", False
+            return
+        if e.state is BreakerStatus.OPEN and e.open_until >= change.open_until:
+            return
+        e.state, e.open_until = BreakerStatus.OPEN, change.open_until
+        e.trips, e.probe_at = max(e.trips, change.trips), change.open_until
+        e.consec, e.streak_model, e.streak_mixed, e.bn, e.bf = 0, "", False, 0.0, 0.0
 
     # -- decision path ---------------------------------------------------------------------
 
@@ -300,6 +247,24 @@ class HealthBook:
             and now < e.probe_at + self._probe_timeout,
         )
 
+    def reset_breaker(self, key: str) -> bool:
+        """Close the breaker of 'model:NAME' or 'provider:NAME' by hand; False if never seen.
+
+        An operator's override: the failure streak, trip count and probe are forgotten, while
+        the decaying health counts (and so demotion and detection) are kept as evidence. In a
+        fleet the closing is shared like any other (drain_changes).
+        """
+        scope, _, name = key.partition(":")
+        if scope not in (Scope.MODEL, Scope.PROVIDER):
+            raise ValueError(f"breaker key {key!r}: expected model:NAME or provider:NAME")
+        e = self._maps[Scope(scope)].get(name)
+        if e is None:
+            return False
+        e.state, e.open_until, e.probe_at, e.trips = BreakerStatus.CLOSED, 0.0, None, 0
+        e.consec, e.streak_model, e.streak_mixed, e.bn, e.bf = 0, "", False, 0.0, 0.0
+        self._changes.append(BreakerChange(e.scope.value, e.name, False))  # the fleet too
+        return True
+
     def detection(self, now: float, *, providers: Iterable[str] = (),
                   lanes: Iterable[str] = ()) -> dict[str, Detection]:
         """Detection state per 'provider:NAME' and 'lane:NAME'.
@@ -353,9 +318,9 @@ class HealthBook:
         for entries in self._maps.values():
             entries.clear()
         for r in rows:
-            if r.scope not in _SCOPES:
+            if r.scope not in SCOPE_NAMES:
                 continue
-            e = _Entry(r.updated_at)
+            e = _Entry(r.updated_at, Scope(r.scope), r.name)
             e.n, e.ok, e.transient, e.permanent = r.attempts, r.successes, r.transient, r.permanent
             e.timeout, e.limited, e.fallbacks = r.timeouts, r.rate_limited, r.fallbacks
             e.lat, e.tps, e.tps_n, e.last_seen = r.latency_ewma_s, r.tps_ewma, r.tps_volume, \
@@ -375,7 +340,7 @@ class HealthBook:
         if e is None:
             if len(entries) >= MAX_KEYS:
                 return None
-            e = entries[name] = _Entry(now)
+            e = entries[name] = _Entry(now, scope, name)
         e.decay_to(now, self._window)
         return e
 
@@ -424,14 +389,17 @@ class HealthBook:
         status = self._status(e, now)
         if status is BreakerStatus.OPEN:
             # Attempts started before the trip still land; only a later retry-after extends it.
-            if retry_after is not None and retry_after > 0.0:
-                e.open_until = max(e.open_until, now + min(retry_after, self._max_cooldown))
+            until = now + min(retry_after or 0.0, self._max_cooldown)
+            if retry_after is not None and retry_after > 0.0 and until > e.open_until:
+                e.open_until = until
+                self._changes.append(BreakerChange(e.scope.value, e.name, True, until, e.trips))
             return
         e.bn += 1.0
         if ok:
             e.consec, e.streak_model, e.streak_mixed = 0, "", False
             if status is BreakerStatus.HALF_OPEN:
                 e.state, e.trips, e.probe_at, e.bn, e.bf = BreakerStatus.CLOSED, 0, None, 0.0, 0.0
+                self._changes.append(BreakerChange(e.scope.value, e.name, False))
             return
         e.bf += 1.0
         e.consec += 1
@@ -455,6 +423,7 @@ class HealthBook:
             cooldown = min(retry_after, self._max_cooldown)
         e.state, e.open_until, e.probe_at = BreakerStatus.OPEN, now + cooldown, None
         e.consec, e.streak_model, e.streak_mixed, e.bn, e.bf = 0, "", False, 0.0, 0.0
+        self._changes.append(BreakerChange(e.scope.value, e.name, True, e.open_until, e.trips))
 
     def _detect(self, e: _Entry, now: float, scope: Scope) -> Detection:
         d = self._det

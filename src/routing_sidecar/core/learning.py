@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import TypeVar
@@ -137,13 +137,15 @@ class QualityBook:
         self._types: dict[str, dict[str, _Post]] = {}
         self._shares: dict[str, list[float]] = {}
         self._pool: dict[str, _Post] = {}
+        # Task types asked about with no evidence here: the fleet may know them.
+        self._unseen: dict[str, None] = {}
 
     # -- feeding ---------------------------------------------------------------------------
 
     def observe(self, task_type: str, model: str, success: bool,
                 quality: float | None = None) -> None:
         """Fold one outcome in: y = quality when given (clamped to 0..1), else success."""
-        y = float(success) if quality is None else min(1.0, max(0.0, quality))
+        y = score_of(success, quality)
         graded = quality is not None
         models = _touch(self._types, task_type, self._max_types, dict)
         for table in (models, self._pool):
@@ -188,6 +190,30 @@ class QualityBook:
             draw = rng.gauss(mean, math.sqrt(var / (total + 1.0)))
         return QualitySignal(mean, n, _clamp(mean - spread), n >= self._min_weight,
                              _clamp(prior_mean - prior_spread), draw)
+
+    def task_types(self) -> list[str]:
+        """Task types this book holds evidence for, least recently updated first."""
+        return list(self._types)
+
+    def drain_unseen(self) -> list[str]:
+        """Task types decided on with no evidence here since the last call."""
+        out = list(self._unseen)
+        self._unseen.clear()
+        return out
+
+    def merge(self, rows: Iterable[QualityRow], pooled: Iterable[QualityRow]) -> None:
+        """Take the fleet's evidence for these (task type, model)s and pools, replacing ours.
+
+        The fleet's sums hold this sidecar's own observations too (it pushed them first), so
+        replacing rather than adding counts every outcome once.
+        """
+        for r in rows:
+            models = self._types.get(r.task_type)
+            if models is None:
+                models = _touch(self._types, r.task_type, self._max_types, dict)
+            models[r.model] = _Post.of(r)
+        for r in pooled:
+            self._pool[r.model] = _Post.of(r)
 
     def mean(self, task_type: str, model: str) -> float:
         """Posterior mean of the model on the task type (its pooled estimate if unseen)."""
@@ -250,6 +276,8 @@ class QualityBook:
     def _shape(self, task_type: str, model: str) -> tuple[float, float, float, float]:
         """Posterior mean, variance of one score, total weight (prior included), observations."""
         models = self._types.get(task_type)
+        if models is None and task_type not in self._unseen and len(self._unseen) < 1024:
+            self._unseen[task_type] = None
         own = models.get(model) if models else None
         return _shape(self._pooled(model, own)[0], self._kt, own)
 
@@ -260,6 +288,11 @@ class QualityBook:
         runs = p.s + p.f
         return LearnedStats(task_type, model, mean, n, lower,
                             p.s / runs if runs > 0 else None, p.g)
+
+
+def score_of(success: bool, quality: float | None) -> float:
+    """What one outcome says of a model: its graded quality (clamped to 0..1), else success."""
+    return float(success) if quality is None else min(1.0, max(0.0, quality))
 
 
 def _shape(m0: float, k: float, p: _Post | None) -> tuple[float, float, float, float]:

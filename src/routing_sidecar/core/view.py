@@ -101,6 +101,9 @@ class DecisionView:
     # Execute mode only, per model: why the sidecar cannot make the call itself (no adapter
     # for its provider, no key).
     uncallable: Mapping[str, str] = field(default_factory=_empty)  # type: ignore[arg-type]
+    # Why budgets cannot be checked now (a fleet ledger out of reach); a task with a budget
+    # is then refused, never run unchecked.
+    budgets_unavailable: str | None = None
     exploration: Exploration = Exploration.OFF
 
 

@@ -12,21 +12,16 @@ from routing_sidecar.service.outcomes import OutcomeAck
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 
 
-def _per(total: int, n: int) -> int:
-    return total // n if n else 0
-
-
 def _provider(p: ports.ProviderCell) -> pb.ProviderStats:
-    tokens = p.input_tokens + p.output_tokens
     return pb.ProviderStats(
         provider=p.provider,
         decisions=p.decisions,
-        fallback_rate=p.fallback_decisions / p.decisions if p.decisions else 0.0,
-        error_rate=p.failed_attempts / p.attempts if p.attempts else 0.0,
+        fallback_rate=p.fallback_rate,
+        error_rate=p.error_rate,
         input_tokens=p.input_tokens,
         output_tokens=p.output_tokens,
         spend_micros=p.spend_micros,
-        blended_cost_micros_per_mtok=p.spend_micros * 1_000_000 // tokens if tokens else 0,
+        blended_cost_micros_per_mtok=p.blended_cost_micros_per_mtok,
     )
 
 
@@ -51,8 +46,8 @@ def stats_to_pb(
     cells = [
         pb.MatrixCell(
             model=c.model, dimension="task_type", value=c.task_type, decisions=c.decisions,
-            estimated_cost_micros_per_decision=_per(c.estimated_cost_micros, c.decisions),
-            actual_cost_micros_per_decision=_per(c.actual_cost_micros, c.decisions),
+            estimated_cost_micros_per_decision=c.estimated_per_decision,
+            actual_cost_micros_per_decision=c.actual_per_decision,
         )
         for c in stats.by_model_task
     ]
@@ -60,8 +55,8 @@ def stats_to_pb(
         pb.MatrixCell(
             model=c.model, dimension=f"label:{c.label_key}", value=c.label_value,
             decisions=c.decisions,
-            estimated_cost_micros_per_decision=_per(c.estimated_cost_micros, c.decisions),
-            actual_cost_micros_per_decision=_per(c.actual_cost_micros, c.decisions),
+            estimated_cost_micros_per_decision=c.estimated_per_decision,
+            actual_cost_micros_per_decision=c.actual_per_decision,
         )
         for c in stats.by_model_label
     ]

@@ -21,11 +21,14 @@ HEALTH_NAMES = ("", ROUTER_SERVICE)
 class SidecarServer:
     """The gRPC server: Router, standard health, and reflection on one port or socket."""
 
-    def __init__(self, servicer: RouterServicer, listen: str, max_request_bytes: int) -> None:
+    def __init__(self, servicer: RouterServicer, listen: str, max_request_bytes: int, *,
+                 reuse_port: bool = False) -> None:
+        # SO_REUSEPORT only for serve --workers: otherwise a second sidecar on a taken port
+        # must fail to start, not share it unnoticed.
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", max_request_bytes),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(reuse_port)),
             ]
         )
         pb_grpc.add_RouterServicer_to_server(servicer, self._server)

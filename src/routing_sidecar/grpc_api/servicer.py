@@ -117,7 +117,7 @@ class RouterServicer(pb_grpc.RouterServicer):
         """Every budget scope (or the requested ones) in its current period."""
         for i, scope in enumerate(request.scopes):
             convert.check_scope(f"scopes[{i}]", scope)
-        statuses = self._service.ledger.status(self._clock.now(), tuple(request.scopes))
+        statuses = await self._service.ledger.status(self._clock.now(), tuple(request.scopes))
         return convert_outcome.budget_list_to_pb(statuses)
 
     @unary

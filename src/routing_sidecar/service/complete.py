@@ -275,7 +275,7 @@ class CompleteService:
         try:
             state = self.routing.state
             try:
-                decided = self.routing.decide(request.task, trace, execution.uncallable)
+                decided = await self.routing.decide(request.task, trace, execution.uncallable)
             except InvalidArgument as exc:
                 raise InvalidArgument(f"route.{exc.field}",
                                       exc.message.removeprefix(f"{exc.field}: ")) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from routing_sidecar import domain
@@ -15,7 +15,9 @@ from routing_sidecar.core.learning import (
     QualityBook,
     QualityRow,
     ShareRow,
+    score_of,
 )
+from routing_sidecar.ports import QualityObservation
 from routing_sidecar.settings import RouterSettings
 
 HEALTH_BOOK = "health"
@@ -38,6 +40,10 @@ class Learner:
     def __init__(self, health: HealthBook, quality: QualityBook) -> None:
         self.health = health
         self.quality = quality
+        # Fleet mode: observations waiting to be pushed to the fleet's sums, and a hook that
+        # wakes the fleet sync (breaker changes are published at once).
+        self.shared: list[QualityObservation] | None = None
+        self.on_observed: Callable[[], None] | None = None
 
     @classmethod
     def of(cls, settings: RouterSettings) -> Learner:
@@ -76,6 +82,30 @@ class Learner:
         final = attempts[-1]
         if final.status is not domain.AttemptStatus.CANCELLED or quality is not None:
             self.quality.observe(task_type, final.model, success, quality)
+            if self.shared is not None:
+                self.shared.append(QualityObservation(task_type, final.model,
+                                                      score_of(success, quality), success,
+                                                      quality is not None))
+        if self.on_observed is not None:
+            self.on_observed()
+
+    def observe_attempts(self, labels: Mapping[str, str], attempts: Sequence[domain.Attempt],
+                         now: float) -> None:
+        """Feed attempts to health and breakers only: an answer that arrived is no grade."""
+        if not attempts:
+            return
+        self.health.record_outcome(attempts, now, lane=labels.get("lane"))
+        if self.on_observed is not None:
+            self.on_observed()
+
+    def grade(self, task_type: str, model: str, success: bool, quality: float) -> None:
+        """A later grade of a recorded answer teaches the model that produced it."""
+        self.quality.observe(task_type, model, success, quality)
+        if self.shared is not None:
+            self.shared.append(QualityObservation(task_type, model,
+                                                  score_of(success, quality), success, True))
+        if self.on_observed is not None:
+            self.on_observed()
 
     def report(self, now: float, providers: Iterable[str]) -> LearnerReport:
         """Health rows, detection states (every catalog provider listed) and learned quality."""

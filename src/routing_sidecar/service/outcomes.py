@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from routing_sidecar import domain
-from routing_sidecar.core.budget import Ledger
 from routing_sidecar.core.budget_rules import NO_CHANGE
 from routing_sidecar.core.catalog import Catalog
 from routing_sidecar.core.outcome_checks import DEFAULT_LIMITS, CheckedAttempt, check_outcome
@@ -23,6 +22,7 @@ from routing_sidecar.errors import FailedPrecondition, NotFound, StorageError
 from routing_sidecar.ports import (
     AttemptRecord,
     AuditLog,
+    BudgetBook,
     Clock,
     DecisionRecord,
     GradeRecord,
@@ -91,7 +91,7 @@ class OutcomeService:
     def __init__(
         self,
         catalog: Callable[[], Catalog],
-        ledger: Ledger,
+        ledger: BudgetBook,
         audit: AuditLog,
         clock: Clock,
         learner: Learner,
@@ -143,7 +143,7 @@ class OutcomeService:
         actual = sum(c.cost_micros for c in checked)
         change = NO_CHANGE
         if not record.dry_run:
-            change = self._ledger.settle(
+            change = await self._ledger.settle(
                 record.decision_id, labels, record.policy, record.task_id,
                 [(catalog.models[c.attempt.model], c.cost_micros) for c in checked],
                 record.decided_at, now)
@@ -153,12 +153,12 @@ class OutcomeService:
                 record.decision_id, rows, result, change.entries,
                 _performance(record.task_type, rows, quality, now))
         except StorageError:
-            self._ledger.revert(change)
+            await self._ledger.revert(change)
             raise
         if not fresh:
             # A repeat (or the loser of a race with the first report): undo its charges and
             # answer with what was recorded the first time.
-            self._ledger.revert(change)
+            await self._ledger.revert(change)
             recorded = await self._audit.get_outcome(record.decision_id)
             return OutcomeAck(record.decision_id,
                               recorded.actual_cost_micros if recorded else actual,
@@ -168,8 +168,8 @@ class OutcomeService:
         attempts = [c.attempt for c in checked]
         if learn:
             self._learner.observe(record.task_type, labels, attempts, success, quality, now)
-        elif attempts:
-            self._learner.health.record_outcome(attempts, now, lane=labels.get("lane"))
+        else:
+            self._learner.observe_attempts(labels, attempts, now)
         return OutcomeAck(record.decision_id, actual, duplicate=False,
                           budgets=self._budgets(record, labels, catalog, now), decision=record,
                           attempts=tuple(rows))
@@ -198,7 +198,7 @@ class OutcomeService:
             GradeRecord(record.decision_id, model, quality, now), (perf,))
         if not fresh:
             return duplicate
-        self._learner.quality.observe(record.task_type, model, recorded.success, quality)
+        self._learner.grade(record.task_type, model, recorded.success, quality)
         return OutcomeAck(record.decision_id, recorded.actual_cost_micros, duplicate=False,
                           budgets=budgets, decision=record)
 

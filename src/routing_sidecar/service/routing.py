@@ -7,6 +7,7 @@ reload, so no decision ever sees half of two configs.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import uuid
 from collections.abc import Callable, Mapping
@@ -14,13 +15,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from routing_sidecar import domain
-from routing_sidecar.core.budget import Ledger
 from routing_sidecar.core.budget_rules import NO_CHANGE, LedgerChange
 from routing_sidecar.core.catalog import Catalog
 from routing_sidecar.core.decide import decide
 from routing_sidecar.core.rules import resolve_policy
-from routing_sidecar.errors import Internal, InvalidArgument, StorageError
-from routing_sidecar.ports import AuditLog, Clock, DecisionRecord
+from routing_sidecar.errors import BudgetUnavailable, InvalidArgument, StorageError, Unavailable
+from routing_sidecar.ports import AuditLog, BudgetBook, Clock, DecisionRecord
 from routing_sidecar.service.budgets import AlertHook, log_alerts
 from routing_sidecar.service.ev import EvWindow
 from routing_sidecar.service.learning import Learner
@@ -49,6 +49,9 @@ class TraceIds:
 
 
 NO_TRACE = TraceIds()
+# A shared ledger may refuse a reservation the local copy allowed (other sidecars spent in the
+# meantime); the task is decided again on the fresh totals, at most this many times in all.
+RESERVE_ROUNDS = 3
 _NONE_PAUSED: Mapping[str, str] = MappingProxyType({})
 
 
@@ -84,7 +87,7 @@ class RoutingService:
         self,
         state: RoutingState,
         clock: Clock,
-        ledger: Ledger,
+        ledger: BudgetBook,
         audit: AuditLog,
         learner: Learner,
         *,
@@ -116,33 +119,63 @@ class RoutingService:
         self.ev_window = self.ev_window.resized(state.settings.tiers)
         self.ledger.replace_rules(state.settings.budgets)
         self.learner.reconfigure(state.settings)
-        self.state = state
+        # Operator pauses are not config: a reload keeps them.
+        self.state = dataclasses.replace(state, paused=self.state.paused)
 
-    def decide(self, task: domain.Task, trace: TraceIds = NO_TRACE,
-               uncallable: Uncallable | None = None) -> Decided:
-        """Decide and reserve synchronously: no await, so no other request interleaves.
+    def set_paused(self, paused: Mapping[str, str]) -> None:
+        """Swap in the models an operator took out of routing, with why (no await: atomic)."""
+        self.state = dataclasses.replace(self.state, paused=MappingProxyType(dict(paused)))
 
-        `uncallable` (execute mode) takes out the models the sidecar cannot call itself.
+    async def decide(self, task: domain.Task, trace: TraceIds = NO_TRACE,
+                     uncallable: Uncallable | None = None) -> Decided:
+        """Decide and reserve; the audit row is left for `commit`.
+
+        The view and the reservation are one step with nothing in between for the embedded
+        ledger. A shared ledger checks again atomically as it reserves: when other sidecars
+        spent what this one's copy did not show, the reservation is refused and the task is
+        decided again on the fresh totals it returned. `uncallable` (execute mode) takes out
+        the models the sidecar cannot call itself.
         """
         state = self.state
-        catalog = state.catalog
-        check_task(task, catalog)
-        now = self._clock.now()
-        policy = resolve_policy(task, catalog)
+        check_task(task, state.catalog)
+        decision_id = self._new_id()
+        for round_ in range(1, RESERVE_ROUNDS + 1):
+            now = self._clock.now()
+            selection, policy = self._select(task, state, now, uncallable)
+            chosen = selection.chosen
+            model = state.catalog.models[chosen.model] if chosen is not None else None
+            if model is None or chosen is None or task.dry_run:
+                break
+            ttl = state.settings.ledger.reservation_ttl_s
+            try:
+                block, change = await self.ledger.reserve(
+                    decision_id, task.labels, model, policy, task.task_id,
+                    chosen.estimated_cost_micros, now, now + ttl)
+            except BudgetUnavailable:
+                continue  # decided again, the view now says why budgets cannot be checked
+            if block is None:
+                log_alerts(change.alerts, self.alert_hook)
+                return self._decided(task, trace, decision_id, selection, model, policy,
+                                     change, now)
+            if round_ == RESERVE_ROUNDS:
+                raise Unavailable("budgets are changing too fast to reserve on; retry")
+        return self._decided(task, trace, decision_id, selection, model, policy, NO_CHANGE, now)
+
+    def _select(self, task: domain.Task, state: RoutingState, now: float,
+                uncallable: Uncallable | None) -> tuple[domain.Selection, str]:
+        policy = resolve_policy(task, state.catalog)
         view = build_view(task, policy, state, self.learner, self.ledger,
                           self.ev_window.threshold(), now, self._rng, uncallable)
-        selection = decide(task, catalog, view)
-        decision_id = self._new_id()
-        change = NO_CHANGE
+        return decide(task, state.catalog, view), policy.name
+
+    def _decided(self, task: domain.Task, trace: TraceIds, decision_id: str,
+                 selection: domain.Selection, model: domain.ModelSpec | None, policy: str,
+                 change: LedgerChange, now: float) -> Decided:
+        """Count the decision (probe, exploration, EV) once, and build its answer and row."""
         budgets: tuple[domain.BudgetStatus, ...] = ()
-        chosen = selection.chosen
-        model = catalog.models[chosen.model] if chosen is not None else None
-        if model is not None and chosen is not None:
-            if not task.dry_run:
-                change = self._reserve(decision_id, task, model, policy.name,
-                                       chosen.estimated_cost_micros, now)
-            budgets = tuple(self.ledger.statuses_for(task.labels, model, policy.name,
-                                                     task.task_id, now))
+        if model is not None:
+            budgets = tuple(self.ledger.statuses_for(task.labels, model, policy, task.task_id,
+                                                     now))
         if not task.dry_run:
             self.learner.after_decision(task.task_type, model, selection.explored, now)
         # The task's own EV joins the window after it is judged, so it never raises its own bar.
@@ -150,28 +183,16 @@ class RoutingService:
             self.ev_window.add(task.ev)
         decision = domain.Decision(decision_id, task.task_id, now, selection, task.dry_run,
                                    budgets)
-        record = DecisionRecord.from_decision(decision, task, state.config_hash,
+        record = DecisionRecord.from_decision(decision, task, self.state.config_hash,
                                               trace.trace_id, trace.span_id)
         return Decided(decision, record, change)
-
-    def _reserve(self, decision_id: str, task: domain.Task, model: domain.ModelSpec,
-                 policy: str, amount: int, now: float) -> LedgerChange:
-        ttl = self.state.settings.ledger.reservation_ttl_s
-        block, change = self.ledger.reserve(decision_id, task.labels, model, policy,
-                                            task.task_id, amount, now, now + ttl)
-        if block is not None:
-            # Unreachable while the view and the reservation share one synchronous step; if
-            # that ever breaks, fail loudly rather than answer with an unreserved decision.
-            raise Internal("budget reservation failed after the budget check passed")
-        log_alerts(change.alerts, self.alert_hook)
-        return change
 
     async def route(self, task: domain.Task, trace: TraceIds = NO_TRACE) -> domain.Decision:
         """Decide one task; acknowledged only once its audit row and reservation commit.
 
         `trace` names the caller's span so ReportOutcome can attach attempt spans to it later.
         """
-        decided = self.decide(task, trace)
+        decided = await self.decide(task, trace)
         await self.commit(decided)
         return decided.decision
 
@@ -180,5 +201,5 @@ class RoutingService:
         try:
             await self._audit.record_decision(decided.record, decided.change.entries)
         except StorageError:
-            self.ledger.revert(decided.change)
+            await self.ledger.revert(decided.change)
             raise

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from routing_sidecar.core.budget import Ledger
 from routing_sidecar.errors import StorageError
-from routing_sidecar.ports import AuditLog, Clock, LedgerStore
+from routing_sidecar.ports import AuditLog, BudgetBook, Clock, LedgerStore
 from routing_sidecar.service.learning import Learner
 
 log = logging.getLogger(__name__)
@@ -19,7 +18,7 @@ class Upkeep:
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: BudgetBook,
         ledger_store: LedgerStore,
         audit: AuditLog,
         clock: Clock,
@@ -41,14 +40,14 @@ class Upkeep:
 
     async def expire_once(self) -> int:
         """Release reservations past their expiry; returns how many rows were written."""
-        change = self._ledger.expire(self._clock.now())
+        change = await self._ledger.expire(self._clock.now())
         rows = change.entries
         if not rows:
             return 0
         try:
             await self._ledger_store.record_ledger(rows)
         except StorageError:
-            self._ledger.revert(change)
+            await self._ledger.revert(change)
             raise
         log.info("reservations expired", extra={"rows": len(rows)})
         return len(rows)

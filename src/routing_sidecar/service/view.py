@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from routing_sidecar import domain
-from routing_sidecar.core.budget import Ledger
 from routing_sidecar.core.rules import is_critical
 from routing_sidecar.core.view import DecisionView, Exploration
+from routing_sidecar.ports import BudgetBook
 from routing_sidecar.service.learning import Learner
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ Uncallable = Callable[[domain.ModelSpec], str | None]
 
 
 def build_view(task: domain.Task, policy: domain.Policy, state: RoutingState, learner: Learner,
-               ledger: Ledger, ev_threshold: float | None, now: float,
+               ledger: BudgetBook, ev_threshold: float | None, now: float,
                rng: random.Random, uncallable: Uncallable | None = None) -> DecisionView:
     """Budget lines, breakers, demotion and learned quality of the policy's models, now.
 
@@ -55,5 +55,8 @@ def build_view(task: domain.Task, policy: domain.Policy, state: RoutingState, le
     cannot = {}
     if uncallable is not None:
         cannot = {m.name: why for m in models if (why := uncallable(m)) is not None}
-    return DecisionView(now, ev_threshold, signals, breakers, penalties, budgets, state.paused,
-                        cannot, exploration)
+    return DecisionView(
+        now=now, ev_threshold=ev_threshold, quality=signals, breakers=breakers,
+        penalties=penalties, budgets=budgets, paused=state.paused, uncallable=cannot,
+        exploration=exploration,
+        budgets_unavailable=ledger.unavailable if state.settings.budgets else None)

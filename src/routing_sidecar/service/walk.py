@@ -33,7 +33,7 @@ from routing_sidecar.calls import (
 )
 from routing_sidecar.core import retry
 from routing_sidecar.core.candidates import first_block
-from routing_sidecar.errors import ProviderError, StorageError
+from routing_sidecar.errors import BudgetUnavailable, ProviderError, StorageError
 from routing_sidecar.ports import ProviderClient
 from routing_sidecar.service.budgets import log_alerts
 from routing_sidecar.service.complete import (
@@ -475,20 +475,26 @@ class Walk:
         record = self._decided.record
         ledger = self._svc.routing.ledger
         labels = self._request.task.labels
+        if ledger.unavailable is not None:
+            return ledger.unavailable
         lines = ledger.lines(labels, step.spec, record.policy, record.task_id, now)
         block = first_block(lines, step.estimate_micros)
         if block is not None:
             return block.reason(step.estimate_micros)
         rid = f"{record.decision_id}:{step.position}"
         ttl = self._svc.routing.state.settings.ledger.reservation_ttl_s
-        block, change = ledger.reserve(rid, labels, step.spec, record.policy, record.task_id,
-                                       step.estimate_micros, now, now + ttl)
+        try:
+            block, change = await ledger.reserve(rid, labels, step.spec, record.policy,
+                                                 record.task_id, step.estimate_micros, now,
+                                                 now + ttl)
+        except BudgetUnavailable as exc:
+            return exc.message
         if block is not None:
             return block.reason(step.estimate_micros)
         try:
             await self._svc.ledger_store.record_ledger(change.entries)
         except StorageError:
-            ledger.revert(change)
+            await ledger.revert(change)
             return "the store could not record its reservation"
         self._reserved.append(rid)
         log_alerts(change.alerts, self._svc.routing.alert_hook)
@@ -498,13 +504,19 @@ class Walk:
         ledger = self._svc.routing.ledger
         now = self._svc.clock.now()
         for rid in self._reserved:
-            change = ledger.release(rid, now)
+            released = False
             try:
-                await self._svc.ledger_store.record_ledger(change.entries)
-            except StorageError:
-                ledger.revert(change)  # memory keeps what disk has; it expires at its TTL
-                log.error("a fallback reservation could not be released; it will expire",
-                          extra={"reservation": rid})
+                change = await ledger.release(rid, now)
+                try:
+                    await self._svc.ledger_store.record_ledger(change.entries)
+                    released = True
+                except StorageError:
+                    await ledger.revert(change)  # memory keeps what disk has
+            except BudgetUnavailable:
+                pass
+            if not released:
+                log.error("a fallback reservation could not be released; it expires at its "
+                          "TTL", extra={"reservation": rid})
         self._reserved = []
 
     # -- the end ---------------------------------------------------------------------------

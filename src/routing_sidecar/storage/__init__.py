@@ -1,7 +1,32 @@
-"""Durable state: the only place aiosqlite is imported."""
+"""Durable state: the only place aiosqlite (sqlite/) and asyncpg (postgres/) are imported."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypeAlias
+
+from routing_sidecar.ports import Clock
 from routing_sidecar.storage.migrations import SCHEMA_VERSION
+from routing_sidecar.storage.postgres import PostgresStore
 from routing_sidecar.storage.sqlite import SqliteStore
 from routing_sidecar.storage.writer import GroupWriter, Job, Once, Write
 
-__all__ = ["SCHEMA_VERSION", "GroupWriter", "Job", "Once", "SqliteStore", "Write"]
+if TYPE_CHECKING:
+    from routing_sidecar.config import StoreConfig
+
+Store: TypeAlias = SqliteStore | PostgresStore
+
+__all__ = ["SCHEMA_VERSION", "GroupWriter", "Job", "Once", "PostgresStore", "SqliteStore",
+           "Store", "Write", "open_store"]
+
+
+async def open_store(store_cfg: StoreConfig, *, clock: Clock) -> Store:
+    """The store the config names: PostgreSQL for `store.url`, else SQLite at `store.path`."""
+    if store_cfg.url is not None:
+        return await PostgresStore.open(
+            store_cfg.url, retention_days=store_cfg.retention_days, clock=clock,
+            pool_size=store_cfg.pool_size, connect_timeout_s=store_cfg.connect_timeout_s,
+            command_timeout_s=store_cfg.command_timeout_s,
+        )
+    assert store_cfg.path is not None, "StoreConfig fills in the default path"
+    return await SqliteStore.open(store_cfg.path, retention_days=store_cfg.retention_days,
+                                  clock=clock)

@@ -115,7 +115,6 @@ CREATE TABLE IF NOT EXISTS learned_state (
 """
 
 
-
 @dataclass(frozen=True, slots=True)
 class AddColumn:
     """A column added to an existing table (SQLite has no ADD COLUMN IF NOT EXISTS)."""
@@ -135,9 +134,31 @@ class AddColumn:
 # Attempts on a model the decision's plan did not name (the orchestrator improvised).
 _V3 = AddColumn("model_selections", "off_plan", "INTEGER NOT NULL DEFAULT 0")
 
+
+# The admin HTTP API: policy edits (each producing a config version in routing_policies),
+# models an operator paused, and spend by the hour it was reported in.
+_V4 = """
+CREATE TABLE IF NOT EXISTS routing_policy_changes (
+    version               INTEGER PRIMARY KEY,
+    policy                TEXT NOT NULL,
+    action                TEXT NOT NULL CHECK (action IN ('set', 'revert')),
+    policy_json           TEXT NOT NULL,
+    config_hash           TEXT NOT NULL,
+    changed_at            REAL NOT NULL
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS model_pauses (
+    model                 TEXT PRIMARY KEY,
+    paused_at             REAL NOT NULL,
+    reason                TEXT NOT NULL DEFAULT ''
+) STRICT;
+
+CREATE INDEX IF NOT EXISTS outcomes_by_time ON decision_outcomes (reported_at);
+"""
+
 # Later grades of recorded decisions (execute mode: ReportOutcome with only a quality), at
 # most one per decision; the graded quality is also copied into decision_outcomes.quality.
-_V4 = """
+_V5 = """
 CREATE TABLE IF NOT EXISTS decision_grades (
     decision_id           TEXT PRIMARY KEY,
     model                 TEXT NOT NULL,
@@ -146,7 +167,7 @@ CREATE TABLE IF NOT EXISTS decision_grades (
 ) STRICT;
 """
 
-MIGRATIONS: tuple[str | AddColumn, ...] = (_V1, _V2, _V3, _V4)
+MIGRATIONS: tuple[str | AddColumn, ...] = (_V1, _V2, _V3, _V4, _V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

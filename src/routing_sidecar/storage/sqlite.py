@@ -12,33 +12,48 @@ import logging
 import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import aiosqlite
 
-from routing_sidecar.core.budget_rules import EntryKind, LedgerEntry
-from routing_sidecar.domain import (
-    AttemptStatus,
-    BudgetPeriod,
-    DecisionStatus,
-    Objective,
-    ReasonCode,
-)
+from routing_sidecar.core.budget_rules import LedgerEntry
 from routing_sidecar.errors import StorageError
 from routing_sidecar.ports import (
+    ActivityBucket,
     AttemptRecord,
+    AuditedDecision,
     Clock,
     DecisionRecord,
+    FallbackCell,
     GradeRecord,
     LedgerTotal,
     OutcomeRecord,
+    PauseRecord,
     PerformanceRecord,
+    PolicyChange,
     RoutingStats,
 )
+from routing_sidecar.storage import queries
 from routing_sidecar.storage.migrations import migrate
+from routing_sidecar.storage.rows import (
+    DECISION_COLUMNS,
+    GRADE_COLUMNS,
+    LEDGER_COLUMNS,
+    OUTCOME_COLUMNS,
+    PERFORMANCE_COLUMNS,
+    SELECTION_COLUMNS,
+    check_outcome,
+    decision_from_row,
+    insert,
+    ledger_entries,
+    ledger_totals,
+    outcome_from_row,
+    params,
+    qmarks,
+    upsert_performance,
+)
 from routing_sidecar.storage.stats import routing_stats
 from routing_sidecar.storage.writer import GroupWriter, Job, Once, Write
 
@@ -51,42 +66,16 @@ log = logging.getLogger(__name__)
 CHECKPOINT_EVERY_S = 1.0
 BACKSTOP_CHECKPOINT_PAGES = 20_000  # about 80 MiB of WAL at the default 4 KiB page
 
-def _columns(record: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(record))
-
-
-def _insert(table: str, columns: Sequence[str], tail: str = "") -> str:
-    marks = ", ".join("?" * len(columns))
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}){tail}"
-
-
-# Record fields are named after their columns, so a row is the record's values in field order.
-DECISION_COLUMNS = _columns(DecisionRecord)
-SELECTION_COLUMNS = _columns(AttemptRecord)
-OUTCOME_COLUMNS = _columns(OutcomeRecord)
-LEDGER_COLUMNS = _columns(LedgerEntry)
-INSERT_DECISION = _insert("model_routing_decisions", DECISION_COLUMNS)
-INSERT_SELECTION = _insert("model_selections", SELECTION_COLUMNS)
-INSERT_OUTCOME = _insert("decision_outcomes", OUTCOME_COLUMNS)
-INSERT_LEDGER = _insert("budget_ledger", LEDGER_COLUMNS)
-GRADE_COLUMNS = _columns(GradeRecord)
-INSERT_GRADE = _insert("decision_grades", GRADE_COLUMNS)
+# Record fields are named after their columns (rows.py); only the placeholders are SQLite's.
+INSERT_DECISION = insert("model_routing_decisions", DECISION_COLUMNS, qmarks)
+INSERT_SELECTION = insert("model_selections", SELECTION_COLUMNS, qmarks)
+INSERT_OUTCOME = insert("decision_outcomes", OUTCOME_COLUMNS, qmarks)
+INSERT_LEDGER = insert("budget_ledger", LEDGER_COLUMNS, qmarks)
+INSERT_CONFIG = insert("routing_policies", ("config_hash", "config_json", "loaded_at"), qmarks,
+                       " ON CONFLICT (config_hash) DO NOTHING")
+UPSERT_PERFORMANCE = upsert_performance(qmarks)
+INSERT_GRADE = insert("decision_grades", GRADE_COLUMNS, qmarks)
 COPY_GRADE = "UPDATE decision_outcomes SET quality = ? WHERE decision_id = ? AND quality IS NULL"
-INSERT_CONFIG = _insert("routing_policies", ("config_hash", "config_json", "loaded_at"),
-                        " ON CONFLICT (config_hash) DO NOTHING")
-
-
-PERFORMANCE_COLUMNS = _columns(PerformanceRecord)
-UPSERT_PERFORMANCE = (
-    f"INSERT INTO model_performance ({', '.join(PERFORMANCE_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(PERFORMANCE_COLUMNS))}) "
-    "ON CONFLICT (task_type, model, window_start) DO UPDATE SET "
-    + ", ".join(
-        f"{c} = {c} + excluded.{c}"
-        for c in PERFORMANCE_COLUMNS
-        if c not in ("task_type", "model", "window_start")
-    )
-)
 UPSERT_LEARNED = (
     "INSERT INTO learned_state (book, state_json, updated_at) VALUES (?, ?, ?) "
     "ON CONFLICT (book) DO UPDATE SET state_json = excluded.state_json, "
@@ -94,12 +83,8 @@ UPSERT_LEARNED = (
 )
 
 
-def _params(record: object, columns: Sequence[str]) -> tuple[object, ...]:
-    return tuple(getattr(record, c) for c in columns)
-
-
 def _ledger_writes(rows: Sequence[LedgerEntry]) -> tuple[Write, ...]:
-    return tuple(Write(INSERT_LEDGER, _params(r, LEDGER_COLUMNS)) for r in rows)
+    return tuple(Write(INSERT_LEDGER, params(r, LEDGER_COLUMNS)) for r in rows)
 
 
 async def _connect(path: str, busy_timeout_ms: int) -> aiosqlite.Connection:
@@ -231,7 +216,7 @@ class SqliteStore:
     async def record_decision(self, row: DecisionRecord,
                               ledger_rows: Sequence[LedgerEntry] = ()) -> None:
         """Persist a decision with its reservation rows; return once committed."""
-        decision = Write(INSERT_DECISION, _params(row, DECISION_COLUMNS))
+        decision = Write(INSERT_DECISION, params(row, DECISION_COLUMNS))
         await self.writer.submit(Job((decision, *_ledger_writes(ledger_rows))))
 
     async def record_outcome(self, decision_id: str, attempts: Sequence[AttemptRecord],
@@ -243,15 +228,12 @@ class SqliteStore:
         The check runs inside the writer's transaction, so two concurrent reports of the same
         decision cannot both pass it.
         """
-        if outcome.decision_id != decision_id or any(
-            a.decision_id != decision_id for a in attempts
-        ):
-            raise ValueError(f"records do not all belong to decision {decision_id!r}")
+        check_outcome(decision_id, attempts, outcome)
         writes = (
-            Write(INSERT_OUTCOME, _params(outcome, OUTCOME_COLUMNS)),
-            *(Write(INSERT_SELECTION, _params(a, SELECTION_COLUMNS)) for a in attempts),
+            Write(INSERT_OUTCOME, params(outcome, OUTCOME_COLUMNS)),
+            *(Write(INSERT_SELECTION, params(a, SELECTION_COLUMNS)) for a in attempts),
             *_ledger_writes(ledger_rows),
-            *(Write(UPSERT_PERFORMANCE, _params(p, PERFORMANCE_COLUMNS)) for p in performance),
+            *(Write(UPSERT_PERFORMANCE, params(p, PERFORMANCE_COLUMNS)) for p in performance),
         )
         return await self.writer.submit(
             Job(writes, once=Once("decision_outcomes", "decision_id", decision_id))
@@ -261,9 +243,9 @@ class SqliteStore:
                            performance: Sequence[PerformanceRecord] = ()) -> bool:
         """Persist a grade once; False (nothing written) when the decision is graded already."""
         writes = (
-            Write(INSERT_GRADE, _params(grade, GRADE_COLUMNS)),
+            Write(INSERT_GRADE, params(grade, GRADE_COLUMNS)),
             Write(COPY_GRADE, (grade.quality, grade.decision_id)),
-            *(Write(UPSERT_PERFORMANCE, _params(p, PERFORMANCE_COLUMNS)) for p in performance),
+            *(Write(UPSERT_PERFORMANCE, params(p, PERFORMANCE_COLUMNS)) for p in performance),
         )
         return await self.writer.submit(
             Job(writes, once=Once("decision_grades", "decision_id", grade.decision_id))
@@ -318,53 +300,82 @@ class SqliteStore:
         rows = await self._rows(
             f"SELECT {', '.join(DECISION_COLUMNS)} FROM model_routing_decisions "
             "WHERE decision_id = ?", (decision_id,))
-        if not rows:
-            return None
-        d = dict(zip(DECISION_COLUMNS, rows[0], strict=True))
-        d.update(status=DecisionStatus(d["status"]), reason_code=ReasonCode(d["reason_code"]),
-                 objective=Objective(d["objective"]), dry_run=bool(d["dry_run"]))
-        return DecisionRecord(**d)
+        return decision_from_row(rows[0]) if rows else None
 
     async def get_outcome(self, decision_id: str) -> OutcomeRecord | None:
         """The outcome recorded for a decision, or None."""
         rows = await self._rows(
             f"SELECT {', '.join(OUTCOME_COLUMNS)} FROM decision_outcomes WHERE decision_id = ?",
             (decision_id,))
-        if not rows:
-            return None
-        d = dict(zip(OUTCOME_COLUMNS, rows[0], strict=True))
-        d["success"] = bool(d["success"])
-        return OutcomeRecord(**d)
+        return outcome_from_row(rows[0]) if rows else None
 
     async def get_attempts(self, decision_id: str) -> list[AttemptRecord]:
         """The attempts recorded for a decision, in attempt order."""
         rows = await self._rows(
             f"SELECT {', '.join(SELECTION_COLUMNS)} FROM model_selections "
             "WHERE decision_id = ? ORDER BY attempt_index", (decision_id,))
-        out = []
-        for r in rows:
-            d = dict(zip(SELECTION_COLUMNS, r, strict=True))
-            d.update(status=AttemptStatus(d["status"]), off_plan=bool(d["off_plan"]))
-            out.append(AttemptRecord(**d))
-        return out
+        return [queries.attempt_from_row(r) for r in rows]
 
     async def load_ledger_entries(self) -> list[LedgerEntry]:
         """Every persisted ledger row, in the order written."""
         rows = await self._rows(
             f"SELECT {', '.join(LEDGER_COLUMNS)} FROM budget_ledger ORDER BY id")
-        return [LedgerEntry(EntryKind(r[0]), r[1], r[2], BudgetPeriod(r[3]), *r[4:])
-                for r in rows]
+        return ledger_entries(rows)
 
     async def ledger_totals(self) -> list[LedgerTotal]:
         """Sums of persisted rows per scope, period, period start and kind."""
         rows = await self._rows(
             "SELECT scope, period, period_start, kind, SUM(amount_micros) FROM budget_ledger "
             "GROUP BY scope, period, period_start, kind ORDER BY scope, period, period_start, kind")
-        return [LedgerTotal(r[0], BudgetPeriod(r[1]), r[2], EntryKind(r[3]), r[4]) for r in rows]
+        return ledger_totals(rows)
 
     async def routing_stats(self, since: float, label_keys: Sequence[str] = ()) -> RoutingStats:
         """The routing matrix over non-dry-run decisions made since a time."""
         return await routing_stats(self._rows, since, label_keys)
+
+    # -- the admin API (storage/queries.py) ------------------------------------------------
+
+    async def list_decisions(self, limit: int, model: str | None = None,
+                             task_type: str | None = None) -> list[AuditedDecision]:
+        """The most recent decisions, newest first, with outcomes and attempts."""
+        return await queries.list_decisions(self._rows, limit, model, task_type)
+
+    async def decision_view(self, decision_id: str) -> AuditedDecision | None:
+        """One decision with its outcome and attempts, or None."""
+        return await queries.decision_view(self._rows, decision_id)
+
+    async def fallback_cells(self, since: float, label_key: str | None) -> list[FallbackCell]:
+        """Fallback decisions per (model, task type), or per (model, label value)."""
+        return await queries.fallback_cells(self._rows, since, label_key)
+
+    async def label_keys(self, since: float) -> list[str]:
+        """Label keys of the decisions made since a time, sorted."""
+        return await queries.label_keys(self._rows, since)
+
+    async def activity(self, since: float, bucket_s: float) -> list[ActivityBucket]:
+        """Decisions and spend per bucket since a time (buckets with neither are absent)."""
+        return await queries.activity(self._rows, since, bucket_s)
+
+    async def record_policy_change(self, change: PolicyChange, config_json: str) -> int:
+        """Persist a policy edit and the config version it produced; return its version."""
+        version: int = await self.writer.run(queries.record_policy_change(change, config_json))
+        return version
+
+    async def policy_changes(self) -> list[PolicyChange]:
+        """Every policy edit, oldest first."""
+        return await queries.policy_changes(self._rows)
+
+    async def set_pause(self, pause: PauseRecord) -> None:
+        """Persist a model's pause (replacing an earlier one)."""
+        await self.writer.submit(Job((queries.pause_write(pause),)))
+
+    async def clear_pause(self, model: str) -> None:
+        """Forget a model's pause."""
+        await self.writer.submit(Job((queries.unpause_write(model),)))
+
+    async def load_pauses(self) -> list[PauseRecord]:
+        """Every paused model."""
+        return await queries.load_pauses(self._rows)
 
 
 def _prune_decisions(conn: sqlite3.Connection, *, cutoff: float, limit: int) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from routing_sidecar.ports import ModelLabelCell, ModelTaskCell, ProviderCell, RoutingStats
+from routing_sidecar.ports import RoutingStats
+from routing_sidecar.storage.rows import assemble_stats
 
 Rows = Callable[[str, Sequence[object]], Awaitable[list[Any]]]
 
@@ -55,21 +56,12 @@ GROUP BY s.provider
 
 async def routing_stats(rows: Rows, since: float, label_keys: Sequence[str]) -> RoutingStats:
     """Per (model, task type), per (model, label) and per provider cells since a time."""
-    by_task = tuple(ModelTaskCell(*r) for r in await rows(_BY_MODEL_TASK, (since,)))
-    by_label: tuple[ModelLabelCell, ...] = ()
+    by_label: list[Any] = []
     keys = tuple(dict.fromkeys(label_keys))
     if keys:
         sql = _BY_MODEL_LABEL.format(keys=", ".join("?" * len(keys)))
-        by_label = tuple(ModelLabelCell(*r) for r in await rows(sql, (since, *keys)))
-    cells: dict[str, dict[str, int]] = {}
-    for provider, decisions, fallbacks in await rows(_DECISIONS_BY_PROVIDER, (since,)):
-        cells.setdefault(provider, {}).update(decisions=decisions, fallback_decisions=fallbacks)
-    for provider, attempts, failed, tokens_in, tokens_out, spend in await rows(
-        _ATTEMPTS_BY_PROVIDER, (since,)
-    ):
-        cells.setdefault(provider, {}).update(
-            attempts=attempts, failed_attempts=failed, input_tokens=tokens_in,
-            output_tokens=tokens_out, spend_micros=spend,
-        )
-    by_provider = tuple(ProviderCell(p, **c) for p, c in sorted(cells.items()))
-    return RoutingStats(since, by_task, by_label, by_provider)
+        by_label = await rows(sql, (since, *keys))
+    return assemble_stats(
+        since, await rows(_BY_MODEL_TASK, (since,)), by_label,
+        await rows(_DECISIONS_BY_PROVIDER, (since,)), await rows(_ATTEMPTS_BY_PROVIDER, (since,)),
+    )

@@ -89,6 +89,8 @@ class _ReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasonCode
     REASON_CODE_CACHE_HIT: _ReasonCode.ValueType  # 6
     REASON_CODE_BELOW_FLOOR: _ReasonCode.ValueType  # 7
     """No capable model's estimate meets the quality floor: the best estimate was routed."""
+    REASON_CODE_BUDGET_UNAVAILABLE: _ReasonCode.ValueType  # 8
+    """The shared budget ledger (fleet mode) cannot be reached, and the task has a budget."""
 
 class ReasonCode(_ReasonCode, metaclass=_ReasonCodeEnumTypeWrapper):
     """ReasonCode says, in a machine-readable way, why the decision has its status."""
@@ -104,6 +106,8 @@ REASON_CODE_BUDGET_EXHAUSTED: ReasonCode.ValueType  # 5
 REASON_CODE_CACHE_HIT: ReasonCode.ValueType  # 6
 REASON_CODE_BELOW_FLOOR: ReasonCode.ValueType  # 7
 """No capable model's estimate meets the quality floor: the best estimate was routed."""
+REASON_CODE_BUDGET_UNAVAILABLE: ReasonCode.ValueType  # 8
+"""The shared budget ledger (fleet mode) cannot be reached, and the task has a budget."""
 Global___ReasonCode: _TypeAlias = ReasonCode  # noqa: Y015
 
 class _BudgetPeriod:

@@ -1,0 +1,51 @@
+"""Audit records for the store tests, built the way the service builds them."""
+
+from __future__ import annotations
+
+from routing_sidecar import domain
+from routing_sidecar.ports import AttemptRecord, DecisionRecord, OutcomeRecord
+
+T0 = 1_773_144_000.0  # 2026-03-10 12:00 UTC
+GPT5 = domain.ModelSpec("gpt-5", "openai", 3, 1_250_000, 10_000_000, 400_000, 60, 0.91)
+HAIKU = domain.ModelSpec("claude-haiku-4-5", "anthropic", 1, 1_000_000, 5_000_000, 200_000,
+                         150, 0.72)
+
+
+class FixedClock:
+    def __init__(self, now: float = T0) -> None:
+        self.t = now
+
+    def now(self) -> float:
+        return self.t
+
+    def monotonic(self) -> float:
+        return self.t
+
+
+def decision_record(i: int | str, *, model: domain.ModelSpec = GPT5, decided_at: float = T0,
+                    labels: dict[str, str] | None = None, task_type: str = "fix_bug",
+                    dry_run: bool = False, cost: int = 1_000) -> DecisionRecord:
+    alt = domain.Alternative(model.name, model.provider, model.tier, 0.8, cost,
+                             domain.Rejection.CHOSEN, "best score", 0.9, slot_id="s1")
+    other = domain.Alternative("claude-opus-4-1", "anthropic", 3, 0.5, 9_000,
+                               domain.Rejection.OUTSCORED, "pricier", 0.93)
+    selection = domain.Selection(
+        domain.DecisionStatus.ROUTED, domain.ReasonCode.SELECTED, "code",
+        domain.Objective.BALANCED, f"{model.name} is the cheapest capable model", (alt, other),
+        chosen=alt, fallbacks=(domain.Fallback("claude-opus-4-1", "anthropic", 3, 9_000),))
+    task = domain.Task(task_id=f"task-{i}", task_type=task_type,
+                       labels=labels if labels is not None else {"project": "alpha"},
+                       dry_run=dry_run)
+    decision = domain.Decision(f"d{i}", task.task_id, decided_at, selection, dry_run=dry_run)
+    return DecisionRecord.from_decision(decision, task, "cfg1", trace_id="t" * 32)
+
+
+def attempt(decision_id: str, index: int, model: domain.ModelSpec = GPT5,
+            status: domain.AttemptStatus = domain.AttemptStatus.SUCCESS,
+            cost: int = 900) -> AttemptRecord:
+    a = domain.Attempt(model.name, model.provider, status, "", T0, 1.5, 100, 50, cost)
+    return AttemptRecord.from_attempt(decision_id, index, a, 1_000, cost)
+
+
+def outcome(decision_id: str, cost: int = 900) -> OutcomeRecord:
+    return OutcomeRecord(decision_id, True, 0.9, cost, T0 + 10)
