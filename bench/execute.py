@@ -6,9 +6,9 @@ One run starts the bundled fake provider and a sidecar (each its own process, on
 sends the same streamed chat completion both ways, interleaved round by round: through the
 sidecar's Complete (decide, reserve, audit, call the provider, stream the deltas over gRPC,
 settle and record) and directly to the fake provider with httpx and httpx-sse (the same
-client libraries the sidecar's adapter uses). Two payloads: 64 tokens as fast as the fake can
-send them (the sidecar's own cost per token shows), and 32 tokens paced at 400 tokens/s (a fast
-real model). Concurrency 1 and 32. Self-contained: nothing here is shared with the latency
+client libraries the sidecar's adapter uses). Two payloads (`SCENARIOS`): 64 tokens at once (the
+sidecar's own cost shows), and a first token after 50 ms then 32 at 400 tokens/s (a fast hosted
+model). Concurrency 1 and 32. Self-contained: nothing here is shared with the latency
 harness, so either can move without the other.
 """
 
@@ -58,13 +58,16 @@ class Scenario:
     upstream: str
     policy: str
     description: str
+    share: float = 1.0  # of the run's calls per round (slow payloads take fewer)
 
 
 SCENARIOS = (
     Scenario("unpaced", "fake-tokens-64", "unpaced",
-             "64 tokens sent as fast as the fake provider can"),
-    Scenario("paced", "fake-tokens-32-tps-400", "paced",
-             "32 tokens paced at 400 tokens/s (a fast real model)"),
+             "64 tokens at once, as fast as the fake provider sends them: the worst case, "
+             "where only the sidecar's own work shows"),
+    Scenario("paced", "fake-slow-50-tokens-32-tps-400", "paced",
+             "the first token after 50 ms, then 32 tokens at 400 tokens/s: a fast hosted "
+             "model", share=0.5),
 )
 
 
@@ -311,7 +314,8 @@ async def measure(sidecar: str, fake_url: str, noop: str, calls: dict[int, int],
         stub = pb_grpc.RouterStub(channel)
         noop_stub = pb_grpc.RouterStub(noop_channel)
         for s in SCENARIOS:
-            for conc, n in calls.items():
+            for conc, all_calls in calls.items():
+                n = max(conc, round(all_calls * s.share))
                 makers = {
                     "direct": lambda i, out, s=s: direct(client, s, out),
                     "sidecar": lambda i, out, s=s: via_sidecar(stub, s, i, out),
@@ -444,8 +448,10 @@ def markdown(res: Results) -> str:
         "and straight to the fake with httpx + httpx-sse, parsing every chunk as the "
         "sidecar's adapter does. Per payload and concurrency: "
         f"{st['warmup']} warm-up calls each way, then {st['rounds']} rounds of "
-        f"{st['calls_c1']} calls (c=1) or {st['calls_c32']} (c=32) each way, the order "
-        "reversed every other round. First token: request sent to the first text delta "
+        f"{st['calls_c1']} calls (c=1) or {st['calls_c32']} (c=32) each way (half as many "
+        "for the paced payload), the order reversed every other round. Payloads: "
+        + "; ".join(f"`{s.name}`: {s.description} (`{s.upstream}`)" for s in SCENARIOS)
+        + ". First token: request sent to the first text delta "
         "received; total: to `done` (sidecar, after its outcome is recorded) or `[DONE]` "
         "(direct); tokens/s per stream: (tokens - 1) / (last delta - first delta), median; "
         "all streams: every token over the summed wall time. The sidecar's SQLite store, "
