@@ -6,7 +6,7 @@ CONFIG ?= config/router.yaml
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint protos check-protos bench bench-replay install clean validate
+.PHONY: run test lint protos check-protos bench bench-replay install clean validate fuzz
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ lint: $(STAMP) generated/routing_sidecar_api/__init__.py
 
 test: lint
 	$(BIN)/pytest -q
+
+# The fuzz suite at length (`make test` runs it briefly): thousands of examples per RPC,
+# random each run; a failure is kept in .hypothesis/ and replayed first next time.
+fuzz: $(STAMP) generated/routing_sidecar_api/__init__.py
+	ROUTING_FUZZ_PROFILE=fuzz $(BIN)/pytest -q tests/fuzz --hypothesis-show-statistics
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

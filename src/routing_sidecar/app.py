@@ -39,6 +39,7 @@ from routing_sidecar.service.complete import CompleteService, Execution
 from routing_sidecar.service.fleet_budgets import FleetBudgets
 from routing_sidecar.service.fleet_sync import FleetSync
 from routing_sidecar.service.learning import LEARNED_BOOKS, Learner
+from routing_sidecar.service.limits import LabelLimits, fold_entries, known_at_start
 from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService, RoutingState, new_decision_id
 from routing_sidecar.service.upkeep import Upkeep
@@ -115,10 +116,11 @@ class Sidecar:
         await store.record_config(digest, cfg.model_dump_json(), self.clock.now())
         learner = Learner.of(settings)
         learner.load({book: await store.load_learned(book) for book in LEARNED_BOOKS})
+        limits = LabelLimits(await known_at_start(ledger, learner.health, self.clock.now()))
         self.routing = RoutingService(
             RoutingState.of(settings, digest), self.clock, ledger, store, learner,
             new_id=lambda: logs.bind_decision(new_decision_id()),  # logs name the decision
-            rng=self._rng,
+            rng=self._rng, limits=limits,
         )
         self.outcomes = OutcomeService(
             lambda: self.routing.catalog, ledger, store, self.clock, learner,
@@ -137,6 +139,7 @@ class Sidecar:
         )
         self.observer.set_provider_health(self._provider_health)
         self.routing.alert_hook = self.outcomes.alert_hook = self.observer.budget_alert
+        limits.on_refused = self.observer.label_refused
         await self._join_fleet(learner, ledger)
         # Execute mode: one client per `providers` entry, keys read now (rebuilt on reload).
         self.complete = CompleteService(self.routing, self.outcomes, store, self.clock,
@@ -160,7 +163,9 @@ class Sidecar:
         fleet = self.cfg.fleet
         if not fleet.enabled:
             embedded = Ledger(settings.budgets, tz)
-            embedded.restore(await store.load_ledger_entries())
+            # Rows of project:/worker: scopes in another case add to the folded scope's line.
+            embedded.restore(fold_entries(await store.load_ledger_entries(),
+                                          settings.limits.casefold_scope_labels))
             return LocalBudgets(embedded)
         self.fleet = open_fleet(fleet, settings, tz, origin=self.sidecar_id)
         self.outbox = await Outbox.open(fleet.outbox_path)

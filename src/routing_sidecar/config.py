@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
@@ -27,6 +28,7 @@ from routing_sidecar import calls, domain
 from routing_sidecar.config_fleet import FleetConfig
 from routing_sidecar.errors import ConfigError
 from routing_sidecar.settings import (
+    SCOPE_LABELS,
     BreakerSettings,
     DemotionSettings,
     DetectionSettings,
@@ -34,13 +36,16 @@ from routing_sidecar.settings import (
     HealthSettings,
     LearningSettings,
     LedgerSettings,
+    LimitSettings,
     OutcomeLimits,
     RouterSettings,
 )
 
 Usd = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
-SCOPE_RE = re.compile(r"^(global|task|(project|provider|model|policy|worker):[A-Za-z0-9_.\-/*]+)$")
+# Matched whole (fullmatch): with `$`, "project:alpha\n" would pass.
+SCOPE_RE = re.compile(r"global|task|(project|provider|model|policy|worker):[A-Za-z0-9_.\-/*]+")
+LABEL_KEY_RE = re.compile(r"[A-Za-z0-9_.:/@+\-]{1,64}")
 
 
 class _Strict(BaseModel):
@@ -433,7 +438,7 @@ class BudgetConfig(_Strict):
     @field_validator("scope")
     @classmethod
     def _scope_shape(cls, v: str) -> str:
-        if not SCOPE_RE.match(v):
+        if not SCOPE_RE.fullmatch(v):
             raise ValueError(
                 f"unknown scope {v!r}; expected global, task, or project:|provider:|model:|"
                 "policy:|worker: followed by a name"
@@ -523,6 +528,43 @@ class OutcomesConfig(_Strict):
                              usd_to_micros(self.cost_slack_usd), self.clock_skew_s)
 
 
+class LimitsConfig(_Strict):
+    """Caps on distinct label values (budget scopes, health lanes, metric series) and scope case.
+
+    A request bringing a value beyond its label's cap is refused (RESOURCE_EXHAUSTED); values
+    already known keep working. With casefold_scope_labels, `project` and `worker` values and
+    the project:/worker: budget scopes of this file are compared case-folded.
+    """
+
+    max_projects: Annotated[int, Field(ge=1)] = 1000
+    max_workers: Annotated[int, Field(ge=1)] = 1000
+    max_lanes: Annotated[int, Field(ge=1)] = 100
+    max_label_values: Annotated[int, Field(ge=1)] = 1000  # for each key of capped_labels
+    capped_labels: list[str] = ["layer"]
+    casefold_scope_labels: bool = True
+
+    @field_validator("capped_labels")
+    @classmethod
+    def _label_keys(cls, v: list[str]) -> list[str]:
+        for key in v:
+            if not LABEL_KEY_RE.fullmatch(key):
+                raise ValueError(f"{key!r} is not a label key (1..64 of A-Z a-z 0-9 _ . : / @ + -)")
+        return v
+
+    def settings(self) -> LimitSettings:
+        """Label key -> cap (the named caps beat the generic one), and the folding switch."""
+        caps = dict.fromkeys(self.capped_labels, self.max_label_values)
+        caps.update(project=self.max_projects, worker=self.max_workers, lane=self.max_lanes)
+        return LimitSettings(MappingProxyType(caps), self.casefold_scope_labels)
+
+    def scope_name(self, scope: str) -> str:
+        """A project:/worker: scope (or pattern) as requests' normalised labels will name it."""
+        kind, sep, name = scope.partition(":")
+        if sep and kind in SCOPE_LABELS and self.casefold_scope_labels:
+            return f"{kind}:{name.lower()}"
+        return scope
+
+
 class RouterConfig(_Strict):
     """The whole configuration file."""
 
@@ -531,6 +573,7 @@ class RouterConfig(_Strict):
     ledger: LedgerConfig = LedgerConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     admin: AdminConfig = AdminConfig()
+    limits: LimitsConfig = LimitsConfig()  # before rules and budgets: their checks read it
     models: Annotated[dict[str, ModelConfig], Field(min_length=1)]
     policies: Annotated[dict[str, PolicyConfig], Field(min_length=1)]
     rules: list[RuleConfig] = []
@@ -544,6 +587,28 @@ class RouterConfig(_Strict):
     outcomes: OutcomesConfig = OutcomesConfig()
     fleet: FleetConfig = FleetConfig()
     providers: dict[str, ProviderConfig] = {}  # execute mode: how to reach each provider
+
+    @field_validator("budgets")
+    @classmethod
+    def _fold_scopes(cls, v: list[BudgetConfig], info: ValidationInfo) -> list[BudgetConfig]:
+        limits = info.data.get("limits")
+        if not isinstance(limits, LimitsConfig):
+            return v  # limits itself is invalid and reported
+        return [b.model_copy(update={"scope": limits.scope_name(b.scope)}) for b in v]
+
+    @field_validator("rules", "task_shapes")
+    @classmethod
+    def _fold_match_labels(cls, v: list[Any], info: ValidationInfo) -> list[Any]:
+        limits = info.data.get("limits")
+        if not isinstance(limits, LimitsConfig) or not limits.casefold_scope_labels:
+            return v
+        out = []
+        for item in v:
+            labels = {k: val.strip().lower() if k in SCOPE_LABELS else val
+                      for k, val in item.match.labels.items()}
+            match = item.match.model_copy(update={"labels": labels})
+            out.append(item.model_copy(update={"match": match}))
+        return out
 
     def admin_listen(self) -> str:
         """The admin port: `admin.listen`, else its old name `telemetry.admin_listen`."""
@@ -654,6 +719,7 @@ def to_settings(cfg: RouterConfig) -> RouterSettings:
         ledger=LedgerSettings(cfg.ledger.reservation_ttl_s, cfg.ledger.timezone),
         critical_lanes=frozenset(cfg.critical_lanes),
         outcomes=cfg.outcomes.limits(),
+        limits=cfg.limits.settings(),
     )
 
 

@@ -5,6 +5,7 @@
     +-- NotFound               an id the caller sent is unknown
     +-- AlreadyExists          a write would duplicate an existing record
     +-- FailedPrecondition     the request is valid but the state forbids it
+    +-- ResourceExhausted      a cap is reached (e.g. new label values); names the label
     +-- ConfigError            a config file fails validation; names file and path
     +-- Unavailable (retryable=True)   the sidecar is starting, draining or overloaded
     |   +-- BudgetUnavailable          the shared budget ledger (Redis) cannot be reached
@@ -49,6 +50,14 @@ class AlreadyExists(RoutingError):
 
 class FailedPrecondition(RoutingError):
     """The request is well formed but the current state forbids it."""
+
+
+class ResourceExhausted(RoutingError):
+    """A bounded resource is full: the request would add a value beyond a configured cap."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
 
 
 class ConfigError(RoutingError):

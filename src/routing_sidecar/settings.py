@@ -107,6 +107,22 @@ class OutcomeLimits:
     clock_skew_s: float = 300.0
 
 
+# Labels whose values name budget scopes (project:X, worker:X), normalised alike on both sides.
+SCOPE_LABELS = ("project", "worker")
+_DEFAULT_CAPS: Mapping[str, int] = MappingProxyType(
+    {"project": 1000, "worker": 1000, "lane": 100, "layer": 1000})
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """Caps on the distinct label values callers may introduce, and how scope labels compare."""
+
+    # Label key -> the most distinct values admitted; keys not named are not capped.
+    caps: Mapping[str, int] = field(default_factory=lambda: _DEFAULT_CAPS)
+    # `project` and `worker` values (and the config's project:/worker: scopes) case-folded.
+    casefold_scope_labels: bool = True
+
+
 _NO_MODELS: Mapping[str, ModelSpec] = MappingProxyType({})
 _NO_POLICIES: Mapping[str, Policy] = MappingProxyType({})
 
@@ -127,3 +143,4 @@ class RouterSettings:
     ledger: LedgerSettings = LedgerSettings()
     critical_lanes: frozenset[str] = frozenset()
     outcomes: OutcomeLimits = OutcomeLimits()
+    limits: LimitSettings = LimitSettings()

@@ -10,6 +10,8 @@ non-zero, so the pod's supervisor restarts the whole set.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import signal
 import subprocess
 import time
@@ -24,6 +26,7 @@ if TYPE_CHECKING:  # the CLI imports this module; pydantic only when a sidecar s
     from routing_sidecar.config import RouterConfig
 
 WORKER_FLAG = "--worker-index"
+PR_SET_PDEATHSIG = 1
 
 
 def check_workers(cfg: RouterConfig, workers: int, listen: str) -> None:
@@ -57,10 +60,20 @@ def worker_outbox(path: str, index: int) -> str:
     return str(p.with_name(f"{p.stem}-{index}{p.suffix}"))
 
 
+def _die_with_parent() -> None:
+    """In a worker, before exec: a SIGTERM when the supervisor dies, even by SIGKILL (Linux)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the supervisor's own signal forwarding has to do
+
+
 def supervise(argv: Sequence[str], workers: int, grace_s: float) -> int:
     """Start `workers` children running `argv` plus their index; wait; 0 when all end well."""
     # Our own command line, built by the CLI from its own arguments.
-    children = [subprocess.Popen([*argv, WORKER_FLAG, str(i)])  # noqa: S603
+    children = [subprocess.Popen([*argv, WORKER_FLAG, str(i)],  # noqa: S603
+                                 preexec_fn=_die_with_parent)  # noqa: PLW1509
                 for i in range(workers)]
     stopping = False
 

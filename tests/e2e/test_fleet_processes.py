@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -121,3 +122,31 @@ def test_workers_without_fleet_state_refuse_to_start(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "fleet.redis_url: --workers needs" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_workers_stop_when_their_supervisor_is_killed(
+    tmp_path: Path, pg: PgServer, pg_dsn: str, redis: RedisServer,
+) -> None:
+    raw = fleet_raw(tmp_path, pg_dsn, redis.url, "k")
+    target = f"127.0.0.1:{free_port()}"
+    raw["server"]["listen"] = target
+    raw["telemetry"]["admin_listen"] = ""
+    config = write_config(tmp_path, raw, "kill.yaml")
+    with (tmp_path / "kill.log").open("wb") as out:
+        proc = subprocess.Popen([str(BIN), "serve", "--config", str(config), "--workers", "2"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    wait_serving(target, proc)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while True:  # no worker may outlive it and keep the port
+        with socket.socket() as s:
+            if s.connect_ex(tuple_of(target)) != 0:
+                break
+        assert time.monotonic() < deadline, "a worker outlived its supervisor"
+        time.sleep(0.1)
+
+
+def tuple_of(target: str) -> tuple[str, int]:
+    host, _, port = target.rpartition(":")
+    return host, int(port)

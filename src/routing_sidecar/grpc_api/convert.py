@@ -1,9 +1,16 @@
-"""Protobuf <-> domain conversion, with shape validation that names the offending field."""
+"""Protobuf <-> domain conversion, with shape validation that names the offending field.
+
+Identifiers (ids, task types, label keys, cache keys, slot ids, model, policy and capability
+names, error types) are printable ASCII from NAME_RE, matched whole (`fullmatch`: a `$` would
+let a trailing newline through). Label values are free text without control, format or
+line-separator characters, at most MAX_LABEL_VALUE characters, trimmed of surrounding space.
+"""
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -19,8 +26,13 @@ MAX_LABEL_VALUE = 256
 MAX_LIST = 256
 MAX_TOKENS = 100_000_000
 MAX_VALUE_MICROS = 10**12  # a million dollars a task: more is a typo
-NAME_RE = re.compile(r"^[A-Za-z0-9_.:/@+\-]+$")
-SCOPE_QUERY_RE = re.compile(r"^[A-Za-z0-9_.:/@+*?\-]{1,160}$")
+# Always used with fullmatch: the whole value, no trailing newline.
+NAME_RE = re.compile(r"[A-Za-z0-9_.:/@+\-]+")
+SCOPE_QUERY_RE = re.compile(r"[A-Za-z0-9_.:/@+*?\-]{1,160}")
+PRINTABLE_ASCII_RE = re.compile(r"[\x20-\x7e]*")
+# Unicode categories refused in label values: control (NUL, tab, newline ...), format
+# (zero-width and bidi controls), surrogate, private use, unassigned, line/paragraph separator.
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 OBJECTIVE_FROM_PB = {
     pb.OBJECTIVE_UNSPECIFIED: domain.Objective.AUTO,
@@ -58,14 +70,17 @@ STATE_TO_PB = {
 }
 
 
-def _ident(field: str, value: str, *, required: bool = True, max_len: int = MAX_ID_LEN) -> str:
+def check_name(
+    field: str, value: str, *, required: bool = True, max_len: int = MAX_ID_LEN
+) -> str:
+    """An identifier: printable ASCII from NAME_RE, whole, at most `max_len` characters."""
     if not value:
         if required:
             raise InvalidArgument(field, "is required")
         return value
     if len(value) > max_len:
         raise InvalidArgument(field, f"is {len(value)} characters; at most {max_len} allowed")
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise InvalidArgument(field, "may only contain letters, digits and _ . : / @ + -")
     return value
 
@@ -92,24 +107,36 @@ def _fraction(field: str, value: float) -> float:
 
 def check_scope(field: str, scope: str) -> str:
     """A budget scope or scope glob as used in queries, e.g. project:* ."""
-    if not SCOPE_QUERY_RE.match(scope):
+    if not SCOPE_QUERY_RE.fullmatch(scope):
         raise InvalidArgument(field, f"not a budget scope: {scope[:40]!r}")
     return scope
 
 
 def check_label_key(field: str, key: str) -> str:
     """A label key named in a query."""
-    return _ident(field, key, max_len=MAX_LABEL_KEY)
+    return check_name(field, key, max_len=MAX_LABEL_KEY)
+
+
+def check_label_value(field: str, value: str) -> str:
+    """A label value: bounded, no control or separator characters; returned trimmed."""
+    if len(value) > MAX_LABEL_VALUE:
+        raise InvalidArgument(field, f"is longer than {MAX_LABEL_VALUE} characters")
+    if not PRINTABLE_ASCII_RE.fullmatch(value) and any(
+        unicodedata.category(c) in REFUSED_CATEGORIES for c in value
+    ):
+        raise InvalidArgument(
+            field, "must not contain control characters (NUL, tab, newline, zero-width ...)")
+    return value.strip()
 
 
 def _labels(req: pb.RouteRequest) -> dict[str, str]:
     _count("labels", req.labels, MAX_LABELS)
     out: dict[str, str] = {}
     for key, value in req.labels.items():
-        _ident("labels", key, max_len=MAX_LABEL_KEY)
-        if len(value) > MAX_LABEL_VALUE:
-            raise InvalidArgument(f"labels[{key}]", f"is longer than {MAX_LABEL_VALUE} characters")
-        out[key] = value
+        if not NAME_RE.fullmatch(key) or len(key) > MAX_LABEL_KEY:
+            raise InvalidArgument("labels", f"key {key[:MAX_LABEL_KEY]!r} is not a label key: "
+                                  f"1..{MAX_LABEL_KEY} of letters, digits and _ . : / @ + -")
+        out[key] = check_label_value(f"labels[{key}]", value)
     return out
 
 
@@ -119,7 +146,8 @@ def _requirements(req: pb.RouteRequest) -> domain.Requirements:
         raise InvalidArgument("requires.min_tier", f"must be 0..3 (got {r.min_tier})")
     _count("requires.capabilities", r.capabilities, 32)
     caps = frozenset(
-        _ident(f"requires.capabilities[{i}]", c, max_len=64) for i, c in enumerate(r.capabilities)
+        check_name(f"requires.capabilities[{i}]", c, max_len=64)
+        for i, c in enumerate(r.capabilities)
     )
     min_q = _fraction("requires.min_quality", r.min_quality) if r.HasField("min_quality") else None
     return domain.Requirements(min_tier=r.min_tier, capabilities=caps, min_quality=min_q)
@@ -131,8 +159,8 @@ def _slots(req: pb.RouteRequest) -> tuple[domain.Slot, ...]:
     for i, s in enumerate(req.available_slots):
         slots.append(
             domain.Slot(
-                slot_id=_ident(f"available_slots[{i}].slot_id", s.slot_id),
-                model=_ident(f"available_slots[{i}].model", s.model),
+                slot_id=check_name(f"available_slots[{i}].slot_id", s.slot_id),
+                model=check_name(f"available_slots[{i}].model", s.model),
                 utilisation=_fraction(f"available_slots[{i}].utilisation", s.utilisation),
             )
         )
@@ -158,8 +186,8 @@ def task_from_pb(req: pb.RouteRequest) -> domain.Task:
                                   f"must be 0..{MAX_VALUE_MICROS} (got {req.value_micros})")
         value = req.value_micros
     return domain.Task(
-        task_id=_ident("task_id", req.task_id),
-        task_type=_ident("task_type", req.task_type),
+        task_id=check_name("task_id", req.task_id),
+        task_type=check_name("task_type", req.task_type),
         priority=req.priority,
         requires=_requirements(req),
         estimated_input_tokens=_tokens("estimated_input_tokens", req.estimated_input_tokens),
@@ -167,12 +195,12 @@ def task_from_pb(req: pb.RouteRequest) -> domain.Task:
         labels=_labels(req),
         ev=ev,
         objective=OBJECTIVE_FROM_PB[req.objective],
-        policy=_ident("policy", req.policy, required=False, max_len=64) or None,
+        policy=check_name("policy", req.policy, required=False, max_len=64) or None,
         available_slots=_slots(req),
         exclude_models=frozenset(
-            _ident(f"exclude_models[{i}]", m) for i, m in enumerate(req.exclude_models)
+            check_name(f"exclude_models[{i}]", m) for i, m in enumerate(req.exclude_models)
         ),
-        cache_key=_ident("cache_key", req.cache_key, required=False, max_len=256) or None,
+        cache_key=check_name("cache_key", req.cache_key, required=False, max_len=256) or None,
         dry_run=req.dry_run,
         value_micros=value,
     )

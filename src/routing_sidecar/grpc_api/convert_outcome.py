@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from routing_sidecar import domain
 from routing_sidecar.errors import InvalidArgument
-from routing_sidecar.grpc_api.convert import MAX_TOKENS, _fraction, _ident, budget_to_pb
+from routing_sidecar.grpc_api.convert import MAX_TOKENS, _fraction, budget_to_pb, check_name
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 
 MAX_ATTEMPTS = 32
 MAX_COST_MICROS = 10**12  # a million dollars for one call is a typo, not a bill
+MAX_DURATION_S = 86_400  # an attempt (or a retry-after) longer than a day is a typo
+# Attempt start times from 1970 to 2199: their span timestamps (int64 nanoseconds, unsigned on
+# the OTLP wire) must encode, or one hostile outcome loses a whole batch of traces.
+MAX_STARTED_AT_S = 7_258_118_400
+NANOS = 1_000_000_000
 
 ATTEMPT_FROM_PB = {
     pb.ATTEMPT_STATUS_SUCCESS: domain.AttemptStatus.SUCCESS,
@@ -23,10 +29,22 @@ ATTEMPT_FROM_PB = {
 
 
 def _seconds(field: str, d: Duration) -> float:
+    if abs(d.nanos) >= NANOS:
+        raise InvalidArgument(field, f"nanos must be within +-999999999 (got {d.nanos})")
     value = d.seconds + d.nanos / 1e9
     if value < 0:
         raise InvalidArgument(field, f"must not be negative (got {value}s)")
+    if value > MAX_DURATION_S:
+        raise InvalidArgument(field, f"must be at most {MAX_DURATION_S}s (got {value}s)")
     return value
+
+
+def _started_at(field: str, ts: Timestamp) -> float:
+    if not 0 <= ts.nanos < NANOS:
+        raise InvalidArgument(field, f"nanos must be 0..999999999 (got {ts.nanos})")
+    if not 0 <= ts.seconds < MAX_STARTED_AT_S:
+        raise InvalidArgument(field, f"must be between 1970 and 2199 (got {ts.seconds}s)")
+    return ts.seconds + ts.nanos / 1e9
 
 
 def _count(field: str, value: int, limit: int) -> int:
@@ -42,15 +60,13 @@ def _attempt(i: int, a: pb.Attempt) -> domain.Attempt:
     status = ATTEMPT_FROM_PB.get(a.status)
     if status is None:
         raise InvalidArgument(f"{where}.status", f"unknown or missing status {a.status}")
-    if len(a.error_type) > 128:
-        raise InvalidArgument(f"{where}.error_type", "is longer than 128 characters")
     return domain.Attempt(
-        model=_ident(f"{where}.model", a.model),
-        provider=_ident(f"{where}.provider", a.provider, required=False),
+        model=check_name(f"{where}.model", a.model),
+        provider=check_name(f"{where}.provider", a.provider, required=False),
         status=status,
-        error_type=a.error_type,
+        error_type=check_name(f"{where}.error_type", a.error_type, required=False),
         started_at=(
-            a.started_at.seconds + a.started_at.nanos / 1e9 if a.HasField("started_at") else None
+            _started_at(f"{where}.started_at", a.started_at) if a.HasField("started_at") else None
         ),
         duration_s=_seconds(f"{where}.duration", a.duration),
         input_tokens=_count(f"{where}.input_tokens", a.input_tokens, MAX_TOKENS),
@@ -68,7 +84,7 @@ def _attempt(i: int, a: pb.Attempt) -> domain.Attempt:
 
 def outcome_from_pb(msg: pb.Outcome) -> domain.Outcome:
     """Validate an Outcome's shape and convert it; raises InvalidArgument naming the field."""
-    decision_id = _ident("decision_id", msg.decision_id)
+    decision_id = check_name("decision_id", msg.decision_id)
     if len(msg.attempts) > MAX_ATTEMPTS:
         raise InvalidArgument("attempts", f"has {len(msg.attempts)}; at most {MAX_ATTEMPTS}")
     quality = None

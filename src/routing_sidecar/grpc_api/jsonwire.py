@@ -198,7 +198,7 @@ def ack_to_json(ack: OutcomeAck) -> JsonObject:
 
 def check_name(field: str, value: str, max_len: int = convert.MAX_ID_LEN) -> str:
     """An identifier (model, task type, decision id) checked as the RPCs check theirs."""
-    return convert._ident(field, value, max_len=max_len)
+    return convert.check_name(field, value, max_len=max_len)
 
 
 def check_label_key(field: str, key: str) -> str:

@@ -198,6 +198,9 @@ class Observer:
             "routing.budget.alerts", "{crossing}",
             "Budget scopes crossing their alert_at fraction (state alert) or their limit "
             "(state exceeded)")
+        self._labels_refused = meter.create_counter(
+            "routing.labels.refused", "{request}",
+            "Requests refused because a label brought a new value beyond its limits cap")
         self._latency = meter.create_histogram(
             "routing.decision.duration", "s",
             "Server time to decide, reserve and audit one task",
@@ -426,6 +429,10 @@ class Observer:
         """Count one threshold crossing of a budget scope."""
         self._budget_alerts.add(1, {"scope": alert.scope, "period": alert.period.value,
                                     "state": alert.state.value.lower()})
+
+    def label_refused(self, label: str) -> None:
+        """Count one request refused for a new value of `label` beyond its cap."""
+        self._labels_refused.add(1, {"label": label})
 
     def _observe_decisions(self, _: CallbackOptions) -> Iterable[Observation]:
         # dict.copy() is atomic under the GIL: the reader thread never sees a half-made tally.

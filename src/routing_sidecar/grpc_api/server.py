@@ -8,9 +8,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from routing_sidecar.grpc_api import wire
 from routing_sidecar.grpc_api.servicer import RouterServicer
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
-from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class SidecarServer:
                 ("grpc.so_reuseport", int(reuse_port)),
             ]
         )
-        pb_grpc.add_RouterServicer_to_server(servicer, self._server)
+        wire.add_router(servicer, self._server)  # undecodable bodies: INVALID_ARGUMENT
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(

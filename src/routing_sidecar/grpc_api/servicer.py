@@ -9,7 +9,12 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from routing_sidecar import domain, logs
-from routing_sidecar.errors import FailedPrecondition, InvalidArgument, Unavailable
+from routing_sidecar.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from routing_sidecar.grpc_api import (
     convert,
     convert_complete,
@@ -93,9 +98,9 @@ class RouterServicer(pb_grpc.RouterServicer):
                 try:
                     task = convert.task_from_pb(request)
                     decision = await self._service.route(task, self._observe.trace_ids())
-                except InvalidArgument as exc:
+                except (InvalidArgument, ResourceExhausted) as exc:
                     field = f"stream message {index}: {exc.field}"
-                    raise InvalidArgument(field, _problem(exc)) from None
+                    raise type(exc)(field, _problem(exc)) from None
                 self._observe.decided(task, decision, time.perf_counter() - started)
             yield convert.decision_to_pb(decision)
             index += 1
@@ -165,5 +170,5 @@ class RouterServicer(pb_grpc.RouterServicer):
             raise (Unavailable if done.retryable else FailedPrecondition)(done.error)
 
 
-def _problem(exc: InvalidArgument) -> str:
+def _problem(exc: InvalidArgument | ResourceExhausted) -> str:
     return exc.message.removeprefix(f"{exc.field}: ")

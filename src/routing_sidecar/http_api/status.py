@@ -15,6 +15,7 @@ STATUS_FOR: dict[type[errors.RoutingError], tuple[int, str]] = {
     errors.NotFound: (404, "NOT_FOUND"),
     errors.AlreadyExists: (409, "ALREADY_EXISTS"),
     errors.FailedPrecondition: (409, "FAILED_PRECONDITION"),
+    errors.ResourceExhausted: (429, "RESOURCE_EXHAUSTED"),  # a new label value beyond its cap
     # Over HTTP a config error is a refused policy edit: the request's fault.
     errors.ConfigError: (400, "INVALID_ARGUMENT"),
     errors.Unavailable: (503, "UNAVAILABLE"),

@@ -30,7 +30,7 @@ from routing_sidecar.calls import (
     ResponseFormat,
     TextDelta,
 )
-from routing_sidecar.errors import InvalidArgument
+from routing_sidecar.errors import InvalidArgument, ResourceExhausted
 from routing_sidecar.ports import Clock, LedgerStore, ProviderClient
 from routing_sidecar.service.outcomes import OutcomeAck, OutcomeService
 from routing_sidecar.service.routing import NO_TRACE, RoutingService, TraceIds
@@ -276,9 +276,9 @@ class CompleteService:
             state = self.routing.state
             try:
                 decided = await self.routing.decide(request.task, trace, execution.uncallable)
-            except InvalidArgument as exc:
-                raise InvalidArgument(f"route.{exc.field}",
-                                      exc.message.removeprefix(f"{exc.field}: ")) from None
+            except (InvalidArgument, ResourceExhausted) as exc:  # fields of the RouteRequest
+                raise type(exc)(f"route.{exc.field}",
+                                exc.message.removeprefix(f"{exc.field}: ")) from None
             walk = Walk(self, execution, state, request, decided, deadline)
             async with contextlib.aclosing(walk.run(self.routing.commit(decided))) as events:
                 async for event in events:

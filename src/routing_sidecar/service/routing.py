@@ -24,6 +24,7 @@ from routing_sidecar.ports import AuditLog, BudgetBook, Clock, DecisionRecord
 from routing_sidecar.service.budgets import AlertHook, log_alerts
 from routing_sidecar.service.ev import EvWindow
 from routing_sidecar.service.learning import Learner
+from routing_sidecar.service.limits import LabelLimits
 from routing_sidecar.service.view import Uncallable, build_view
 from routing_sidecar.settings import RouterSettings
 
@@ -93,7 +94,9 @@ class RoutingService:
         *,
         new_id: Callable[[], str] = new_decision_id,
         rng: random.Random | None = None,
+        limits: LabelLimits | None = None,
     ) -> None:
+        self.limits = limits or LabelLimits()  # label normalisation and cardinality caps
         self.state = state
         self.ledger = ledger
         self.learner = learner
@@ -137,6 +140,7 @@ class RoutingService:
         the models the sidecar cannot call itself.
         """
         state = self.state
+        task = self.limits.admit(task, state.settings.limits)  # scope labels folded, capped
         check_task(task, state.catalog)
         decision_id = self._new_id()
         for round_ in range(1, RESERVE_ROUNDS + 1):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass, replace
@@ -115,6 +116,8 @@ class Walk:
         self._loop = asyncio.get_running_loop()
         sel = decided.decision.selection
         self._policy = state.catalog.policies[sel.policy]
+        # The labels as the decision admitted them (scope labels folded): what it reserved on.
+        self._labels: dict[str, str] = json.loads(decided.record.labels_json)
         self._plan = self._steps(state, execution, sel)
         self._params = self._call_params(request, self._policy)
         self._tries = [0] * len(self._plan)
@@ -474,7 +477,7 @@ class Walk:
         """Reserve the step's estimate on its budgets under an id of its own; why not, or None."""
         record = self._decided.record
         ledger = self._svc.routing.ledger
-        labels = self._request.task.labels
+        labels = self._labels
         if ledger.unavailable is not None:
             return ledger.unavailable
         lines = ledger.lines(labels, step.spec, record.policy, record.task_id, now)

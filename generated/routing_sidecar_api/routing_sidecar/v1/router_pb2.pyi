@@ -6,6 +6,20 @@ should run a task, and what to try next if that fails.
 
 Money is exact everywhere: integer micro-USD in fields named *_micros.
 Changes to v1 are additive only: new fields get new numbers, nothing is renumbered.
+
+Input rules, checked before anything is decided, written or charged:
+- Identifiers (ids, task types, policy, model, provider, capability and slot names, cache
+  keys, label keys, error types) are 1..128 characters (64 for label keys, policies and
+  capabilities; 256 for cache keys) from A-Z a-z 0-9 _ . : / @ + -, matched whole: a
+  trailing newline is refused like any other character outside the set.
+- Label values are at most 256 characters of text without control, format (zero-width,
+  bidi), private-use or line/paragraph-separator characters; surrounding space is trimmed.
+- A field that breaks a rule gets INVALID_ARGUMENT whose message starts with the field's
+  path (`labels[project]: ...`); on RouteStream prefixed with `stream message <i>: `.
+- A body that does not decode as the request message gets INVALID_ARGUMENT
+  `request: not a valid <Message>` (`stream message <i>: request: ...` on a stream).
+- A new value of a capped label beyond the server's `limits` gets RESOURCE_EXHAUSTED naming
+  the label; values already in use keep working.
 """
 
 from collections import abc as _abc
@@ -306,7 +320,13 @@ class RouteRequest(_message.Message):
     def requires(self) -> Global___Requirements: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Free-form labels: project, lane, worker, layer, ..."""
+        """Free-form labels: project, lane, worker, layer, ... (values trimmed). `project` and
+        `worker` name budget scopes (project:X, worker:X): their values may only use
+        A-Z a-z 0-9 _ . - / and are case-folded unless the server's
+        limits.casefold_scope_labels is false, so `ALPHA` and ` alpha` are both project:alpha.
+        Distinct values of project, worker, lane (and the server's limits.capped_labels) are
+        capped: a new one beyond the cap is refused with RESOURCE_EXHAUSTED.
+        """
 
     @_builtins.property
     def available_slots(self) -> _containers.RepeatedCompositeFieldContainer[Global___Slot]:
@@ -581,7 +601,9 @@ Global___Decision: _TypeAlias = Decision  # noqa: Y015
 
 @_typing.final
 class Attempt(_message.Message):
-    """Attempt is one call the orchestrator made for a decision."""
+    """Attempt is one call the orchestrator made for a decision. `started_at` lies between 1970
+    and 2199; `duration` and `retry_after` are 0..86400 s, with nanos of the seconds' sign.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

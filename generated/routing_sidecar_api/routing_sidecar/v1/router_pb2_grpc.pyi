@@ -6,6 +6,20 @@ should run a task, and what to try next if that fails.
 
 Money is exact everywhere: integer micro-USD in fields named *_micros.
 Changes to v1 are additive only: new fields get new numbers, nothing is renumbered.
+
+Input rules, checked before anything is decided, written or charged:
+- Identifiers (ids, task types, policy, model, provider, capability and slot names, cache
+  keys, label keys, error types) are 1..128 characters (64 for label keys, policies and
+  capabilities; 256 for cache keys) from A-Z a-z 0-9 _ . : / @ + -, matched whole: a
+  trailing newline is refused like any other character outside the set.
+- Label values are at most 256 characters of text without control, format (zero-width,
+  bidi), private-use or line/paragraph-separator characters; surrounding space is trimmed.
+- A field that breaks a rule gets INVALID_ARGUMENT whose message starts with the field's
+  path (`labels[project]: ...`); on RouteStream prefixed with `stream message <i>: `.
+- A body that does not decode as the request message gets INVALID_ARGUMENT
+  `request: not a valid <Message>` (`stream message <i>: request: ...` on a stream).
+- A new value of a capped label beyond the server's `limits` gets RESOURCE_EXHAUSTED naming
+  the label; values already in use keep working.
 """
 
 from collections import abc as _abc
