@@ -421,9 +421,9 @@ def markdown(res: Results) -> str:
              str(r.errors)] for r in res.rows]
     added_head = ["payload", "conc", "first token p50", "first token p99", "total p50",
                   "total p99", "tok/s per stream, sidecar / direct"]
-    added = [[d.scenario, str(d.concurrency), f"+{s.ttft_p50 - d.ttft_p50:.0f} µs",
-              f"+{s.ttft_p99 - d.ttft_p99:.0f} µs", f"+{s.total_p50 - d.total_p50:.0f} µs",
-              f"+{s.total_p99 - d.total_p99:.0f} µs", f"{s.stream_tps / d.stream_tps:.2f}x"]
+    added = [[d.scenario, str(d.concurrency), f"{s.ttft_p50 - d.ttft_p50:+.0f} µs",
+              f"{s.ttft_p99 - d.ttft_p99:+.0f} µs", f"{s.total_p50 - d.total_p50:+.0f} µs",
+              f"{s.total_p99 - d.total_p99:+.0f} µs", f"{s.stream_tps / d.stream_tps:.2f}x"]
              for d, s in _pair(res.rows)]
     route = ", ".join(f"c={c}: {p:.0f} µs" for c, p in sorted(res.route_p50_us.items()))
     st = res.settings
@@ -444,7 +444,8 @@ def markdown(res: Results) -> str:
         "as processes on 127.0.0.1; the harness (one Python process, grpc.aio and httpx) "
         "sends the same streamed chat completion (same messages, same fake script, OpenAI "
         "wire format) through the sidecar's `Complete` (stream=true: decide, reserve and "
-        "audit, call the provider, one delta per token over gRPC, settle and record, `done`) "
+        "audit, call the provider, stream the deltas over gRPC (the tokens that arrive while "
+        "one is being written go out together), settle and record, `done`) "
         "and straight to the fake with httpx + httpx-sse, parsing every chunk as the "
         "sidecar's adapter does. Per payload and concurrency: "
         f"{st['warmup']} warm-up calls each way, then {st['rounds']} rounds of "
