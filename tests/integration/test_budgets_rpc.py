@@ -39,6 +39,8 @@ def small_config(tmp_path: Path, budgets: list[dict[str, Any]]) -> dict[str, Any
     return {
         "server": {"listen": "127.0.0.1:0", "grace_period_s": 1},
         "store": {"path": str(tmp_path / "routing.db")},
+        # No admin port: the default 127.0.0.1:9464 may be taken by another process.
+        "telemetry": {"exporter": "none", "admin_listen": ""},
         "ledger": {"reservation_ttl_s": 60},
         "models": {
             "cheap": {"provider": "acme", "tier": 1, "input_per_mtok": 1.0,

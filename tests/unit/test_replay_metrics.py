@@ -1,12 +1,16 @@
-"""Replay benchmark figures on toy data: PGR/APGR/CPT, hull and AIQ, oracles, convergence."""
+"""Replay benchmark figures on toy data: PGR/APGR/CPT, hull and AIQ, oracles, convergence,
+run naming and requests, and a whole analysis of hand-made runs."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.replay_data import Row, fit_price
-from bench.replay_metrics import (
+from bench.replay.analysis import analyse
+from bench.replay.data import Price, Row, fit_price, implied_output_tokens
+from bench.replay.metrics import (
     NONE,
+    RANDOM_MIX,
+    PairCurve,
     Point,
     aiq,
     aiq_log,
@@ -15,17 +19,25 @@ from bench.replay_metrics import (
     cpt,
     final_choices,
     hull_quality,
+    pair_point,
     pgr,
     pgr_curve,
-    prompt_oracle,
     saving,
     settled_after,
     stable_from,
     summarize,
-    type_oracle_points,
     upper_hull,
     windows,
 )
+from bench.replay.oracles import (
+    gap_oracle_choices,
+    gap_order,
+    prompt_oracle,
+    type_oracle_choices,
+    type_oracle_points,
+)
+from bench.replay.report import markdown
+from bench.replay.run import Knob, RunResult, RunSpec, route_request
 
 
 def row(source: str, weak: float, strong: float) -> Row:
@@ -144,3 +156,135 @@ def test_settled_after_ignores_explored_prompts() -> None:
 def test_final_choices_skip_explored_prompts() -> None:
     rows = [row("a", 1, 1), row("b", 1, 1), row("a", 1, 1)]
     assert final_choices(rows, ["s", None, "w"], [False, False, True]) == {"a": "s", "b": None}
+
+
+# --- the weak/strong pair: gap-ordered oracle, refusals, the random mix ----------------------
+
+# Two prompts of "a" where the strong model gains 0.7, one of "b" (+0.1), one of "c" (-0.1).
+# Always weak: 0.5, always strong: 0.85, so PGR = (quality - 0.5) / 0.35.
+GAP_ROWS = [row("a", 0.2, 1.0), row("b", 0.5, 0.6), row("c", 0.9, 0.8), row("a", 0.4, 1.0)]
+
+
+def test_gap_order_sorts_sources_by_what_the_strong_model_gains() -> None:
+    assert [(s, round(g, 6)) for s, g in gap_order(GAP_ROWS, "w", "s")] == [
+        ("a", 0.7), ("b", 0.1), ("c", -0.1)]
+    tied = [row("z", 0.5, 0.7), row("y", 0.1, 0.3)]
+    assert [s for s, _ in gap_order(tied, "w", "s")] == ["y", "z"]  # equal gaps: by name
+
+
+def test_gap_oracle_switches_one_source_at_a_time() -> None:
+    steps = gap_oracle_choices(GAP_ROWS, "w", "s")
+    assert steps == [["w", "w", "w", "w"], ["s", "w", "w", "s"], ["s", "s", "w", "s"],
+                     ["s", "s", "s", "s"]]
+    points = [pair_point(GAP_ROWS, c, "w", "s") for c in steps]
+    assert [x for p in points for x in p] == pytest.approx(
+        [0.0, 0.0, 0.5, 1.0, 0.75, 0.375 / 0.35, 1.0, 1.0])
+    curve = PairCurve.of(points)
+    # Trapezoids: 0.5 x (0 + 1) / 2, then twice 0.25 x (1 + 1.0714) / 2.
+    assert curve.apgr == pytest.approx(0.25 + 2 * 0.25 * (1 + 0.375 / 0.35) / 2)
+    assert curve.cpt50 == pytest.approx(0.25)
+    assert curve.cpt80 == pytest.approx(0.4)
+
+
+def test_a_refusal_scores_zero_not_the_weak_model() -> None:
+    routed = pair_point(GAP_ROWS, ["s", "w", "w", "w"], "w", "s")
+    refused = pair_point(GAP_ROWS, ["s", None, "w", "w"], "w", "s")
+    assert routed == pytest.approx((0.25, (0.7 - 0.5) / 0.35))
+    assert refused == pytest.approx((0.25, (0.575 - 0.5) / 0.35))  # 1.0 + 0 + 0.9 + 0.4
+    assert PairCurve.of([refused]).apgr < PairCurve.of([routed]).apgr
+
+
+def test_random_mix_is_the_diagonal() -> None:
+    assert (RANDOM_MIX.apgr, RANDOM_MIX.cpt50, RANDOM_MIX.cpt80) == pytest.approx((0.5, 0.5, 0.8))
+    assert RANDOM_MIX.at(0.3) == pytest.approx(0.3)
+
+
+def test_a_curve_read_at_a_share_interpolates_between_its_points() -> None:
+    curve = PairCurve.of([(0.5, 1.0), (0.75, 1.2)])
+    assert curve.at(0.25) == pytest.approx(0.5)
+    assert curve.at(0.6) == pytest.approx(1.08)
+    assert curve.at(1.0) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="outside"):
+        curve.at(1.5)
+
+
+def test_lambda_oracle_restricted_to_the_pair() -> None:
+    rows = [Row("a", 10, {"w": 0.5, "m": 0.9, "s": 1.0}, {"w": 1.0, "m": 2.0, "s": 10.0})]
+    assert type_oracle_choices(rows, [0.0, 1e9], ("w", "s")) == [["s"], ["w"]]
+    assert type_oracle_choices(rows, [0.05]) == [["m"]]  # 0.9 - 0.1 beats 1.0 - 0.5, 0.5 - 0.05
+
+
+# --- runs: naming, requests, outcomes --------------------------------------------------------
+
+def test_value_runs_are_named_by_micro_usd_and_bar_runs_by_bar() -> None:
+    value = RunSpec.at("weak_strong", Knob.VALUE, 0.15)
+    assert (value.name, value.value_micros, value.bar, value.knob) == (
+        "weak_strong-v150000", 150_000, None, Knob.VALUE)
+    assert value.level == pytest.approx(0.15)
+    bar = RunSpec.at("replay", Knob.BAR, 0.725)
+    assert (bar.name, bar.knob, bar.level) == ("replay-q0.725", Knob.BAR, 0.725)
+    assert RunSpec.at("replay", Knob.VALUE, 0.0).name == "replay-v0"
+    with pytest.raises(ValueError, match="exactly one"):
+        RunSpec("replay")
+    with pytest.raises(ValueError, match="exactly one"):
+        RunSpec("replay", bar=0.7, value_micros=1)
+
+
+def test_a_value_run_sends_a_value_and_no_floor() -> None:
+    r = row("gsm8k", 0.5, 0.9)
+    value = route_request(3, r, RunSpec.at("weak_strong", Knob.VALUE, 0.2))
+    assert value.HasField("value_micros") and value.value_micros == 200_000
+    assert not value.requires.HasField("min_quality")
+    bar = route_request(3, r, RunSpec.at("replay", Knob.BAR, 0.0))
+    assert bar.requires.HasField("min_quality") and bar.requires.min_quality == 0.0
+    assert not bar.HasField("value_micros")
+    assert (bar.task_type, bar.task_id) == ("gsm8k", "replay-q0.000-3")
+
+
+def test_implied_output_tokens_explain_the_recorded_cost() -> None:
+    price = Price(input_per_mtok=2.0, output_per_mtok=10.0)
+    tokens = implied_output_tokens(price, 100, 0.0012)  # $0.0002 of input, $0.001 of output
+    assert tokens == 100
+    assert implied_output_tokens(price, 100, 0.0001) == 0  # below the input's own cost
+    assert implied_output_tokens(Price(0.0, 0.0), 100, 0.5) == 0
+    # Rounded up: the tokens at catalog price never undershoot the cost.
+    assert implied_output_tokens(price, 0, 0.000015) == 2
+
+
+# --- a whole analysis on hand-made runs -------------------------------------------------------
+
+L, M, G = "llama-3.1-8b", "mistral-large-2512", "gemini-2.5-pro"
+
+
+def three_row(source: str, llama: float, mistral: float, gemini: float) -> Row:
+    return Row(source, 10, {L: llama, M: mistral, G: gemini}, {L: 0.001, M: 0.01, G: 1.0})
+
+
+def result(spec: RunSpec, choices: list[str | None]) -> RunResult:
+    return RunResult(spec, tuple(choices), (False,) * len(choices), 0, len(choices), 0, 1.0)
+
+
+def test_analysis_counts_refusals_as_failures_and_finds_the_cheapest_point() -> None:
+    rows = [three_row("a", 0.2, 0.95, 1.0), three_row("b", 0.8, 0.9, 0.9)]
+    value = RunSpec.at("weak_strong", Knob.VALUE, 1.0)
+    runs = [result(RunSpec.at("replay", Knob.BAR, 0.0), [L, L]),
+            result(RunSpec.at("replay", Knob.BAR, 0.9), [M, M]),
+            result(RunSpec.at("replay", Knob.BAR, 0.95), [G, G]),
+            result(RunSpec.at("weak_strong", Knob.BAR, 0.9), [G, L]),
+            result(value, [None, L])]
+    a = analyse("toy", rows, runs, {Knob.BAR: 0.9})
+    bar, val = a.sweeps[Knob.BAR], a.sweeps[Knob.VALUE]
+    assert a.refs.singles[G] == Point(1.0, 0.95)
+    # Mistral's 0.925 is >= 95% of gemini's 0.95, at 1% of its cost: the cheapest reaching it.
+    assert bar.reach == (0.9, Point(0.01, 0.925))
+    assert bar.tuned == 0.9 and bar.convergence is not None
+    assert (bar.refusals, val.refusals) == (0, 1)
+    # Weak 0.5, strong 0.95: [G, L] scores (1.0 + 0.8) / 2 = 0.9, PGR 0.4 / 0.45 ...
+    assert bar.pair is not None and list(bar.pair.points[0]) == pytest.approx([0.5, 0.4 / 0.45])
+    # ... a refusal of prompt 0 scores 0, below always-llama: PGR (0.4 - 0.5) / 0.45.
+    assert val.pair is not None and list(val.pair.points[0]) == pytest.approx([0.0, -0.1 / 0.45])
+    assert val.three == {} and val.aiq is None and val.reach is None
+    assert bar.hull == [Point(0.001, 0.5), Point(0.01, 0.925), Point(1.0, 0.95)]
+    md = markdown(a, {"Command": "test"})
+    assert "#### Targets of the issue" in md
+    assert "| value sweep (value_micros) | no refusals | 1 | MISSED |" in md

@@ -1,6 +1,6 @@
 """Replay data: the paretobandit jsonl files as rows, and catalog prices fitted to their costs.
 
-`python -m bench.replay_data` prints the per-model prices fitted on the val file (the numbers
+`python -m bench.replay.data` prints the per-model prices fitted on the val file (the numbers
 in config/replay.yaml).
 """
 
@@ -13,7 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "replay"
+from bench.procs import REPO
+
+# Beside the checkout: /work/shared/data/replay for /work/main and for every worktree.
+DATA_DIR = REPO.parent / "shared" / "data" / "replay"
 FILES = {"val": "paretobandit_val.jsonl", "test": "paretobandit_test.jsonl"}
 # The data's arm names -> the catalog's model names in config/replay.yaml, cheapest first.
 ARMS: Mapping[str, str] = {
@@ -22,6 +25,8 @@ ARMS: Mapping[str, str] = {
     "google/gemini-2.5-pro": "gemini-2.5-pro",
 }
 MODELS: tuple[str, ...] = tuple(ARMS.values())
+SHORT: Mapping[str, str] = {"llama-3.1-8b": "llama", "mistral-large-2512": "mistral",
+                            "gemini-2.5-pro": "gemini"}
 WEAK, STRONG = "llama-3.1-8b", "gemini-2.5-pro"
 # Every Route asks for this many output tokens; the fitted output price absorbs the real
 # (unknown, often reasoning-heavy) output length.
@@ -101,6 +106,18 @@ def fit_prices(rows: Sequence[Row], max_output: int = MAX_OUTPUT_TOKENS) -> dict
 def estimate_usd(price: Price, input_tokens: int, max_output: int = MAX_OUTPUT_TOKENS) -> float:
     """The catalog's estimate for one call, in USD (before rounding up to micro-USD)."""
     return (input_tokens * price.input_per_mtok + max_output * price.output_per_mtok) / 1e6
+
+
+def implied_output_tokens(price: Price, input_tokens: int, cost_usd: float) -> int:
+    """Output tokens that, at `price`, make a call with `input_tokens` cost `cost_usd`.
+
+    The data records costs, not token counts; an outcome must report tokens its cost can be
+    checked against, so it reports the ones the catalog prices imply.
+    """
+    if price.output_per_mtok <= 0:
+        return 0
+    rest = cost_usd * 1e6 - input_tokens * price.input_per_mtok
+    return max(0, math.ceil(rest / price.output_per_mtok))
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
 """Routing-quality figures of a replay, as pure functions over per-prompt choices.
 
 RouteLLM (two models): PGR, APGR and CPT(x%). RouterBench (many models): the non-decreasing
-convex hull of cost/quality points and its area, AIQ. Plus hindsight oracles, the cost saved
-against one reference model at a quality level, and how fast the routing settles.
+convex hull of cost/quality points and its area, AIQ. Plus the cost saved against one reference
+model at a quality level, and how fast the routing settles. The hindsight oracles are in
+bench/replay/oracles.py.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from bench.replay_data import Row
+from bench.replay.data import Row
 
 Choice = str | None  # the model a prompt went to; None when the decision was not ROUTED
 NONE = "(not routed)"
@@ -111,6 +112,52 @@ def cpt(curve: Sequence[tuple[float, float]], target: float) -> float | None:
     return None
 
 
+def pgr_at(curve: Sequence[tuple[float, float]], share: float) -> float:
+    """PGR of a pgr_curve at a share of calls to strong, linear between its points."""
+    for (x0, y0), (x1, y1) in itertools.pairwise(curve):
+        if x0 <= share <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (share - x0) / (x1 - x0)
+    raise ValueError(f"share {share} outside the curve's {curve[0][0]}..{curve[-1][0]}")
+
+
+@dataclass(frozen=True)
+class PairCurve:
+    """RouteLLM figures of one way of routing the weak/strong pair, from its (share, PGR) points.
+
+    A prompt that was not routed scores quality 0 (point_of), so refusals count as failures.
+    """
+
+    points: tuple[tuple[float, float], ...]
+    curve: tuple[tuple[float, float], ...]  # pgr_curve of the points
+    apgr: float
+    cpt50: float | None
+    cpt80: float | None
+
+    @classmethod
+    def of(cls, points: Iterable[tuple[float, float]]) -> PairCurve:
+        """APGR and CPT(50%) / CPT(80%) of the points, with (0, 0) and (1, 1) added."""
+        pts = tuple(points)
+        curve = pgr_curve(pts)
+        return cls(pts, tuple(curve), apgr(curve), cpt(curve, 0.5), cpt(curve, 0.8))
+
+    def at(self, share: float) -> float:
+        """The curve's PGR at `share` of calls to strong."""
+        return pgr_at(self.curve, share)
+
+
+# Mixing the two models at random: the straight line from (0, 0) to (1, 1).
+RANDOM_MIX = PairCurve.of(())
+
+
+def pair_point(rows: Sequence[Row], choices: Sequence[Choice], weak: str,
+               strong: str) -> tuple[float, float]:
+    """(share of prompts sent to `strong`, PGR) of one way of routing the rows."""
+    q_weak = point_of(rows, [weak] * len(rows)).quality
+    q_strong = point_of(rows, [strong] * len(rows)).quality
+    share = sum(c == strong for c in choices) / len(choices)
+    return share, pgr(point_of(rows, choices).quality, q_weak, q_strong)
+
+
 # --- RouterBench: non-decreasing convex hull, AIQ -------------------------------------------
 
 def _cross(o: Point, a: Point, b: Point) -> float:
@@ -130,6 +177,8 @@ def upper_hull(points: Iterable[Point]) -> list[Point]:
         while len(hull) >= 2 and _cross(hull[-2], hull[-1], p) >= 0:
             hull.pop()
         hull.append(p)
+    if not hull:
+        return hull
     top = max(range(len(hull)), key=lambda i: (hull[i].quality, -i))
     return hull[: top + 1]
 
@@ -162,54 +211,6 @@ def aiq_log(points: Iterable[Point], lo: float, hi: float, steps: int = 2000) ->
     a, b = math.log10(lo), math.log10(hi)
     xs = [a + (b - a) * i / steps for i in range(steps + 1)]
     return _midpoint_area(lambda x: hull_quality(hull, 10**x), xs) / (b - a)
-
-
-# --- hindsight oracles ----------------------------------------------------------------------
-
-def lambdas(low_exp: float = -1.0, high_exp: float = 7.0, per_decade: int = 20) -> list[float]:
-    """Prices of quality in USD^-1 for the oracles' sweeps: 0, then log-spaced."""
-    n = int((high_exp - low_exp) * per_decade)
-    return [0.0] + [10 ** (low_exp + i / per_decade) for i in range(n + 1)]
-
-
-def _best(options: Mapping[str, tuple[float, float]], lam: float) -> str:
-    """The model maximising quality - lam * cost; cheaper wins ties. options: m -> (q, c)."""
-    return max(options, key=lambda m: (options[m][0] - lam * options[m][1], -options[m][1]))
-
-
-def type_means(rows: Sequence[Row]) -> dict[str, dict[str, tuple[float, float]]]:
-    """Per source, per model: (mean reward, mean cost) over the rows, in hindsight."""
-    groups: dict[str, list[Row]] = defaultdict(list)
-    for r in rows:
-        groups[r.source].append(r)
-    return {s: {m: (statistics.fmean(r.reward[m] for r in rs),
-                    statistics.fmean(r.cost[m] for r in rs)) for m in rs[0].reward}
-            for s, rs in groups.items()}
-
-
-def type_oracle_points(rows: Sequence[Row], lams: Iterable[float]) -> list[Point]:
-    """Per-task-type hindsight oracle: at each lam, each source goes to its best model."""
-    means = type_means(rows)
-    out = []
-    for lam in lams:
-        pick = {s: _best(opts, lam) for s, opts in means.items()}
-        out.append(point_of(rows, [pick[r.source] for r in rows]))
-    return out
-
-
-def _row_options(r: Row) -> dict[str, tuple[float, float]]:
-    return {m: (r.reward[m], r.cost[m]) for m in r.reward}
-
-
-def prompt_oracle(rows: Sequence[Row]) -> Point:
-    """Per-prompt oracle: the best reward on each prompt, the cheapest model among ties."""
-    return point_of(rows, [_best(_row_options(r), 0.0) for r in rows])
-
-
-def prompt_oracle_points(rows: Sequence[Row], lams: Iterable[float]) -> list[Point]:
-    """Per-prompt oracle traded against cost: each prompt's best quality - lam * cost."""
-    opts = [_row_options(r) for r in rows]
-    return [point_of(rows, [_best(o, lam) for o in opts]) for lam in lams]
 
 
 # --- cost saved at a quality level ----------------------------------------------------------

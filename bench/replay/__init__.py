@@ -1,0 +1,1 @@
+"""Routing-quality replay: real per-prompt outcomes streamed through fresh sidecars."""
