@@ -141,14 +141,16 @@ async def ready_batches(events: AsyncGenerator[CompleteEvent, None], *,
 
     async def pump() -> None:
         end = _End()
+        first_text = True
         try:
             async with contextlib.aclosing(events):
                 async for event in events:
                     idle = queue.empty()  # the consumer may be waiting for this one
                     await queue.put(event)
-                    if idle:
-                        # Let it take the event now rather than after everything the provider
-                        # has already sent: the first token goes out at once, later ones join.
+                    if idle and first_text and isinstance(event, TextDelta):
+                        # Let it take the first token now rather than after everything the
+                        # provider has already sent; later ones join while it writes.
+                        first_text = False
                         await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
