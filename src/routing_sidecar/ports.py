@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,10 +39,6 @@ class SystemClock:
     def monotonic(self) -> float:
         """Monotonic seconds."""
         return time.monotonic()
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +86,7 @@ class DecisionRecord:
             # json.dumps: this runs on every Route.
             alternatives_json=orjson.dumps(sel.alternatives).decode(),
             fallbacks_json=orjson.dumps(sel.fallbacks).decode(),
-            labels_json=_json(dict(sorted(task.labels.items()))),
+            labels_json=orjson.dumps(dict(task.labels), option=orjson.OPT_SORT_KEYS).decode(),
             dry_run=decision.dry_run, decided_at=decision.decided_at,
             config_hash=config_hash, trace_id=trace_id, span_id=span_id,
         )

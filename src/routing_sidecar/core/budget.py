@@ -70,9 +70,17 @@ class Ledger:
               now: float) -> tuple[BudgetLine, ...]:
         """Every budget a decision for `model` falls under, with what its bucket has used."""
         out = []
+        lines = self._lines
         for rule, key in self._book.governed(labels, model, policy, task_id):
-            bucket = self._find(rule, key, now)
-            out.append(BudgetLine(rule, key, self._used(bucket) if bucket else 0))
+            # _find and _used inlined: this runs for every candidate of every decision.
+            if rule.period is TASK:
+                bucket = self._tasks.get(key)
+                line = lines.get(bucket) if bucket is not None else None
+                if line is not None and line.end <= now:
+                    line = None
+            else:
+                line = lines.get((key, rule.period, self._current(rule.period, now)[0]))
+            out.append(BudgetLine(rule, key, line.spent + line.reserved if line else 0))
         return tuple(out)
 
     def statuses_for(self, labels: Mapping[str, str], model: ModelSpec, policy: str,

@@ -134,8 +134,11 @@ class RuleBook:
         self._index = {id(r): i for i, r in enumerate(self.rules)}
         self._task = tuple(r for r in self.rules if r.period is BudgetPeriod.TASK)
         self._cache: dict[str, tuple[BudgetRule, ...]] = {}
+        # (project, worker, model, provider, policy) -> the rules in config order with their
+        # keys; None stands for the task's own key, filled in per call.
         self._governed: dict[
-            tuple[str | None, str | None, str, str, str], tuple[tuple[BudgetRule, str], ...]
+            tuple[str | None, str | None, str, str, str],
+            tuple[tuple[BudgetRule, str | None], ...],
         ] = {}
 
     def for_key(self, key: str) -> tuple[BudgetRule, ...]:
@@ -161,21 +164,19 @@ class RuleBook:
     def governed(self, labels: Mapping[str, str], model: ModelSpec, policy: str,
                  task_id: str) -> tuple[tuple[BudgetRule, str], ...]:
         """(rule, concrete key) for every budget a decision falls under, in config order."""
-        # Only these inputs shape the calendar part, and Route asks once per candidate.
+        # Only these inputs and the task id shape the answer; Route asks once per candidate.
         memo_key = (labels.get("project"), labels.get("worker"), model.name, model.provider,
                     policy)
-        calendar = self._governed.get(memo_key)
-        if calendar is None:
-            out = []
+        template = self._governed.get(memo_key)
+        if template is None:
+            out: list[tuple[BudgetRule, str | None]] = [(r, None) for r in self._task]
             for key in scopes_for(labels, model, policy):
                 out += [(r, key) for r in self.for_key(key)]
             out.sort(key=lambda pair: self._index[id(pair[0])])
             if len(self._governed) >= GOVERNED_CACHE_MAX:
                 self._governed.clear()
-            self._governed[memo_key] = calendar = tuple(out)
+            self._governed[memo_key] = template = tuple(out)
         if not self._task:
-            return calendar
-        key = task_key(task_id)
-        merged = [*calendar, *((r, key) for r in self._task)]
-        merged.sort(key=lambda pair: self._index[id(pair[0])])
-        return tuple(merged)
+            return template  # type: ignore[return-value]  # no None without task rules
+        own = task_key(task_id)
+        return tuple([(r, own if k is None else k) for r, k in template])

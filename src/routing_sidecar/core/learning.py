@@ -35,6 +35,7 @@ POOLED = "*"  # the task type under which pooled rows are listed and snapshotted
 
 # Pass/fail observations the prior is worth when estimating how widely scores spread.
 VARIANCE_PRIOR_WEIGHT = 2.0
+SIGNAL_CACHE_MAX = 16_384
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,10 @@ class QualityBook:
         self._pool: dict[str, _Post] = {}
         # Task types asked about with no evidence here: the fleet may know them.
         self._unseen: dict[str, None] = {}
+        # Signals already worked out, per (task type, model), valid while the model's version
+        # stands: any evidence about a model (its pool included) moves its version on.
+        self._signals: dict[tuple[str, str], tuple[int, QualitySignal, float]] = {}
+        self._versions: dict[str, int] = {}
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -153,6 +158,7 @@ class QualityBook:
             if p is None:
                 p = table[model] = _Post()
             p.add(y, success, graded, self._forget)
+        self._versions[model] = self._versions.get(model, 0) + 1
 
     def note_decision(self, task_type: str, explored: bool) -> None:
         """Count a routed decision, and whether its chosen model was admitted by exploration."""
@@ -180,16 +186,30 @@ class QualityBook:
     def signal(self, task_type: str, model: str,
                rng: random.Random | None = None) -> QualitySignal:
         """The model's estimate on the task type for a decision's view; a draw when rng given."""
+        key = (task_type, model)
+        version = self._versions.get(model, 0)
+        cached = self._signals.get(key)
+        if cached is not None and cached[0] == version:
+            base, sd = cached[1], cached[2]
+        else:
+            base, sd = self._signal(task_type, model)
+            if len(self._signals) >= SIGNAL_CACHE_MAX:
+                self._signals.clear()
+            self._signals[key] = (version, base, sd)
+        if rng is None:
+            return base
+        return QualitySignal(base.mean, base.samples, base.lower_bound, base.backed,
+                             base.prior_lower_bound, rng.gauss(base.mean, sd))
+
+    def _signal(self, task_type: str, model: str) -> tuple[QualitySignal, float]:
+        """The signal without a draw, and the spread a Thompson draw takes."""
         mean, var, total, n = self._shape(task_type, model)
-        spread = self._z * math.sqrt(var / (total + 1.0))
+        sd = math.sqrt(var / (total + 1.0))
         models = self._types.get(task_type)
         prior_mean = self._pooled(model, models.get(model) if models else None)[0]
         prior_spread = self._z * math.sqrt(prior_mean * (1.0 - prior_mean) / (self._kt + 1.0))
-        draw = None
-        if rng is not None:
-            draw = rng.gauss(mean, math.sqrt(var / (total + 1.0)))
-        return QualitySignal(mean, n, _clamp(mean - spread), n >= self._min_weight,
-                             _clamp(prior_mean - prior_spread), draw)
+        return QualitySignal(mean, n, _clamp(mean - self._z * sd), n >= self._min_weight,
+                             _clamp(prior_mean - prior_spread)), sd
 
     def task_types(self) -> list[str]:
         """Task types this book holds evidence for, least recently updated first."""
@@ -212,8 +232,10 @@ class QualityBook:
             if models is None:
                 models = _touch(self._types, r.task_type, self._max_types, dict)
             models[r.model] = _Post.of(r)
+            self._versions[r.model] = self._versions.get(r.model, 0) + 1
         for r in pooled:
             self._pool[r.model] = _Post.of(r)
+            self._versions[r.model] = self._versions.get(r.model, 0) + 1
 
     def mean(self, task_type: str, model: str) -> float:
         """Posterior mean of the model on the task type (its pooled estimate if unseen)."""
@@ -244,6 +266,7 @@ class QualityBook:
         self._types.clear()
         self._shares.clear()
         self._pool.clear()
+        self._signals.clear()
         for r in snap.estimates:
             self._types.setdefault(r.task_type, {})[r.model] = _Post.of(r)
         for s in snap.shares:
