@@ -21,8 +21,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import AsyncGenerator, Awaitable, Iterable
+from dataclasses import replace
 
 from routing_sidecar import domain
 from routing_sidecar.calls import (
@@ -33,10 +33,15 @@ from routing_sidecar.calls import (
     TextDelta,
 )
 from routing_sidecar.core import retry
-from routing_sidecar.core.candidates import first_block
-from routing_sidecar.errors import BudgetUnavailable, ProviderError, StorageError
-from routing_sidecar.ports import ProviderClient
-from routing_sidecar.service.budgets import log_alerts
+from routing_sidecar.errors import ProviderError, StorageError
+from routing_sidecar.service.attempt import (
+    Live,
+    Step,
+    cancelled,
+    charged,
+    deadline_error,
+    ended_early,
+)
 from routing_sidecar.service.complete import (
     CompleteEvent,
     CompleteRequest,
@@ -46,62 +51,13 @@ from routing_sidecar.service.complete import (
     Execution,
     estimate_tokens,
 )
+from routing_sidecar.service.holds import FallbackHolds
 from routing_sidecar.service.outcomes import OutcomeAck, plan_of, trusted
 from routing_sidecar.service.routing import Decided, RoutingState
 
 log = logging.getLogger(__name__)
 
 CANCELLED = domain.AttemptStatus.CANCELLED
-# Failures after which the request reached the provider and its input was (probably) billed,
-# although the provider never said how much: charged at the estimated input tokens.
-_BILLED_UNREPORTED = frozenset({domain.AttemptStatus.TIMEOUT, CANCELLED})
-DRAIN_AFTER_END_S = 0.5
-_NOT_SENT = frozenset({"connect_timeout", "pool_timeout", "connect_error", "no_credentials"})
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One model of the plan: position 0 is the chosen model, the rest its fallbacks."""
-
-    position: int
-    spec: domain.ModelSpec
-    estimate_micros: int
-    upstream: str
-    client: ProviderClient | None
-
-
-class Live:
-    """An attempt in flight: its stream, the task awaiting its first event, what it consumed."""
-
-    __slots__ = ("gen", "hedged", "index", "started_at", "step", "t0", "task", "texts")
-
-    def __init__(self, step: Step, index: int, gen: AsyncGenerator[StreamEvent, None],
-                 started_at: float, t0: float, hedged: bool) -> None:
-        self.step, self.index, self.gen, self.hedged = step, index, gen, hedged
-        self.started_at, self.t0 = started_at, t0
-        self.task: asyncio.Task[StreamEvent | None] | None = None
-        self.texts: list[str] = []  # one entry per text delta: the output tokens received
-
-    @property
-    def tokens(self) -> int:
-        """Text deltas received so far (the adapters' count of output tokens)."""
-        return len(self.texts)
-
-
-def _deadline_error(provider: str) -> ProviderError:
-    return ProviderError(f"{provider}: the caller's deadline is reached", status=CANCELLED,
-                         error_type="deadline_exceeded")
-
-
-def _cancelled(provider: str, why: str) -> ProviderError:
-    return ProviderError(f"{provider}: {why}", status=CANCELLED, error_type="cancelled")
-
-
-async def _first(gen: AsyncIterator[StreamEvent]) -> StreamEvent | None:
-    try:
-        return await anext(gen)
-    except StopAsyncIteration:
-        return None
 
 
 class Walk:
@@ -117,7 +73,7 @@ class Walk:
         sel = decided.decision.selection
         self._policy = state.catalog.policies[sel.policy]
         # The labels as the decision admitted them (scope labels folded): what it reserved on.
-        self._labels: dict[str, str] = json.loads(decided.record.labels_json)
+        self._holds = FallbackHolds(service, decided.record, json.loads(decided.record.labels_json))
         self._plan = self._steps(state, execution, sel)
         self._params = self._call_params(request, self._policy)
         self._tries = [0] * len(self._plan)
@@ -125,12 +81,9 @@ class Walk:
         self._started = 0  # attempts started: the next one's index
         self._ready: list[ExecutedAttempt] = []  # finished, not yet yielded
         self._attempts: list[ExecutedAttempt] = []
-        self._reserved: list[str] = []
-        self._skipped: list[str] = []
         self._prefix = ""  # text already delivered, continued by a resumed attempt
         self._answer: tuple[Live, StreamEnd] | None = None
         self._last_error: ProviderError | None = None
-        self._skip_retryable = True
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -166,8 +119,7 @@ class Walk:
         the decision is durable, and a failed commit cancels that attempt at once.
         """
         if self._plan and not self._out_of_time():
-            first = self._start(self._plan[0])
-            first.task = asyncio.ensure_future(_first(first.gen))
+            self._start(self._plan[0]).start_first()
         committing = asyncio.ensure_future(commit)
         try:
             await asyncio.shield(committing)
@@ -175,7 +127,7 @@ class Walk:
             await asyncio.wait({committing})  # the writer commits a job whose caller left
             if committing.cancelled() or committing.exception() is not None:
                 for live in list(self._live.values()):  # not charged: no decision exists
-                    await self._stop_task(live)
+                    await live.stop_task()
                     self._live.pop(live.index, None)
                 raise
             await self._stop_all("the caller went away")  # decided, then cancelled
@@ -208,10 +160,10 @@ class Walk:
         hedge_s = self._hedge_after()
         while pos < len(self._plan):
             if self._out_of_time() and not self._live:  # no request is sent to be cut at once
-                self._skipped.append("the caller's deadline left no time for another attempt")
+                self._holds.note("the caller's deadline left no time for another attempt")
                 return
             step = self._plan[pos]
-            if pos > 0 and self._tries[pos] == 0 and not await self._admit(step):
+            if pos > 0 and self._tries[pos] == 0 and not await self._holds.admit(step):
                 pos += 1
                 continue
             self._tries[pos] += 1
@@ -240,7 +192,7 @@ class Walk:
             except ProviderError as exc:
                 outcome = exc
             attempt = self._finish(live, outcome)
-            await self._close(live, drain=isinstance(outcome, StreamEnd))
+            await live.close(drain=isinstance(outcome, StreamEnd))
             yield attempt
             if isinstance(outcome, StreamEnd):
                 self._answer = (live, outcome)
@@ -297,72 +249,27 @@ class Walk:
                 async with asyncio.timeout_at(self._deadline):
                     event = await anext(live.gen)
         except StopAsyncIteration:
-            raise ProviderError(f"{live.step.spec.provider}: the stream ended without its end",
-                                status=domain.AttemptStatus.TRANSIENT_ERROR,
-                                error_type="stream_error") from None
+            raise ended_early(live.step.spec.provider) from None
         except TimeoutError:
-            raise _deadline_error(live.step.spec.provider) from None
+            raise deadline_error(live.step.spec.provider) from None
         return event
 
     def _finish(self, live: Live, outcome: StreamEnd | ProviderError) -> ExecutedAttempt:
         """The attempt as it ended, with what it consumed and is charged."""
         self._live.pop(live.index, None)
-        spec = live.step.spec
-        if isinstance(outcome, StreamEnd):
-            usage, status, error_type, error, retry_after = (
-                outcome.usage, domain.AttemptStatus.SUCCESS, "", "", None)
-        else:
-            usage, status, error_type, error, retry_after = (
-                outcome.usage, outcome.status, outcome.error_type, outcome.message,
-                outcome.retry_after_s)
-        ok = status is domain.AttemptStatus.SUCCESS
-        # A failed stream may have delivered more text than its usage says (it never said).
-        output = usage.output_tokens if ok else max(usage.output_tokens, live.tokens)
-        billed = ok or output > 0 or (
-            status in _BILLED_UNREPORTED and error_type not in _NOT_SENT)
-        inp = usage.input_tokens if usage.input_tokens is not None else (
-            self._input_estimate() if billed else 0)
-        cost = usage.cost_micros if usage.cost_micros is not None else spec.cost_micros(inp, output)
-        attempt = ExecutedAttempt(
-            live.index, spec.name, spec.provider, status, live.started_at,
-            max(0.0, self._svc.clock.monotonic() - live.t0), inp, output, cost, error_type,
-            error, retry_after if status is domain.AttemptStatus.RATE_LIMITED else None,
-            live.hedged)
+        attempt = charged(live, outcome, self._input_estimate(), self._svc.clock.monotonic())
         self._attempts.append(attempt)
         return attempt
 
-    async def _close(self, live: Live, *, drain: bool) -> None:
-        """Close an attempt's stream; after its end, read what is left first (bounded).
-
-        Reading a finished response to its end returns the connection to the pool instead
-        of closing it; the wait is bounded so that a server slow to end costs nothing more.
-        """
-        try:
-            if drain:
-                async with asyncio.timeout(DRAIN_AFTER_END_S):
-                    async for _ in live.gen:
-                        pass
-        except (TimeoutError, ProviderError):
-            pass
-        finally:
-            await live.gen.aclose()
-
     async def _stop(self, live: Live, why: ProviderError) -> ExecutedAttempt:
         """Cancel an attempt in flight: its upstream request is closed before this returns."""
-        if live.task is not None and not live.task.done():
-            live.task.cancel()
-            await asyncio.gather(live.task, return_exceptions=True)
-        elif live.task is not None and not live.task.cancelled() and live.task.exception() is None:
-            first = live.task.result()  # it had produced an event nobody consumed
-            if isinstance(first, TextDelta):
-                live.texts.append(first.text)
-        await live.gen.aclose()
+        await live.stop_task()
         return self._finish(live, why)
 
     async def _stop_all(self, why: str) -> None:
         for live in list(self._live.values()):
             try:
-                await self._stop(live, _cancelled(live.step.spec.provider, why))
+                await self._stop(live, cancelled(live.step.spec.provider, why))
             except Exception:  # closing must go on for the others
                 log.exception("closing an upstream request failed")
 
@@ -381,9 +288,9 @@ class Walk:
         assert live.task is not None
         done, _ = await asyncio.wait({live.task}, timeout=self._bounded(None))
         if not done:
-            await self._stop_task(live)
-            return _deadline_error(live.step.spec.provider)
-        outcome = self._task_outcome(live)
+            await live.stop_task()
+            return deadline_error(live.step.spec.provider)
+        outcome = live.task_outcome()
         live.task = None
         return outcome
 
@@ -394,31 +301,30 @@ class Walk:
         Returns the attempt that goes on and its first event (or failure); the attempts that
         ended meanwhile wait in `_ready`.
         """
-        if a.task is None:
-            a.task = asyncio.ensure_future(_first(a.gen))
-        done, _ = await asyncio.wait({a.task}, timeout=self._bounded(after_s))
+        first = a.task or a.start_first()
+        done, _ = await asyncio.wait({first}, timeout=self._bounded(after_s))
         left = self._time_left()
-        if not done and (left is None or left > 0) and await self._admit(hedge):
+        if not done and (left is None or left > 0) and await self._holds.admit(hedge):
             self._tries[hedge.position] += 1
             b = self._start(hedge, hedged=True)
-            b.task = asyncio.ensure_future(_first(b.gen))
+            b.start_first()
             racing = [a, b]
         else:
             racing = [a]
         while True:
             tasks = {r.task for r in racing if r.task is not None}
-            done, _ = await asyncio.wait(tasks, timeout=self._bounded(None),
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if not done:  # the deadline
+            finished, _ = await asyncio.wait(tasks, timeout=self._bounded(None),
+                                             return_when=asyncio.FIRST_COMPLETED)
+            if not finished:  # the deadline
                 for other in racing[1:]:
-                    self._ready.append(await self._stop(other, _deadline_error(
+                    self._ready.append(await self._stop(other, deadline_error(
                         other.step.spec.provider)))
-                await self._stop_task(racing[0])
-                return racing[0], _deadline_error(racing[0].step.spec.provider)
+                await racing[0].stop_task()
+                return racing[0], deadline_error(racing[0].step.spec.provider)
             for live in list(racing):  # the chosen model first, so it wins a tie
-                if live.task not in done:
+                if live.task not in finished:
                     continue
-                outcome = self._task_outcome(live)
+                outcome = live.task_outcome()
                 if isinstance(outcome, ProviderError) and len(racing) > 1:
                     racing.remove(live)
                     self._ready.append(self._finish(live, outcome))
@@ -426,101 +332,10 @@ class Walk:
                     continue
                 for other in racing:
                     if other is not live:
-                        self._ready.append(await self._stop(other, _cancelled(
+                        self._ready.append(await self._stop(other, cancelled(
                             other.step.spec.provider, "a faster attempt answered first")))
                 live.task = None
                 return live, outcome
-
-    @staticmethod
-    def _task_outcome(live: Live) -> StreamEvent | ProviderError:
-        assert live.task is not None
-        exc = live.task.exception()
-        if exc is None:
-            event = live.task.result()
-            if event is None:
-                return ProviderError(f"{live.step.spec.provider}: the stream ended without "
-                                     "its end", status=domain.AttemptStatus.TRANSIENT_ERROR,
-                                     error_type="stream_error")
-            return event
-        if isinstance(exc, ProviderError):
-            return exc
-        raise exc
-
-    async def _stop_task(self, live: Live) -> None:
-        if live.task is not None and not live.task.done():
-            live.task.cancel()
-            await asyncio.gather(live.task, return_exceptions=True)
-        live.task = None
-        await live.gen.aclose()
-
-    # -- budgets and breakers between attempts ---------------------------------------------
-
-    async def _admit(self, step: Step) -> bool:
-        """True when a model other than the chosen one may run now; its estimate is reserved."""
-        svc = self._svc
-        now = svc.clock.now()
-        learner = svc.routing.learner
-        why = learner.health.blocked(step.spec, now)
-        if why is None and (step.client is None or not step.client.has_credentials()):
-            why = f"no credentials for provider {step.spec.provider!r}"
-        if why is None:
-            why = await self._reserve(step, now)
-        if why is not None:
-            self._skipped.append(f"{step.spec.name}: {why}")
-            self._skip_retryable = self._skip_retryable and why.startswith("circuit")
-            log.info("fallback skipped", extra={"model": step.spec.name, "why": why})
-            return False
-        learner.health.on_routed(step.spec, now)  # it claims a half-open probe, if any
-        return True
-
-    async def _reserve(self, step: Step, now: float) -> str | None:
-        """Reserve the step's estimate on its budgets under an id of its own; why not, or None."""
-        record = self._decided.record
-        ledger = self._svc.routing.ledger
-        labels = self._labels
-        if ledger.unavailable is not None:
-            return ledger.unavailable
-        lines = ledger.lines(labels, step.spec, record.policy, record.task_id, now)
-        block = first_block(lines, step.estimate_micros)
-        if block is not None:
-            return block.reason(step.estimate_micros)
-        rid = f"{record.decision_id}:{step.position}"
-        ttl = self._svc.routing.state.settings.ledger.reservation_ttl_s
-        try:
-            block, change = await ledger.reserve(rid, labels, step.spec, record.policy,
-                                                 record.task_id, step.estimate_micros, now,
-                                                 now + ttl)
-        except BudgetUnavailable as exc:
-            return exc.message
-        if block is not None:
-            return block.reason(step.estimate_micros)
-        try:
-            await self._svc.ledger_store.record_ledger(change.entries)
-        except StorageError:
-            await ledger.revert(change)
-            return "the store could not record its reservation"
-        self._reserved.append(rid)
-        log_alerts(change.alerts, self._svc.routing.alert_hook)
-        return None
-
-    async def _release(self) -> None:
-        ledger = self._svc.routing.ledger
-        now = self._svc.clock.now()
-        for rid in self._reserved:
-            released = False
-            try:
-                change = await ledger.release(rid, now)
-                try:
-                    await self._svc.ledger_store.record_ledger(change.entries)
-                    released = True
-                except StorageError:
-                    await ledger.revert(change)  # memory keeps what disk has
-            except BudgetUnavailable:
-                pass
-            if not released:
-                log.error("a fallback reservation could not be released; it expires at its "
-                          "TTL", extra={"reservation": rid})
-        self._reserved = []
 
     # -- the end ---------------------------------------------------------------------------
 
@@ -539,7 +354,7 @@ class Walk:
         except StorageError:
             log.error("the attempts of a Complete could not be recorded", exc_info=True)
         finally:
-            await self._release()
+            await self._holds.release()
         if ack is not None and svc.on_recorded is not None:
             svc.on_recorded(ack)
         return ack
@@ -558,7 +373,7 @@ class Walk:
                            finish_reason=end.finish_reason.value)
         last = attempts[-1] if attempts else None
         failures = [a for a in attempts if a.status is not CANCELLED]
-        retryable = self._skip_retryable and all(a.status in retry.RETRYABLE for a in failures)
+        retryable = self._holds.retryable and all(a.status in retry.RETRYABLE for a in failures)
         if last is not None and last.status is CANCELLED:
             reason = "cancelled"
         elif last is not None and last.error_type == "content_refused":
@@ -575,8 +390,8 @@ class Walk:
             parts.append(last.error)
         elif self._last_error is not None:
             parts.append(self._last_error.message)
-        if self._skipped:
-            parts.append("skipped " + "; ".join(self._skipped))
+        if self._holds.skipped:
+            parts.append("skipped " + "; ".join(self._holds.skipped))
         return "; ".join(parts) or "no model could be called"
 
     # -- time ------------------------------------------------------------------------------
