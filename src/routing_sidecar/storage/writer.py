@@ -3,6 +3,9 @@
 The whole transaction of a batch is one call on the writer's own thread (a stdlib sqlite3
 connection behind a one-thread executor), with one `executemany` per distinct statement: a
 thread hop per statement, as aiosqlite would make, cost more than the statements themselves.
+A batch of one or two jobs (a quiet sidecar) commits on the event loop instead: the hop there
+and back costs more than such a commit (WAL, no fsync per commit), and the loop has nothing
+else to do meanwhile; under load batches grow and go to the thread, beside the loop.
 BEGIN IMMEDIATE takes the file's write lock up front, so the `Once` check inside the
 transaction cannot race another writer. See batching.py for the commit and retry rules.
 """
@@ -30,6 +33,8 @@ from routing_sidecar.storage.batching import (
 __all__ = ["GroupWriter", "Job", "Once", "Write"]
 
 T = TypeVar("T")
+# Batches up to this many jobs commit on the event loop itself (see _transaction).
+INLINE_JOBS = 2
 
 
 class GroupWriter(BatchWriter):
@@ -51,6 +56,10 @@ class GroupWriter(BatchWriter):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _transaction(self, jobs: list[Job]) -> list[bool]:
+        if len(jobs) <= INLINE_JOBS:
+            # A batch this small commits in well under a millisecond (WAL, no fsync per
+            # commit): on the loop it costs less than the hop to the writer thread and back.
+            return self._write_batch(jobs)
         return await self._in_thread(self._write_batch, jobs)
 
     async def _exclusive(self, fn: Callable[[Any], Any]) -> Any:
