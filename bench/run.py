@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 
-from bench import report
+from bench import execute, report
 from bench.cache import run_cache_bench
 from bench.core import run_core
 from bench.procs import REPO, memory_kib
@@ -42,6 +42,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    f"the first); known: {', '.join(v.name for v in VARIANTS)}")
     p.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
+    p.add_argument("--no-execute", action="store_true",
+                   help="skip the execute-mode phase (bench/execute.py)")
     args = p.parse_args(argv)
     args.requests = args.requests or (250 if args.quick else 750)
     args.rounds = args.rounds or (2 if args.quick else 6)
@@ -158,9 +160,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     res.duration_s = time.perf_counter() - t0
     print()
     print(report.console(res))
+    page = report.markdown(res)
+    if not args.no_execute:  # Complete vs the provider called directly, in the same run
+        executed = execute.run(args.quick, res.command)
+        print()
+        print(execute.console(executed))
+        page = execute.splice(page, execute.markdown(executed))
     if not args.no_write:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report.markdown(res))
+        args.output.write_text(page)
         print(f"wrote {args.output}")
     return 0
 

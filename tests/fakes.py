@@ -33,6 +33,7 @@ from routing_sidecar.errors import ProviderError, StorageError
 from routing_sidecar.ports import (
     AttemptRecord,
     DecisionRecord,
+    GradeRecord,
     LedgerTotal,
     ModelTaskCell,
     OutcomeRecord,
@@ -77,6 +78,7 @@ class MemoryStore:
     performance: list[PerformanceRecord] = field(default_factory=list)
     learned: dict[str, str] = field(default_factory=dict)
     configs: dict[str, float] = field(default_factory=dict)
+    grades: dict[str, GradeRecord] = field(default_factory=dict)
     fail_writes: int = 0
 
     def _write(self) -> None:
@@ -109,6 +111,18 @@ class MemoryStore:
 
     async def get_outcome(self, decision_id: str) -> OutcomeRecord | None:
         return self.outcomes.get(decision_id)
+
+    async def get_attempts(self, decision_id: str) -> list[AttemptRecord]:
+        return list(self.attempts.get(decision_id, ()))
+
+    async def record_grade(self, grade: GradeRecord,
+                           performance: Sequence[PerformanceRecord] = ()) -> bool:
+        self._write()
+        if grade.decision_id in self.grades:
+            return False
+        self.grades[grade.decision_id] = grade
+        self.performance += performance
+        return True
 
     async def save_learned(self, book: str, state_json: str, at: float) -> None:
         self._write()

@@ -32,9 +32,11 @@ from routing_sidecar.grpc_api.servicer import RouterServicer
 from routing_sidecar.http_api.backend import Backend, Settings
 from routing_sidecar.http_api.server import AdminServer
 from routing_sidecar.ports import BudgetBook, Cache, Clock, SystemClock
+from routing_sidecar.providers.registry import ProviderRegistry
 from routing_sidecar.service.admin import Operator, PolicyEditor
 from routing_sidecar.service.budgets import LocalBudgets
 from routing_sidecar.service.cache import CacheService
+from routing_sidecar.service.complete import CompleteService, Execution
 from routing_sidecar.service.fleet_budgets import FleetBudgets
 from routing_sidecar.service.fleet_sync import FleetSync
 from routing_sidecar.service.learning import LEARNED_BOOKS, Learner
@@ -84,6 +86,7 @@ class Sidecar:
         self.admin: AdminServer | None = None
         self.store: Store | None = None
         self.server: SidecarServer | None = None
+        self.complete: CompleteService | None = None
         self._upkeep_task: asyncio.Task[None] | None = None
         self._cache_task: asyncio.Task[None] | None = None
         self.cache: CacheService | None = None
@@ -150,7 +153,12 @@ class Sidecar:
         self._cache_task = asyncio.create_task(self.cache.run(), name="cache-sweeper")
         limits.on_refused = self.observer.label_refused
         await self._join_fleet(learner, ledger)
-        servicer = RouterServicer(self.routing, self.outcomes, store, self.clock, self.observer)
+        # Execute mode: one client per `providers` entry, keys read now (rebuilt on reload).
+        self.complete = CompleteService(self.routing, self.outcomes, store, self.clock,
+                                        _execution(cfg), rng=self._rng)
+        self.complete.on_recorded = self.observer.reported
+        servicer = RouterServicer(self.routing, self.outcomes, store, self.clock, self.observer,
+                                  complete=self.complete)
         self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes,
                                     reuse_port=self.worker is not None)
         await self._restore_admin_state(store)
@@ -235,6 +243,8 @@ class Sidecar:
         await self._stop_admin()
         if self.server is not None:
             await self.server.stop(self.cfg.server.grace_period_s)
+        if self.complete is not None:  # settles cancelled walks before the store closes
+            await self.complete.aclose()
         for task in (self._upkeep_task, self._cache_task):
             if task is not None:
                 task.cancel()
@@ -341,12 +351,21 @@ class Sidecar:
             log.warning("these settings change only on restart", extra={"settings": stale})
         digest = config_hash(cfg)
         state = RoutingState.of(cfg.settings(), digest)  # built before anything is swapped
+        execution = _execution(cfg)
         self.routing.apply(state)
+        if self.complete is not None:  # walks under way finish on the clients they started with
+            self.complete.use(execution)
         self.outcomes.limits = state.settings.outcomes
         self.cfg = cfg
         if self.store is not None:
             await self.store.record_config(digest, cfg.model_dump_json(), self.clock.now())
         log.info("config reloaded", extra={"config_hash": digest})
+
+
+def _execution(cfg: RouterConfig) -> Execution:
+    """The provider clients and upstream ids of a config (keys read from env or files now)."""
+    settings = cfg.execution_settings()
+    return Execution(ProviderRegistry.from_settings(settings), settings)
 
 
 async def serve(

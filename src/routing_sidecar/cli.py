@@ -1,4 +1,4 @@
-"""The routing-sidecar command: serve, validate, route, budgets, report, cache, health, ..."""
+"""The routing-sidecar command: serve, validate, route, complete, budgets, report, cache, ..."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import grpc
 
 from routing_sidecar import logs
 from routing_sidecar.errors import ConfigError, InvalidArgument
-from routing_sidecar.grpc_api import client
+from routing_sidecar.grpc_api import client, complete_client
 from routing_sidecar.workers import WORKER_FLAG, check_workers, supervise
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 
@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--exclude", action="append", default=[])
     r.add_argument("--dry-run", action="store_true")
     r.add_argument("--json", action="store_true")
+    _complete_parser(sub)
     b = sub.add_parser("budgets", help="budget scopes: limit, spent, reserved, state")
     b.add_argument("--target", default=DEFAULT_TARGET)
     b.add_argument("--scope", action="append", default=[], help="scope or glob, repeatable")
@@ -88,6 +89,46 @@ def _parser() -> argparse.ArgumentParser:
                         "Anthropic wire formats, scripted by model name) until SIGTERM")
     fp.add_argument("--listen", default="127.0.0.1:9900", help="HOST:PORT")
     return p
+
+
+def _complete_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    c = sub.add_parser("complete", help="let a running sidecar decide and make the call: the "
+                       "answer streams, then every attempt as a table")
+    c.add_argument("--target", default=DEFAULT_TARGET)
+    c.add_argument("--task-type", required=True)
+    c.add_argument("--prompt", required=True, help="the user message")
+    c.add_argument("--system", help="a system message before it")
+    c.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
+                   help="print the answer as it arrives (default) or whole at the end")
+    c.add_argument("--task-id", default="")
+    c.add_argument("--priority", type=int, default=50)
+    c.add_argument("--label", action="append", default=[], help="key=value")
+    c.add_argument("--policy", default="")
+    c.add_argument("--value", type=float, metavar="USD",
+                   help="what a good result is worth: route by expected net value")
+    c.add_argument("--max-output-tokens", type=int, default=0)
+    c.add_argument("--temperature", type=float)
+    c.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="the deadline of the whole call, retries and fallbacks included")
+    c.add_argument("--json", action="store_true", help="one JSON object per event")
+
+
+def _complete(args: argparse.Namespace) -> int:
+    messages = [pb.ChatMessage(role="system", content=args.system)] if args.system else []
+    messages.append(pb.ChatMessage(role="user", content=args.prompt))
+    request = pb.CompleteRequest(
+        route=pb.RouteRequest(
+            task_id=args.task_id or f"cli-{uuid.uuid4().hex[:12]}", task_type=args.task_type,
+            priority=args.priority, labels=client.parse_labels(args.label),
+            policy=args.policy, max_output_tokens=args.max_output_tokens),
+        messages=messages, stream=args.stream)
+    if args.value is not None:
+        request.route.value_micros = round(args.value * 1_000_000)
+    if args.temperature is not None:
+        request.temperature = args.temperature
+    events = complete_client.stream(args.target, request, args.timeout)
+    done = complete_client.print_events(events, json_lines=args.json)
+    return 0 if done is not None and done.success else 1
 
 
 def _fake_provider(listen: str) -> int:
@@ -239,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             rep = client.stats(args.target, args.hours, args.label_key)
             print(client.to_json(rep) if args.json else client.render_stats(rep))
             return 0
+        if args.command == "complete":
+            return _complete(args)
         return _route(args)
     except ConfigError as exc:
         print(exc.message, file=sys.stderr)

@@ -392,6 +392,10 @@ class PolicyConfig(_Strict):
     retry: RetryConfig = RetryConfig()
     critical: bool = False
     quality_floor: Fraction | None = None
+    # Execute mode: continue a stream cut after tokens on the next model (given the partial
+    # answer), and start the first fallback beside a chosen model silent for this long.
+    resume_on_stream_failure: bool = False
+    hedge_after_ms: Annotated[int, Field(ge=1, le=600_000)] | None = None
 
 
 class PriorityRange(_Strict):
@@ -707,6 +711,8 @@ def _policy(name: str, p: PolicyConfig) -> domain.Policy:
         ),
         critical=p.critical,
         quality_floor=p.quality_floor,
+        resume_on_stream_failure=p.resume_on_stream_failure,
+        hedge_after_ms=p.hedge_after_ms,
     )
 
 
@@ -793,6 +799,9 @@ def _cross_check(cfg: RouterConfig) -> Iterator[str]:
             if model in seen:
                 yield f"policies.{pname}.models[{i}]: duplicate model {model!r}"
             seen.add(model)
+        if pol.hedge_after_ms is not None and pol.fallbacks == 0:
+            yield (f"policies.{pname}.hedge_after_ms: a hedge starts the first fallback, and "
+                   "fallbacks is 0")
     for i, rule in enumerate(cfg.rules):
         if rule.policy not in cfg.policies:
             yield f"rules[{i}].policy: unknown policy {rule.policy!r}"

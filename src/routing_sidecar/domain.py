@@ -180,6 +180,10 @@ class Policy:
     retry: RetryPolicy = RetryPolicy()
     critical: bool = False
     quality_floor: float | None = None
+    # Execute mode: a stream cut after tokens were sent continues on the next model, given
+    # the partial answer; and a second model is started when the first is slow to answer.
+    resume_on_stream_failure: bool = False
+    hedge_after_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

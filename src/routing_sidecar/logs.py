@@ -18,6 +18,9 @@ from opentelemetry import trace
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
+# Libraries whose INFO lines would repeat, once per provider call, what the walk logs itself.
+QUIET_LOGGERS = ("httpx", "httpcore")
+
 # The decision the current request is about; set when its id is made (Route) or read (outcome).
 _DECISION_ID: ContextVar[str] = ContextVar("decision_id", default="")
 
@@ -83,3 +86,6 @@ def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every provider request at INFO: a line per attempt is the walk's job, not its.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -134,6 +134,16 @@ class OutcomeRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class GradeRecord:
+    """A later grade of a recorded decision's answer, a row of `decision_grades`."""
+
+    decision_id: str
+    model: str  # the model whose answer was graded
+    quality: float
+    graded_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class PerformanceRecord:
     """One (task type, model, hour) window of `model_performance`, added to what is there."""
 
@@ -418,6 +428,15 @@ class AuditLog(Protocol):
 
     async def get_outcome(self, decision_id: str) -> OutcomeRecord | None:
         """The outcome recorded for a decision, or None."""
+        ...
+
+    async def get_attempts(self, decision_id: str) -> list[AttemptRecord]:
+        """The attempts recorded for a decision, in attempt order."""
+        ...
+
+    async def record_grade(self, grade: GradeRecord,
+                           performance: Sequence[PerformanceRecord] = ()) -> bool:
+        """Persist a grade once; False (nothing written) when the decision is graded already."""
         ...
 
     async def save_learned(self, book: str, state_json: str, at: float) -> None:

@@ -24,11 +24,6 @@ UNARY = ["Route", "ReportOutcome", "GetBudgetStatus", "GetRoutingStats", "GetCac
 DECODE = {"Route": pb.Decision, "ReportOutcome": pb.OutcomeAck,
           "GetBudgetStatus": pb.BudgetStatusList, "GetRoutingStats": pb.RoutingStats,
           "GetCacheStats": pb.CacheStats, "PurgeCache": pb.PurgeCacheResult}
-# Complete answers UNIMPLEMENTED until execute mode is served; a body that does not decode is
-# refused before that, like on every other RPC.
-UNTIL_SERVED = frozenset({grpc.StatusCode.UNIMPLEMENTED})
-
-
 def call_raw(live: LiveSidecar, method: str, body: bytes) -> tuple[grpc.StatusCode, Any]:
     """One unary call with a raw body; the status and the decoded answer (None if refused)."""
     call = live.channel.unary_unary(f"{ROUTER}/{method}",
@@ -87,22 +82,26 @@ def test_fuzz_complete(live: LiveSidecar, body: bytes) -> None:
     call = live.channel.unary_stream(f"{ROUTER}/Complete",
                                      response_deserializer=pb.CompleteEvent.FromString)
 
-    async def go() -> tuple[grpc.StatusCode, str]:
+    async def go() -> tuple[grpc.StatusCode, str, list[str]]:
+        kinds: list[str] = []
         stream = call(body, timeout=30)
         try:
-            async for _ in stream:
-                pass
+            async for ev in stream:
+                kinds.append(ev.WhichOneof("event") or "")
         except grpc.aio.AioRpcError as exc:
-            return exc.code(), exc.details() or ""
-        return grpc.StatusCode.OK, ""
+            return exc.code(), exc.details() or "", kinds
+        return grpc.StatusCode.OK, "", kinds
 
     before = live.books()
-    code, details = live.run(go)
-    event(f"Complete: {code.name}")
-    assert code in DOCUMENTED | UNTIL_SERVED, (code, details)
+    code, details, kinds = live.run(go)
+    event(f"Complete: {code.name}" + (" after done" if kinds else ""))
+    assert code in DOCUMENTED, (code, details)
+    if kinds:  # decided (and audited) first, then done: always that order, done last
+        assert kinds[0] == "decision" and kinds[-1] == "done" and kinds.count("done") == 1
     if code is not grpc.StatusCode.OK:
         assert "<class" not in details
-        assert live.books() == before
+        if not kinds:  # refused before deciding: nothing written, nothing charged
+            assert live.books() == before
     assert live.serving()
     assert not live.errors.records, [r.getMessage() for r in live.errors.records]
 

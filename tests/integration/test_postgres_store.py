@@ -31,7 +31,7 @@ from tests.store_records import T0, FixedClock, attempt, decision_record, outcom
 
 TABLES = {"model_routing_decisions", "model_selections", "decision_outcomes",
           "model_performance", "budget_ledger", "routing_policies", "learned_state",
-          "schema_migrations", "routing_policy_changes", "model_pauses"}
+          "schema_migrations", "routing_policy_changes", "model_pauses", "decision_grades"}
 
 
 async def open_pg(dsn: str, **kw: Any) -> PostgresStore:

@@ -35,6 +35,7 @@ from routing_sidecar.domain import BudgetPeriod, BudgetRule
 from routing_sidecar.errors import StorageError
 from routing_sidecar.ports import (
     ActivityBucket,
+    GradeRecord,
     OutcomeRecord,
     PauseRecord,
     PerformanceRecord,
@@ -262,6 +263,29 @@ async def test_concurrent_duplicate_outcomes_write_exactly_once(store: Store,
     assert sorted(results) == [False, False, False, False, True]
     assert await backend.peek("SELECT COUNT(*) FROM model_selections") == [(2,)]
     assert await backend.peek("SELECT SUM(amount_micros) FROM budget_ledger") == [(7,)]
+
+
+async def test_attempts_read_back_and_a_grade_is_written_once(store: Store,
+                                                             backend: Backend) -> None:
+    await store.record_decision(decision_record(1))
+    improvised = replace(attempt("d1", 1, model=HAIKU), off_plan=True)
+    ungraded = OutcomeRecord("d1", True, None, 1_800, T0 + 5)
+    assert await store.record_outcome("d1", [attempt("d1", 0), improvised], ungraded, ())
+    assert await store.get_attempts("d1") == [attempt("d1", 0), improvised]
+    assert await store.get_attempts("d-unknown") == []
+    window = PerformanceRecord("fix_bug", HAIKU.name, T0 - T0 % 3600, quality_sum=0.4,
+                               quality_count=1)
+    grade = GradeRecord("d1", HAIKU.name, 0.4, T0 + 60)
+    fresh = await asyncio.gather(*(store.record_grade(grade, (window,)) for _ in range(4)))
+    assert sorted(fresh) == [False, False, False, True]
+    assert await backend.peek("SELECT decision_id, model, quality, graded_at FROM "
+                              "decision_grades") == [("d1", HAIKU.name, 0.4, T0 + 60)]
+    graded = await store.get_outcome("d1")
+    assert graded is not None and graded.quality == 0.4  # the outcome row says it too
+    assert await backend.peek("SELECT quality_sum, quality_count FROM model_performance") == [
+        (0.4, 1)]
+    assert await store.prune(T0 + 1) == 1
+    assert await backend.peek("SELECT COUNT(*) FROM decision_grades") == [(0,)]
 
 
 async def test_record_outcome_refuses_records_of_another_decision(store: Store) -> None:
@@ -510,11 +534,12 @@ async def test_an_older_schema_gains_the_admin_tables(backend: Backend) -> None:
             conn.execute("DROP TABLE routing_policy_changes")
             conn.execute("DROP TABLE model_pauses")
             conn.execute("DROP INDEX outcomes_by_time")
+            conn.execute("DROP TABLE decision_grades")
             conn.execute("PRAGMA user_version = 3")
     else:
         for statement in ("DROP TABLE routing_policy_changes", "DROP TABLE model_pauses",
-                          "DROP INDEX outcomes_by_time",
-                          "DELETE FROM schema_migrations WHERE version = 4"):
+                          "DROP INDEX outcomes_by_time", "DROP TABLE decision_grades",
+                          "DELETE FROM schema_migrations WHERE version >= 4"):
             await backend.peek(statement)
     store = await backend.open()
     try:

@@ -209,52 +209,43 @@ def task_from_pb(req: pb.RouteRequest) -> domain.Task:
 def timestamp(seconds: float) -> Timestamp:
     """Epoch seconds as a protobuf Timestamp."""
     ts = Timestamp()
+    _set_time(ts, seconds)
+    return ts
+
+
+def _set_time(ts: Timestamp, seconds: float) -> None:
     whole = math.floor(seconds)
     ts.seconds = whole
     ts.nanos = round((seconds - whole) * 1e9) % 1_000_000_000
-    return ts
 
 
 def budget_to_pb(b: domain.BudgetStatus) -> pb.BudgetStatus:
     """Convert one BudgetStatus."""
-    msg = pb.BudgetStatus(
-        scope=b.scope,
-        period=PERIOD_TO_PB[b.period],
-        limit_micros=b.limit_micros,
-        spent_micros=b.spent_micros,
-        reserved_micros=b.reserved_micros,
-        remaining_micros=b.remaining_micros,
-        state=STATE_TO_PB[b.state],
-    )
+    msg = pb.BudgetStatus()
+    _fill_budget(msg, b)
+    return msg
+
+
+def _fill_budget(msg: pb.BudgetStatus, b: domain.BudgetStatus) -> None:
+    msg.scope = b.scope
+    msg.period = PERIOD_TO_PB[b.period]
+    msg.limit_micros = b.limit_micros
+    msg.spent_micros = b.spent_micros
+    msg.reserved_micros = b.reserved_micros
+    msg.remaining_micros = b.remaining_micros
+    msg.state = STATE_TO_PB[b.state]
     if b.period_start is not None:
-        msg.period_start.CopyFrom(timestamp(b.period_start))
+        _set_time(msg.period_start, b.period_start)
     if b.period_end is not None:
-        msg.period_end.CopyFrom(timestamp(b.period_end))
-    return msg
-
-
-def _alternative(a: domain.Alternative) -> pb.Alternative:
-    msg = pb.Alternative(
-        model=a.model,
-        provider=a.provider,
-        tier=a.tier,
-        score=a.score,
-        estimated_cost_micros=a.estimated_cost_micros,
-        chosen=a.chosen,
-        rejection=a.rejection.value,
-        reason=a.reason,
-        estimated_quality=a.estimated_quality,
-        slot_id=a.slot_id or "",
-    )
-    if a.net_value_micros is not None:
-        msg.expected_net_value_micros = a.net_value_micros
-    return msg
+        _set_time(msg.period_end, b.period_end)
 
 
 def decision_to_pb(d: domain.Decision, *, with_cached_value: bool = True) -> pb.Decision:
     """Convert a domain Decision to its wire form.
 
-    A CACHE_HIT names its source decision; `cached_value` carries the stored value unless
+    Repeated fields are filled in place (`add`): building each sub-message apart and handing
+    the list to the constructor copies every one of them again, on every Route. A CACHE_HIT
+    names its source decision; `cached_value` carries the stored value unless
     `with_cached_value` is False (execute mode answers with the text instead).
     """
     s = d.selection
@@ -264,30 +255,33 @@ def decision_to_pb(d: domain.Decision, *, with_cached_value: bool = True) -> pb.
         task_id=d.task_id,
         status=STATUS_TO_PB[s.status],
         reason_code=REASON_TO_PB[s.reason_code],
-        model=chosen.model if chosen else "",
-        provider=chosen.provider if chosen else "",
-        slot_id=(chosen.slot_id or "") if chosen else "",
-        tier=chosen.tier if chosen else 0,
-        fallbacks=[
-            pb.Fallback(
-                model=f.model,
-                provider=f.provider,
-                slot_id=f.slot_id or "",
-                tier=f.tier,
-                estimated_cost_micros=f.estimated_cost_micros,
-            )
-            for f in s.fallbacks
-        ],
         estimated_cost_micros=s.estimated_cost_micros,
         policy=s.policy,
         objective=OBJECTIVE_TO_PB[s.objective],
         reason=s.reason,
-        alternatives=[_alternative(a) for a in s.alternatives],
-        budgets=[budget_to_pb(b) for b in d.budgets],
         dry_run=d.dry_run,
         explored=s.explored,
     )
-    msg.decided_at.CopyFrom(timestamp(d.decided_at))
+    if chosen is not None:
+        msg.model, msg.provider, msg.tier = chosen.model, chosen.provider, chosen.tier
+        msg.slot_id = chosen.slot_id or ""
+    add_fallback = msg.fallbacks.add
+    for f in s.fallbacks:
+        add_fallback(model=f.model, provider=f.provider, slot_id=f.slot_id or "", tier=f.tier,
+                     estimated_cost_micros=f.estimated_cost_micros)
+    add_alternative = msg.alternatives.add
+    for a in s.alternatives:
+        alt = add_alternative(
+            model=a.model, provider=a.provider, tier=a.tier, score=a.score,
+            estimated_cost_micros=a.estimated_cost_micros, chosen=a.chosen,
+            rejection=a.rejection.value, reason=a.reason,
+            estimated_quality=a.estimated_quality, slot_id=a.slot_id or "")
+        if a.net_value_micros is not None:
+            alt.expected_net_value_micros = a.net_value_micros
+    add_budget = msg.budgets.add
+    for b in d.budgets:
+        _fill_budget(add_budget(), b)
+    _set_time(msg.decided_at, d.decided_at)
     if d.cached is not None:
         msg.cache_source_decision_id = d.cached.source_decision_id
         if with_cached_value:

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-import grpc
-
-from routing_sidecar import logs
+from routing_sidecar import domain, logs
 from routing_sidecar.errors import (
     FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
     StorageError,
+    Unavailable,
 )
 from routing_sidecar.grpc_api import (
     convert,
     convert_cache,
+    convert_complete,
     convert_outcome,
     convert_stats,
     observe,
@@ -27,6 +28,7 @@ from routing_sidecar.grpc_api import (
 from routing_sidecar.grpc_api.status import streaming, unary
 from routing_sidecar.ports import AuditLog, CacheUsage, Clock
 from routing_sidecar.service.cache import CacheService
+from routing_sidecar.service.complete import CompleteService, Done, ready_batches
 from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
@@ -69,9 +71,10 @@ class RouterServicer(pb_grpc.RouterServicer):
 
     def __init__(
         self, service: RoutingService, outcomes: OutcomeService, audit: AuditLog, clock: Clock,
-        observer: observe.Observer | None = None,
+        observer: observe.Observer | None = None, complete: CompleteService | None = None,
     ) -> None:
         self._service = service
+        self._complete = complete
         self._outcomes = outcomes
         self._audit = audit
         self._clock = clock
@@ -174,12 +177,34 @@ class RouterServicer(pb_grpc.RouterServicer):
         return self._service.cache
 
 
-    async def Complete(
+    @unary
+    @_traced
+    async def Complete(  # type: ignore[override]  # grpc.aio streams via context.write too
         self, request: pb.CompleteRequest, context: Any
-    ) -> AsyncIterator[pb.CompleteEvent]:
-        """Execute mode is not served by this build yet."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Complete: execute mode is not served")
-        yield pb.CompleteEvent()  # pragma: no cover - abort raises
+    ) -> None:
+        """Decide as Route does, then make the call: decision, deltas, attempts, done.
+
+        Written with context.write (not as a generator) so that a client going away cancels
+        this coroutine wherever it waits, and closing the events closes the upstream at once.
+        """
+        if self._complete is None:
+            raise FailedPrecondition("Complete: execute mode is not configured")
+        started = time.perf_counter()
+        req = convert_complete.request_from_pb(request)
+        events = self._complete.complete(req, self._observe.trace_ids(),
+                                         context.time_remaining())
+        done: Done | None = None
+        async with contextlib.aclosing(ready_batches(events)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    if isinstance(event, domain.Decision):
+                        self._observe.decided(req.task, event, time.perf_counter() - started)
+                    elif isinstance(event, Done):
+                        done = event
+                    await context.write(convert_complete.event_to_pb(event))
+        if done is not None and not done.success:
+            # After `done`, the status says whether the same call may succeed later.
+            raise (Unavailable if done.retryable else FailedPrecondition)(done.error)
 
 
 def _problem(exc: InvalidArgument | ResourceExhausted) -> str:

@@ -10,6 +10,7 @@ table, before the servicer sees anything: nothing is decided, written or charged
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeAlias, TypeVar
 
@@ -70,8 +71,20 @@ def guard_unary(method: Callable[[Any, Any], Awaitable[Any]]) -> Handler:
     return handler
 
 
-def guard_unary_stream(method: Callable[[Any, Any], AsyncIterator[Any]]) -> Handler:
-    """A unary-request, streamed-response handler that refuses an undecodable body first."""
+def guard_unary_stream(method: Callable[[Any, Any], Any]) -> Handler:
+    """A unary-request, streamed-response handler that refuses an undecodable body first.
+
+    The method may be an async generator, or a coroutine that streams with `context.write`
+    (Complete: a client going away then cancels it wherever it waits); the handler keeps
+    the method's shape, which is how grpc tells the two apart.
+    """
+    if not inspect.isasyncgenfunction(method):
+        async def writer(request: Any, context: Context) -> None:
+            if (refusal := _refuse(request)) is not None:
+                await abort(context, refusal)
+            await method(request, context)
+
+        return writer
 
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
         if (refusal := _refuse(request)) is not None:

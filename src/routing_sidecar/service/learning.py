@@ -89,6 +89,24 @@ class Learner:
         if self.on_observed is not None:
             self.on_observed()
 
+    def observe_attempts(self, labels: Mapping[str, str], attempts: Sequence[domain.Attempt],
+                         now: float) -> None:
+        """Feed attempts to health and breakers only: an answer that arrived is no grade."""
+        if not attempts:
+            return
+        self.health.record_outcome(attempts, now, lane=labels.get("lane"))
+        if self.on_observed is not None:
+            self.on_observed()
+
+    def grade(self, task_type: str, model: str, success: bool, quality: float) -> None:
+        """A later grade of a recorded answer teaches the model that produced it."""
+        self.quality.observe(task_type, model, success, quality)
+        if self.shared is not None:
+            self.shared.append(QualityObservation(task_type, model,
+                                                  score_of(success, quality), success, True))
+        if self.on_observed is not None:
+            self.on_observed()
+
     def report(self, now: float, providers: Iterable[str]) -> LearnerReport:
         """Health rows, detection states (every catalog provider listed) and learned quality."""
         return LearnerReport(

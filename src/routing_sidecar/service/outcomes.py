@@ -1,22 +1,31 @@
-"""ReportOutcome: check, record attempts, settle each to its own budgets, exactly once."""
+"""Outcomes: check what is claimed, record attempts, settle each to its own budgets, exactly once.
+
+Two ways in, one way down. `report` takes an orchestrator's ReportOutcome: its claims are
+bounded by `core/outcome_checks.py` first. `record` takes attempts the sidecar ran itself
+(execute mode): trusted, so a provider's own cost is charged even above the catalog's estimate.
+Both then write the same rows, settle the ledger the same way and feed health the same way.
+A ReportOutcome carrying only a quality, for a decision whose outcome is already recorded,
+grades it (`grade`): once, and it teaches learned quality about the model that answered.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from routing_sidecar import domain
 from routing_sidecar.core.budget_rules import NO_CHANGE
 from routing_sidecar.core.catalog import Catalog
-from routing_sidecar.core.outcome_checks import DEFAULT_LIMITS, check_outcome
-from routing_sidecar.errors import NotFound, StorageError
+from routing_sidecar.core.outcome_checks import DEFAULT_LIMITS, CheckedAttempt, check_outcome
+from routing_sidecar.errors import FailedPrecondition, NotFound, StorageError
 from routing_sidecar.ports import (
     AttemptRecord,
     AuditLog,
     BudgetBook,
     Clock,
     DecisionRecord,
+    GradeRecord,
     OutcomeRecord,
     PerformanceRecord,
 )
@@ -51,19 +60,28 @@ def plan_of(record: DecisionRecord) -> dict[str, int]:
     return est
 
 
+def trusted(attempt: domain.Attempt, spec: domain.ModelSpec, plan: dict[str, int]
+            ) -> CheckedAttempt:
+    """An attempt the sidecar made itself: the provider's cost, else tokens x catalog prices."""
+    cost = attempt.cost_micros
+    if cost is None:
+        cost = spec.cost_micros(attempt.input_tokens, attempt.output_tokens)
+    return CheckedAttempt(attempt, cost, attempt.model not in plan)
+
+
 def _performance(
-    task_type: str, rows: list[AttemptRecord], outcome: domain.Outcome, now: float
+    task_type: str, rows: Sequence[AttemptRecord], quality: float | None, now: float
 ) -> list[PerformanceRecord]:
     """The hourly (task type, model) window rows one outcome adds to."""
     window = now - now % HOUR_S
     out = []
     for i, a in enumerate(rows):
         final = i == len(rows) - 1
-        graded = final and outcome.quality is not None
+        graded = final and quality is not None
         ok = a.status is domain.AttemptStatus.SUCCESS
         out.append(PerformanceRecord(
             task_type, a.model, window, decisions=int(final), successes=int(ok),
-            failures=int(not ok), quality_sum=(outcome.quality or 0.0) if graded else 0.0,
+            failures=int(not ok), quality_sum=(quality or 0.0) if graded else 0.0,
             quality_count=int(graded), latency_sum_s=a.duration_s,
             cost_sum_micros=a.actual_cost_micros,
         ))
@@ -71,7 +89,7 @@ def _performance(
 
 
 class OutcomeService:
-    """Turns reported outcomes into audit rows and settled budgets."""
+    """Turns outcomes (reported or executed) into audit rows, settled budgets and health."""
 
     def __init__(
         self,
@@ -92,16 +110,41 @@ class OutcomeService:
         self._clock = clock
 
     async def report(self, outcome: domain.Outcome) -> OutcomeAck:
-        """Record an outcome once; a repeat changes nothing and says it was a duplicate."""
+        """Record an outcome once; a repeat changes nothing and says it was a duplicate.
+
+        An outcome with a quality and no attempts, for a decision already recorded, is a grade.
+        """
         if outcome.cache_value and self.cache is not None:
             self.cache.check_value("cache_value", outcome.cache_value)
-        catalog = self._catalog()
         record = await self._audit.get_decision(outcome.decision_id)
         if record is None:
             raise NotFound(f"decision_id: no decision {outcome.decision_id!r}")
+        if not outcome.attempts and outcome.quality is not None:
+            recorded = await self._audit.get_outcome(record.decision_id)
+            if recorded is not None:
+                return await self.grade(record, recorded, outcome.quality)
+        catalog = self._catalog()
+        now = self._clock.now()
+        checked = check_outcome(outcome, catalog, plan_of(record), record.decided_at, now,
+                                self.limits)
+        ack = await self.record(record, checked, outcome.success, outcome.quality)
+        if ack.duplicate or not outcome.cache_value:
+            return ack
+        return replace(ack, cache_stored=await self._store_value(record, outcome,
+                                                                 ack.actual_cost_micros))
+
+    async def record(self, record: DecisionRecord, checked: Sequence[CheckedAttempt],
+                     success: bool, quality: float | None = None, *, learn: bool = True,
+                     ) -> OutcomeAck:
+        """Write the attempts once, settle each to its own model's and provider's budgets.
+
+        Every attempt feeds health and breakers; with `learn`, the outcome also teaches learned
+        quality (execute mode passes False: an answer that arrived says nothing of how good
+        it was, until the caller grades it). A repeat is undone and answered as a duplicate.
+        """
+        catalog = self._catalog()
         now = self._clock.now()
         plan = plan_of(record)
-        checked = check_outcome(outcome, catalog, plan, record.decided_at, now, self.limits)
         labels: dict[str, str] = json.loads(record.labels_json)
         rows = [AttemptRecord.from_attempt(record.decision_id, i, c.attempt,
                                            plan.get(c.attempt.model, 0), c.cost_micros,
@@ -114,11 +157,11 @@ class OutcomeService:
                 record.decision_id, labels, record.policy, record.task_id,
                 [(catalog.models[c.attempt.model], c.cost_micros) for c in checked],
                 record.decided_at, now)
-        result = OutcomeRecord(record.decision_id, outcome.success, outcome.quality, actual, now)
+        result = OutcomeRecord(record.decision_id, success, quality, actual, now)
         try:
             fresh = await self._audit.record_outcome(
                 record.decision_id, rows, result, change.entries,
-                _performance(record.task_type, rows, outcome, now))
+                _performance(record.task_type, rows, quality, now))
         except StorageError:
             await self._ledger.revert(change)
             raise
@@ -132,12 +175,14 @@ class OutcomeService:
                               duplicate=True, budgets=self._budgets(record, labels, catalog, now),
                               decision=record)
         log_alerts(change.alerts, self.alert_hook)
-        self._learner.observe(record.task_type, labels, [c.attempt for c in checked],
-                              outcome.success, outcome.quality, now)
-        stored = await self._store_value(record, outcome, actual)
+        attempts = [c.attempt for c in checked]
+        if learn:
+            self._learner.observe(record.task_type, labels, attempts, success, quality, now)
+        else:
+            self._learner.observe_attempts(labels, attempts, now)
         return OutcomeAck(record.decision_id, actual, duplicate=False,
                           budgets=self._budgets(record, labels, catalog, now), decision=record,
-                          attempts=tuple(rows), cache_stored=stored)
+                          attempts=tuple(rows))
 
     async def _store_value(self, record: DecisionRecord, outcome: domain.Outcome,
                            cost_micros: int) -> bool:
@@ -150,6 +195,34 @@ class OutcomeService:
         return await self.cache.store_outcome(record.decision_id, outcome.cache_value,
                                               cost_micros, model, provider)
 
+    async def grade(self, record: DecisionRecord, recorded: OutcomeRecord, quality: float
+                    ) -> OutcomeAck:
+        """Grade a recorded decision's answer once; it teaches learned quality of its model."""
+        labels: dict[str, str] = json.loads(record.labels_json)
+        catalog = self._catalog()
+        now = self._clock.now()
+        budgets = self._budgets(record, labels, catalog, now)
+        duplicate = OutcomeAck(record.decision_id, recorded.actual_cost_micros, duplicate=True,
+                               budgets=budgets, decision=record)
+        if recorded.quality is not None:
+            return duplicate  # the outcome itself carried a grade
+        answered = [a for a in await self._audit.get_attempts(record.decision_id)
+                    if a.status is domain.AttemptStatus.SUCCESS]
+        if not answered:
+            raise FailedPrecondition(
+                f"quality: decision {record.decision_id!r} produced no answer to grade")
+        model = answered[-1].model
+        window = now - now % HOUR_S
+        perf = PerformanceRecord(record.task_type, model, window, quality_sum=quality,
+                                 quality_count=1)
+        fresh = await self._audit.record_grade(
+            GradeRecord(record.decision_id, model, quality, now), (perf,))
+        if not fresh:
+            return duplicate
+        self._learner.grade(record.task_type, model, recorded.success, quality)
+        return OutcomeAck(record.decision_id, recorded.actual_cost_micros, duplicate=False,
+                          budgets=budgets, decision=record)
+
     def _budgets(self, record: DecisionRecord, labels: dict[str, str], catalog: Catalog,
                  now: float) -> tuple[domain.BudgetStatus, ...]:
         model = catalog.models.get(record.chosen_model or "")
@@ -157,4 +230,3 @@ class OutcomeService:
             return ()
         return tuple(self._ledger.statuses_for(labels, model, record.policy, record.task_id,
                                                now))
-

@@ -156,9 +156,20 @@ CREATE TABLE IF NOT EXISTS model_pauses (
 CREATE INDEX IF NOT EXISTS outcomes_by_time ON decision_outcomes (reported_at);
 """
 
+# Later grades of recorded decisions (execute mode: ReportOutcome with only a quality), at
+# most one per decision; the graded quality is also copied into decision_outcomes.quality.
+_V5 = """
+CREATE TABLE IF NOT EXISTS decision_grades (
+    decision_id           TEXT PRIMARY KEY,
+    model                 TEXT NOT NULL,
+    quality               REAL NOT NULL,
+    graded_at             REAL NOT NULL
+) STRICT;
+"""
+
 # The response cache: entries (least-recently-used by last_used_at), decision-mode stores
 # waiting for their outcome, and hourly lookup counts per (namespace, policy, project).
-_V5 = """
+_V6 = """
 CREATE TABLE IF NOT EXISTS cache_entries (
     key                   TEXT PRIMARY KEY,
     namespace             TEXT NOT NULL,
@@ -205,7 +216,7 @@ CREATE TABLE IF NOT EXISTS cache_usage (
 ) STRICT;
 """
 
-MIGRATIONS: tuple[str | AddColumn, ...] = (_V1, _V2, _V3, _V4, _V5)
+MIGRATIONS: tuple[str | AddColumn, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

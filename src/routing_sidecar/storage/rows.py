@@ -15,6 +15,7 @@ from routing_sidecar.domain import BudgetPeriod, DecisionStatus, Objective, Reas
 from routing_sidecar.ports import (
     AttemptRecord,
     DecisionRecord,
+    GradeRecord,
     LedgerTotal,
     ModelLabelCell,
     ModelTaskCell,
@@ -37,6 +38,7 @@ SELECTION_COLUMNS = columns(AttemptRecord)
 OUTCOME_COLUMNS = columns(OutcomeRecord)
 LEDGER_COLUMNS = columns(LedgerEntry)
 PERFORMANCE_COLUMNS = columns(PerformanceRecord)
+GRADE_COLUMNS = columns(GradeRecord)
 PERFORMANCE_KEY = ("task_type", "model", "window_start")
 
 

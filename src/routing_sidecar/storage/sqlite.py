@@ -27,6 +27,7 @@ from routing_sidecar.ports import (
     Clock,
     DecisionRecord,
     FallbackCell,
+    GradeRecord,
     LedgerTotal,
     OutcomeRecord,
     PauseRecord,
@@ -38,6 +39,7 @@ from routing_sidecar.storage import queries
 from routing_sidecar.storage.migrations import migrate
 from routing_sidecar.storage.rows import (
     DECISION_COLUMNS,
+    GRADE_COLUMNS,
     LEDGER_COLUMNS,
     OUTCOME_COLUMNS,
     PERFORMANCE_COLUMNS,
@@ -72,6 +74,8 @@ INSERT_LEDGER = insert("budget_ledger", LEDGER_COLUMNS, qmarks)
 INSERT_CONFIG = insert("routing_policies", ("config_hash", "config_json", "loaded_at"), qmarks,
                        " ON CONFLICT (config_hash) DO NOTHING")
 UPSERT_PERFORMANCE = upsert_performance(qmarks)
+INSERT_GRADE = insert("decision_grades", GRADE_COLUMNS, qmarks)
+COPY_GRADE = "UPDATE decision_outcomes SET quality = ? WHERE decision_id = ? AND quality IS NULL"
 UPSERT_LEARNED = (
     "INSERT INTO learned_state (book, state_json, updated_at) VALUES (?, ?, ?) "
     "ON CONFLICT (book) DO UPDATE SET state_json = excluded.state_json, "
@@ -235,6 +239,18 @@ class SqliteStore:
             Job(writes, once=Once("decision_outcomes", "decision_id", decision_id))
         )
 
+    async def record_grade(self, grade: GradeRecord,
+                           performance: Sequence[PerformanceRecord] = ()) -> bool:
+        """Persist a grade once; False (nothing written) when the decision is graded already."""
+        writes = (
+            Write(INSERT_GRADE, params(grade, GRADE_COLUMNS)),
+            Write(COPY_GRADE, (grade.quality, grade.decision_id)),
+            *(Write(UPSERT_PERFORMANCE, params(p, PERFORMANCE_COLUMNS)) for p in performance),
+        )
+        return await self.writer.submit(
+            Job(writes, once=Once("decision_grades", "decision_id", grade.decision_id))
+        )
+
     async def save_learned(self, book: str, state_json: str, at: float) -> None:
         """Replace the snapshot of one learned book (health, quality)."""
         await self.writer.submit(Job((Write(UPSERT_LEARNED, (book, state_json, at)),)))
@@ -292,6 +308,13 @@ class SqliteStore:
             f"SELECT {', '.join(OUTCOME_COLUMNS)} FROM decision_outcomes WHERE decision_id = ?",
             (decision_id,))
         return outcome_from_row(rows[0]) if rows else None
+
+    async def get_attempts(self, decision_id: str) -> list[AttemptRecord]:
+        """The attempts recorded for a decision, in attempt order."""
+        rows = await self._rows(
+            f"SELECT {', '.join(SELECTION_COLUMNS)} FROM model_selections "
+            "WHERE decision_id = ? ORDER BY attempt_index", (decision_id,))
+        return [queries.attempt_from_row(r) for r in rows]
 
     async def load_ledger_entries(self) -> list[LedgerEntry]:
         """Every persisted ledger row, in the order written."""
@@ -360,7 +383,8 @@ def _prune_decisions(conn: sqlite3.Connection, *, cutoff: float, limit: int) -> 
         "SELECT decision_id FROM model_routing_decisions WHERE decided_at < ? "
         "ORDER BY decided_at LIMIT ?", (cutoff, limit)).fetchall()
     keys = [(r[0],) for r in rows]
-    for table in ("model_selections", "decision_outcomes", "model_routing_decisions"):
+    for table in ("model_selections", "decision_outcomes", "decision_grades",
+                  "model_routing_decisions"):
         conn.executemany(f"DELETE FROM {table} WHERE decision_id = ?", keys)
     return len(keys)
 

@@ -142,7 +142,18 @@ CREATE TABLE model_pauses (
 CREATE INDEX outcomes_by_time ON decision_outcomes (reported_at);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+# Later grades of recorded decisions (execute mode: ReportOutcome with only a quality), at
+# most one per decision; the graded quality is also copied into decision_outcomes.quality.
+_V5 = """
+CREATE TABLE decision_grades (
+    decision_id           TEXT PRIMARY KEY,
+    model                 TEXT NOT NULL,
+    quality               DOUBLE PRECISION NOT NULL,
+    graded_at             DOUBLE PRECISION NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _VERSIONS_TABLE = """

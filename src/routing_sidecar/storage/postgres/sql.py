@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from routing_sidecar.storage.rows import (
     DECISION_COLUMNS,
+    GRADE_COLUMNS,
     LEDGER_COLUMNS,
     OUTCOME_COLUMNS,
     PERFORMANCE_KEY,
@@ -25,6 +26,8 @@ INSERT_LEDGER = insert("budget_ledger", LEDGER_COLUMNS, dollars)
 INSERT_CONFIG = insert("routing_policies", ("config_hash", "config_json", "loaded_at"), dollars,
                        " ON CONFLICT (config_hash) DO NOTHING")
 UPSERT_PERFORMANCE = upsert_performance(dollars)
+INSERT_GRADE = insert("decision_grades", GRADE_COLUMNS, dollars)
+COPY_GRADE = "UPDATE decision_outcomes SET quality = $1 WHERE decision_id = $2 AND quality IS NULL"
 UPSERT_LEARNED = (
     "INSERT INTO learned_state (book, state_json, updated_at) VALUES ($1, $2, $3) "
     "ON CONFLICT (book) DO UPDATE SET state_json = excluded.state_json, "
@@ -36,6 +39,7 @@ UPSERT_LEARNED = (
 # two batches touching the same keys wait for each other instead of deadlocking.
 KEYED: dict[str, int] = {
     INSERT_OUTCOME: 1,
+    INSERT_GRADE: 1,
     INSERT_CONFIG: 1,
     UPSERT_LEARNED: 1,
     UPSERT_PERFORMANCE: len(PERFORMANCE_KEY),
@@ -51,6 +55,8 @@ GET_DECISION = (f"SELECT {', '.join(DECISION_COLUMNS)} FROM model_routing_decisi
                 "WHERE decision_id = $1")
 GET_OUTCOME = (f"SELECT {', '.join(OUTCOME_COLUMNS)} FROM decision_outcomes "
                "WHERE decision_id = $1")
+GET_ATTEMPTS = (f"SELECT {', '.join(SELECTION_COLUMNS)} FROM model_selections "
+                "WHERE decision_id = $1 ORDER BY attempt_index")
 LOAD_LEARNED = "SELECT state_json FROM learned_state WHERE book = $1"
 LOAD_LEDGER = f"SELECT {', '.join(LEDGER_COLUMNS)} FROM budget_ledger ORDER BY id"
 LEDGER_TOTALS = """
@@ -69,6 +75,8 @@ WITH doomed AS (
     DELETE FROM model_selections WHERE decision_id IN (SELECT decision_id FROM doomed)
 ), outcomes AS (
     DELETE FROM decision_outcomes WHERE decision_id IN (SELECT decision_id FROM doomed)
+), grades AS (
+    DELETE FROM decision_grades WHERE decision_id IN (SELECT decision_id FROM doomed)
 )
 DELETE FROM model_routing_decisions WHERE decision_id IN (SELECT decision_id FROM doomed)
 """

@@ -25,6 +25,7 @@ from routing_sidecar.ports import (
     Clock,
     DecisionRecord,
     FallbackCell,
+    GradeRecord,
     LedgerTotal,
     OutcomeRecord,
     PauseRecord,
@@ -40,6 +41,7 @@ from routing_sidecar.storage.postgres.migrations import migrate
 from routing_sidecar.storage.postgres.writer import LOST, PgWriter
 from routing_sidecar.storage.rows import (
     DECISION_COLUMNS,
+    GRADE_COLUMNS,
     LEDGER_COLUMNS,
     OUTCOME_COLUMNS,
     PERFORMANCE_COLUMNS,
@@ -168,6 +170,19 @@ class PostgresStore:
             Job(writes, once=Once("decision_outcomes", "decision_id", decision_id))
         )
 
+    async def record_grade(self, grade: GradeRecord,
+                           performance: Sequence[PerformanceRecord] = ()) -> bool:
+        """Persist a grade once; False (nothing written) when the decision is graded already."""
+        writes = (
+            Write(sql.INSERT_GRADE, params(grade, GRADE_COLUMNS)),
+            Write(sql.COPY_GRADE, (grade.quality, grade.decision_id)),
+            *(Write(sql.UPSERT_PERFORMANCE, params(p, PERFORMANCE_COLUMNS))
+              for p in performance),
+        )
+        return await self.writer.submit(
+            Job(writes, once=Once("decision_grades", "decision_id", grade.decision_id))
+        )
+
     async def save_learned(self, book: str, state_json: str, at: float) -> None:
         """Replace the snapshot of one learned book (health, quality)."""
         await self.writer.submit(Job((Write(sql.UPSERT_LEARNED, (book, state_json, at)),)))
@@ -237,6 +252,11 @@ class PostgresStore:
         """The outcome recorded for a decision, or None."""
         rows = await self._rows(sql.GET_OUTCOME, decision_id)
         return outcome_from_row(rows[0]) if rows else None
+
+    async def get_attempts(self, decision_id: str) -> list[AttemptRecord]:
+        """The attempts recorded for a decision, in attempt order."""
+        return [queries.attempt_from_row(r) for r in await self._rows(sql.GET_ATTEMPTS,
+                                                                      decision_id)]
 
     async def load_ledger_entries(self) -> list[LedgerEntry]:
         """Every persisted ledger row, in the order written."""
