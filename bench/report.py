@@ -11,8 +11,6 @@ from pathlib import Path
 import grpc
 from google import protobuf
 
-from bench import cache as cache_bench
-from bench.cache import CacheBench
 from bench.core import CoreResult
 from bench.rpc import Summary, ratios
 from bench.startup import StartupResult
@@ -38,7 +36,6 @@ class Results:
     startup: list[StartupResult] = field(default_factory=list)
     store_files: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
-    cache: CacheBench | None = None  # bench/cache.py
 
 
 def _first(path: str, key: str) -> str:
@@ -210,7 +207,6 @@ def console(res: Results) -> str:
         text_table(START_HEAD, startup_rows(res)),
         "SQLite store after the load: " + _stores(res),
         "Targets (not assertions)\n" + "\n".join(f"  {v}" for v in verdicts(res)),
-        *([cache_bench.markdown(res.cache)] if res.cache else []),
         f"total {res.duration_s:.0f} s",
     ])
 
@@ -299,7 +295,6 @@ ratios and orders of magnitude, not absolute figures across machines).
 
 SQLite store after the load: {_stores(res)}.
 
-{cache_bench.markdown(res.cache) if res.cache else ""}
 ## Method
 
 {_method(res)}"""

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import grpc
 
-from bench import execute, report
-from bench.cache import run_cache_bench
+from bench import cache, execute, report
 from bench.core import run_core
 from bench.procs import REPO, memory_kib
 from bench.rpc import Target, measure
@@ -44,15 +43,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
     p.add_argument("--no-execute", action="store_true",
                    help="skip the execute-mode phase (bench/execute.py)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="skip the response cache phase (bench/cache.py)")
     args = p.parse_args(argv)
     args.requests = args.requests or (250 if args.quick else 750)
     args.rounds = args.rounds or (2 if args.quick else 6)
     args.core_calls = args.core_calls or (5_000 if args.quick else 20_000)
     args.warmup = 100 if args.quick else 200
     args.startup_repeats = 3
-    # The cache workload is the (1,000 requests over 300 keys) even in a quick run.
-    args.cache_requests, args.cache_prompts = 1000, 300
-    args.cache_latency_calls = 200 if args.quick else 500
     return args
 
 
@@ -117,10 +115,6 @@ def run(args: argparse.Namespace, res: report.Results, work: Path, store_dir: Pa
     print(f"core decide(): {args.core_calls} calls ...", flush=True)
     res.core = run_core(args.core_calls, args.core_calls // 10)
     rpc_phase(args, res, variants, work, store_dir)
-    print(f"response cache: {args.cache_requests} Routes over {args.cache_prompts} keys, then "
-          f"{args.cache_latency_calls} hit / Route pairs ...", flush=True)
-    res.cache = run_cache_bench(work, store_dir, args.cache_requests, args.cache_prompts,
-                                args.cache_latency_calls)
     print(f"cold start: {args.startup_repeats} runs per server ...", flush=True)
     res.startup = [sidecar_cold_start(v, work, store_dir, args.startup_repeats)
                    for v in variants[:1]]
@@ -166,6 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(execute.console(executed))
         page = execute.splice(page, execute.markdown(executed))
+    if not args.no_cache:  # the response cache: hit rate on a Zipf workload, a hit's cost
+        cached = cache.run(args.quick, res.command)
+        print()
+        print(cache.console(cached))
+        page = cache.splice(page, cache.markdown(cached))
     if not args.no_write:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(page)

@@ -379,6 +379,8 @@ class Decision:
     budgets: tuple[BudgetStatus, ...] = ()
     # CACHE_HIT: the stored answer, and (in it) the decision that produced it.
     cached: CacheEntry | None = None
+    # The request was looked up in the response cache (a hit, or a miss decided as usual).
+    cache_lookup: bool = False
 
     @property
     def status(self) -> DecisionStatus:

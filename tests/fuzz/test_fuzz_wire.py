@@ -24,6 +24,8 @@ UNARY = ["Route", "ReportOutcome", "GetBudgetStatus", "GetRoutingStats", "GetCac
 DECODE = {"Route": pb.Decision, "ReportOutcome": pb.OutcomeAck,
           "GetBudgetStatus": pb.BudgetStatusList, "GetRoutingStats": pb.RoutingStats,
           "GetCacheStats": pb.CacheStats, "PurgeCache": pb.PurgeCacheResult}
+
+
 def call_raw(live: LiveSidecar, method: str, body: bytes) -> tuple[grpc.StatusCode, Any]:
     """One unary call with a raw body; the status and the decoded answer (None if refused)."""
     call = live.channel.unary_unary(f"{ROUTER}/{method}",

@@ -9,11 +9,11 @@ import pytest
 
 from routing_sidecar.calls import CallParams, ChatMessage, Role
 from routing_sidecar.domain import Requirements, Task
+from routing_sidecar.service.cache import Flights
 from routing_sidecar.service.cache_execute import (
     NO_OPTIONS,
     Answer,
     CacheOptions,
-    Flights,
     answer_entry,
     completion_key,
     eligible,

@@ -298,7 +298,8 @@ class Observer:
             span = trace.get_current_span()
             if span.is_recording():
                 describe_decision(span, task, decision)
-                if cache_result is None and (task.cache_key or decision.cached):
+                if cache_result is None and (task.cache_key or decision.cached
+                                             or decision.cache_lookup):
                     cache_result = "hit" if decision.cached else "miss"
                 if cache_result is not None:
                     span.set_attribute(CACHE_RESULT, cache_result)

@@ -83,6 +83,29 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+class Flights:
+    """One request per key in flight: the others wait for it to land, then look again."""
+
+    def __init__(self) -> None:
+        self._flying: dict[str, asyncio.Event] = {}
+
+    def __len__(self) -> int:
+        return len(self._flying)
+
+    def board(self, key: str) -> asyncio.Event | None:
+        """None: the caller leads (and must `land`); else the event the leader sets."""
+        event = self._flying.get(key)
+        if event is None:
+            self._flying[key] = asyncio.Event()
+        return event
+
+    def land(self, key: str) -> None:
+        """The leader is done (answer stored or not): wake everyone waiting on the key."""
+        event = self._flying.pop(key, None)
+        if event is not None:
+            event.set()
+
+
 class CacheService:
     """Looks requests up, stores answers, counts, reports, and sweeps in the background."""
 
@@ -98,11 +121,16 @@ class CacheService:
         self._touched: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._puts = 0
+        self.flights = Flights()  # execute mode: one provider call per key at a time
 
     @property
     def settings(self) -> CacheSettings:
         """The cache settings in force (they follow config reloads)."""
         return self._settings()
+
+    def now(self) -> float:
+        """The cache's clock: entries are stamped and expire by it."""
+        return self._clock.now()
 
     # -- keys and lookups ------------------------------------------------------------------
 
@@ -114,8 +142,12 @@ class CacheService:
         return decision_key(partition_of(task.labels, s.partition_labels), "", policy,
                             task.cache_key)
 
-    async def lookup(self, key: CacheKey, project: str) -> domain.CacheEntry | None:
-        """The live entry under a key, or None; counted as a hit or a miss."""
+    async def lookup(self, key: CacheKey, project: str,
+                     count: bool = True) -> domain.CacheEntry | None:
+        """The live entry under a key, or None; counted as a hit or a miss.
+
+        With `count` False the caller counts the request's final result (`count_lookup`).
+        """
         now = self._clock.now()
         try:
             entry = await self._cache.get(key.digest, now)
@@ -125,13 +157,17 @@ class CacheService:
             entry = None
         if entry is not None:
             self._touched[key.digest] = now
-        self._count(key.namespace, key.policy, project, 0 if entry is None else 1,
-                    misses=int(entry is None),
-                    saved=entry.cost_micros if entry is not None else 0)
-        if self.on_lookup is not None:
-            self.on_lookup(key.policy, project, entry is not None,
-                           entry.cost_micros if entry is not None else 0)
+        if count:
+            self.count_lookup(key, project, entry)
         return entry
+
+    def count_lookup(self, key: CacheKey, project: str, entry: domain.CacheEntry | None) -> None:
+        """Count one request's lookup: a hit (saving the entry's cost) or a miss."""
+        saved = entry.cost_micros if entry is not None else 0
+        self._count(key.namespace, key.policy, project, int(entry is not None),
+                    misses=int(entry is None), saved=saved)
+        if self.on_lookup is not None:
+            self.on_lookup(key.policy, project, entry is not None, saved)
 
     # -- stores ----------------------------------------------------------------------------
 

@@ -76,10 +76,14 @@ class SqliteCache:
     """`Cache` over the tables of migration 4, sharing the store's writer."""
 
     def __init__(self, read: aiosqlite.Connection, writer: GroupWriter,
-                 owned: SqliteStore | None = None) -> None:
+                 owned: SqliteStore | None = None,
+                 lookups: sqlite3.Connection | None = None) -> None:
         self._read = read
         self._writer = writer
         self._owned = owned
+        # Lookups by key read on the event loop: one primary-key read in WAL mode (readers
+        # never wait for the writer) costs less than aiosqlite's hop to its thread and back.
+        self._lookups = lookups
         self._closed = False
 
     @classmethod
@@ -90,15 +94,19 @@ class SqliteCache:
             read = await aiosqlite.connect(store.path, isolation_level=None)
             await read.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             await read.execute("PRAGMA query_only = ON")
+            lookups = sqlite3.connect(store.path, isolation_level=None)
+            lookups.execute("PRAGMA query_only = ON")
         except sqlite3.Error as exc:
             raise StorageError(f"{store.path}: cannot open the cache: {exc}") from exc
-        return cls(read, store.writer, store if owns_store else None)
+        return cls(read, store.writer, store if owns_store else None, lookups)
 
     async def close(self) -> None:
         """Close the read connection (and a store of its own); idempotent."""
         if not self._closed:
             self._closed = True
             await self._read.close()
+            if self._lookups is not None:
+                self._lookups.close()
             if self._owned is not None:
                 await self._owned.close()
 
@@ -112,8 +120,14 @@ class SqliteCache:
 
     async def get(self, key: str, now: float) -> CacheEntry | None:
         """The live entry under a key, or None."""
-        rows = await self._rows(_GET, (key, now))
-        return _entry(rows[0]) if rows else None
+        if self._lookups is None:
+            rows = await self._rows(_GET, (key, now))
+            return _entry(rows[0]) if rows else None
+        try:
+            row = self._lookups.execute(_GET, (key, now)).fetchone()
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: the connection is closed
+            raise StorageError(f"cache read failed: {exc}") from exc
+        return _entry(row) if row is not None else None
 
     async def put(self, entry: CacheEntry) -> None:
         """Store or replace an entry; return once committed."""
