@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 
-from bench import execute, report
+from bench import cache, execute, report
 from bench.core import run_core
 from bench.procs import REPO, memory_kib
 from bench.rpc import Target, measure
@@ -43,6 +43,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
     p.add_argument("--no-execute", action="store_true",
                    help="skip the execute-mode phase (bench/execute.py)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="skip the response cache phase (bench/cache.py)")
     args = p.parse_args(argv)
     args.requests = args.requests or (250 if args.quick else 750)
     args.rounds = args.rounds or (2 if args.quick else 6)
@@ -158,6 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(execute.console(executed))
         page = execute.splice(page, execute.markdown(executed))
+    if not args.no_cache:  # the response cache: hit rate on a Zipf workload, a hit's cost
+        cached = cache.run(args.quick, res.command)
+        print()
+        print(cache.console(cached))
+        page = cache.splice(page, cache.markdown(cached))
     if not args.no_write:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(page)

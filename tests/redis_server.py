@@ -27,6 +27,7 @@ class RedisServer:
     port: int = 0
     appendonly: bool = False
     proc: subprocess.Popen[bytes] | None = None
+    password: str | None = None  # --requirepass: clients must AUTH
 
     @property
     def url(self) -> str:
@@ -41,6 +42,8 @@ class RedisServer:
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                 "--appendfsync", "always", "--logfile", str(self.dir / "redis.log")]
+        if self.password is not None:
+            args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -49,7 +52,8 @@ class RedisServer:
             with contextlib.suppress(OSError), socket.create_connection(
                     ("127.0.0.1", self.port), timeout=0.2) as conn:
                 conn.sendall(b"PING\r\n")
-                if conn.recv(16).startswith(b"+PONG"):
+                # With a password the answer is -NOAUTH: the server is up all the same.
+                if conn.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                     return self
             time.sleep(0.02)
         raise RuntimeError("redis-server did not answer PING in time")

@@ -31,10 +31,11 @@ from routing_sidecar.grpc_api.server import SidecarServer
 from routing_sidecar.grpc_api.servicer import RouterServicer
 from routing_sidecar.http_api.backend import Backend, Settings
 from routing_sidecar.http_api.server import AdminServer
-from routing_sidecar.ports import BudgetBook, Clock, SystemClock
+from routing_sidecar.ports import BudgetBook, Cache, Clock, SystemClock
 from routing_sidecar.providers.registry import ProviderRegistry
 from routing_sidecar.service.admin import Operator, PolicyEditor
 from routing_sidecar.service.budgets import LocalBudgets
+from routing_sidecar.service.cache import CacheService
 from routing_sidecar.service.complete import CompleteService, Execution
 from routing_sidecar.service.fleet_budgets import FleetBudgets
 from routing_sidecar.service.fleet_sync import FleetSync
@@ -44,9 +45,10 @@ from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService, RoutingState, new_decision_id
 from routing_sidecar.service.upkeep import Upkeep
 from routing_sidecar.settings import RouterSettings
-from routing_sidecar.storage import Store, open_store
+from routing_sidecar.storage import SqliteStore, Store, open_store
 from routing_sidecar.storage.outbox import Outbox
 from routing_sidecar.storage.redis import Fleet, open_fleet
+from routing_sidecar.storage.sqlite_cache import SqliteCache
 from routing_sidecar.workers import worker_admin, worker_outbox
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,9 @@ class Sidecar:
             admin_listen = worker_admin(admin, worker)
             cfg = cfg.model_copy(update={"fleet": cfg.fleet.model_copy(
                 update={"outbox_path": worker_outbox(cfg.fleet.outbox_path, worker)})})
+            # A local cache file (backend sqlite beside PostgreSQL) is one per worker too.
+            cfg = cfg.model_copy(update={"cache": cfg.cache.model_copy(
+                update={"path": worker_outbox(cfg.cache.path, worker)})})
         self.worker = worker
         self.cfg = cfg
         self.config_path = config_path
@@ -83,6 +88,8 @@ class Sidecar:
         self.server: SidecarServer | None = None
         self.complete: CompleteService | None = None
         self._upkeep_task: asyncio.Task[None] | None = None
+        self._cache_task: asyncio.Task[None] | None = None
+        self.cache: CacheService | None = None
         # Fleet mode (fleet.redis_url): the shared books, the outbox and the sync loop.
         self.sidecar_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.fleet: Fleet | None = None
@@ -139,6 +146,11 @@ class Sidecar:
         )
         self.observer.set_provider_health(self._provider_health)
         self.routing.alert_hook = self.outcomes.alert_hook = self.observer.budget_alert
+        self.cache = CacheService(await self._open_cache(store), self.clock,
+                                  lambda: self.routing.state.settings.cache, cfg.cache.backend)
+        self.cache.on_lookup = self.observer.cache_lookup
+        self.routing.cache = self.outcomes.cache = self.cache
+        self._cache_task = asyncio.create_task(self.cache.run(), name="cache-sweeper")
         limits.on_refused = self.observer.label_refused
         await self._join_fleet(learner, ledger)
         # Execute mode: one client per `providers` entry, keys read now (rebuilt on reload).
@@ -186,6 +198,29 @@ class Sidecar:
             refresh=self.fleet.ledger.refresh)
         await self.fleet_sync.start()
 
+    async def _open_cache(self, store: Store) -> Cache:
+        """The response cache's back end: tables in the SQLite store's file, or the fleet's Redis.
+
+        With the audit trail in PostgreSQL, backend sqlite keeps the cache in a local file of
+        its own, `cache.path`.
+        """
+        cfg = self.cfg.cache
+        if cfg.backend == "redis":
+            assert self.fleet is not None, "the config check requires fleet mode for redis"
+            # Imported here: only this back end needs it (redis-py is already loaded for the
+            # fleet by now).
+            from routing_sidecar.storage.redis.cache import RedisCache  # noqa: PLC0415
+
+            return RedisCache(self.fleet.client, self.cfg.fleet.key_prefix)
+        if isinstance(store, SqliteStore):
+            return await SqliteCache.open(store)
+        local = await SqliteStore.open(cfg.path, retention_days=1, clock=self.clock)
+        try:
+            return await SqliteCache.open(local, owns_store=True)
+        except BaseException:
+            await local.close()
+            raise
+
     def _provider_health(self) -> list[ProviderHealth]:
         """Detection and breaker state of every catalog provider, for the provider gauges."""
         now = self.clock.now()
@@ -210,10 +245,13 @@ class Sidecar:
             await self.server.stop(self.cfg.server.grace_period_s)
         if self.complete is not None:  # settles cancelled walks before the store closes
             await self.complete.aclose()
-        if self._upkeep_task is not None:
-            self._upkeep_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._upkeep_task
+        for task in (self._upkeep_task, self._cache_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.cache is not None:  # before the store (its counts go through it) and the fleet
+            await self.cache.close()
         if self.fleet_sync is not None:
             await self.fleet_sync.stop()
         if self.fleet is not None:

@@ -1,4 +1,4 @@
-"""`routing-sidecar serve|validate|route|complete|budgets|report|health|fake-provider`."""
+"""The routing-sidecar command: serve, validate, route, complete, budgets, report, cache, ..."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 import uuid
+from typing import Any
 
 import grpc
 
@@ -77,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--hours", type=int, default=24)
     rep.add_argument("--label-key", action="append", default=[], help="break down by label")
     rep.add_argument("--json", action="store_true")
+    _cache_parser(sub)
     h = sub.add_parser("health", help="check a sidecar through the gRPC health protocol: "
                        "prints one line, exits 0 when SERVING, 1 otherwise")
     h.add_argument("--target", default=DEFAULT_TARGET, help="HOST:PORT or unix:///path.sock")
@@ -212,6 +214,30 @@ def _route(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_parser(sub: Any) -> None:
+    c = sub.add_parser("cache", help="the response cache: stats, or purge entries")
+    cache_sub = c.add_subparsers(dest="cache_command", required=True)
+    cs = cache_sub.add_parser("stats", help="entries, bytes, hits, misses and savings")
+    cp = cache_sub.add_parser("purge", help="delete the entries of a namespace and/or project")
+    for cmd in (cs, cp):
+        cmd.add_argument("--target", default=DEFAULT_TARGET)
+        cmd.add_argument("--namespace", help='only this namespace ("" is the default one)')
+        cmd.add_argument("--project", help="only entries of this project")
+        cmd.add_argument("--json", action="store_true")
+    cs.add_argument("--hours", type=int, default=24, help="window of the hit counts")
+    cp.add_argument("--all", action="store_true", help="purge every entry")
+
+
+def _cache(args: argparse.Namespace) -> int:
+    if args.cache_command == "stats":
+        stats = client.cache_stats(args.target, args.namespace, args.project, args.hours)
+        print(client.to_json(stats) if args.json else client.render_cache_stats(stats))
+        return 0
+    result = client.purge_cache(args.target, args.namespace, args.project, args.all)
+    print(client.to_json(result) if args.json else f"purged {result.deleted} entries")
+    return 0
+
+
 def _supervise(args: argparse.Namespace) -> int:
     from routing_sidecar.config import load_config  # noqa: PLC0415
 
@@ -248,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             msg = client.budgets(args.target, args.scope)
             print(client.to_json(msg) if args.json else client.render_budgets(msg))
             return 0
+        if args.command == "cache":
+            return _cache(args)
         if args.command == "report":
             rep = client.stats(args.target, args.hours, args.label_key)
             print(client.to_json(rep) if args.json else client.render_stats(rep))

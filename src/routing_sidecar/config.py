@@ -30,6 +30,7 @@ from routing_sidecar.errors import ConfigError
 from routing_sidecar.settings import (
     SCOPE_LABELS,
     BreakerSettings,
+    CacheSettings,
     DemotionSettings,
     DetectionSettings,
     ExplorationSettings,
@@ -528,6 +529,54 @@ class OutcomesConfig(_Strict):
                              usd_to_micros(self.cost_slack_usd), self.clock_skew_s)
 
 
+class CacheConfig(_Strict):
+    """The response cache (README: Response cache).
+
+    `backend: sqlite` keeps entries in the store's file (in `path` when the store is
+    PostgreSQL); `backend: redis` shares them between the sidecars of a fleet, on the fleet's
+    Redis (`fleet.redis_url`, under `fleet.key_prefix`).
+    """
+
+    enabled: bool = True
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    ttl_s: Annotated[float, Field(gt=0, le=366 * 86_400, allow_inf_nan=False)] = 86_400.0
+    max_entries: Annotated[int, Field(ge=1, le=100_000_000)] = 100_000
+    max_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024 * 1024
+    max_value_bytes: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = 256 * 1024
+    partition_labels: list[str] = ["project"]
+    deterministic_only: bool = True
+    sweep_interval_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 10.0
+    # The cache's own SQLite file, used only when the audit trail is in PostgreSQL (store.url).
+    path: Annotated[str, Field(min_length=1)] = "var/cache.db"
+
+    @field_validator("partition_labels")
+    @classmethod
+    def _label_names(cls, v: list[str]) -> list[str]:
+        for i, name in enumerate(v):
+            if not LABEL_KEY_RE.fullmatch(name):
+                raise ValueError(f"[{i}]: {name!r} is not a label key")
+        if len(set(v)) != len(v):
+            raise ValueError("a label is listed twice")
+        return v
+
+    def settings(self) -> CacheSettings:
+        """These settings as the services' CacheSettings."""
+        return CacheSettings(
+            self.enabled, self.ttl_s, self.max_entries, self.max_bytes, self.max_value_bytes,
+            tuple(self.partition_labels), self.deterministic_only, self.sweep_interval_s,
+        )
+
+
+def _check_cache(cfg: RouterConfig) -> Iterator[str]:
+    c = cfg.cache
+    if c.max_value_bytes > c.max_bytes:
+        yield (f"cache.max_value_bytes: {c.max_value_bytes} is above max_bytes {c.max_bytes}, "
+               "so such an entry could never be kept")
+    if c.backend == "redis" and not cfg.fleet.enabled:
+        yield ("cache.backend: redis shares the fleet's Redis; set fleet.redis_url or "
+               "fleet.redis_url_env")
+
+
 class LimitsConfig(_Strict):
     """Caps on distinct label values (budget scopes, health lanes, metric series) and scope case.
 
@@ -587,6 +636,7 @@ class RouterConfig(_Strict):
     outcomes: OutcomesConfig = OutcomesConfig()
     fleet: FleetConfig = FleetConfig()
     providers: dict[str, ProviderConfig] = {}  # execute mode: how to reach each provider
+    cache: CacheConfig = CacheConfig()
 
     @field_validator("budgets")
     @classmethod
@@ -719,6 +769,7 @@ def to_settings(cfg: RouterConfig) -> RouterSettings:
         ledger=LedgerSettings(cfg.ledger.reservation_ttl_s, cfg.ledger.timezone),
         critical_lanes=frozenset(cfg.critical_lanes),
         outcomes=cfg.outcomes.limits(),
+        cache=cfg.cache.settings(),
         limits=cfg.limits.settings(),
     )
 
@@ -731,6 +782,7 @@ RESTART_ONLY: Mapping[str, Callable[[RouterConfig], object]] = MappingProxyType(
     "admin": lambda c: (c.admin_listen(), c.admin),
     "ledger.timezone": lambda c: c.ledger.timezone,
     "fleet": lambda c: c.fleet,
+    "cache.backend": lambda c: (c.cache.backend, c.cache.path),
 })
 
 
@@ -764,6 +816,7 @@ def _cross_check(cfg: RouterConfig) -> Iterator[str]:
     yield from _check_budgets(cfg, providers)
     yield from _check_providers(cfg)
     yield from _check_admin(cfg)
+    yield from _check_cache(cfg)
     breaker = cfg.health.breaker
     if breaker.cooldown_s > breaker.max_cooldown_s:
         yield (f"health.breaker.cooldown_s: {breaker.cooldown_s:g} is above max_cooldown_s "

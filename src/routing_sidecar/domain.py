@@ -337,6 +337,37 @@ class Selection:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """One stored answer of the response cache, and what producing it cost.
+
+    Decision mode: `value` is the orchestrator's opaque result. Execute mode: `value` is the
+    answer's text (UTF-8) and `chunks` the length, in characters, of each text delta it
+    streamed in, so that a hit replays it in the same pieces.
+    """
+
+    key: str  # the digest (core/cache_key.py)
+    namespace: str
+    project: str
+    policy: str
+    value: bytes
+    source_decision_id: str  # the decision whose answer this is
+    model: str
+    provider: str
+    cost_micros: int  # what the answer cost: what each hit saves
+    created_at: float
+    expires_at: float
+    chunks: tuple[int, ...] = ()
+    finish_reason: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def size_bytes(self) -> int:
+        """What the entry weighs against `cache.max_bytes`."""
+        return len(self.value) + len(self.key) + 8 * len(self.chunks)
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """A routing decision as answered to the caller and written to the audit log."""
 
@@ -346,6 +377,10 @@ class Decision:
     selection: Selection
     dry_run: bool = False
     budgets: tuple[BudgetStatus, ...] = ()
+    # CACHE_HIT: the stored answer, and (in it) the decision that produced it.
+    cached: CacheEntry | None = None
+    # The request was looked up in the response cache (a hit, or a miss decided as usual).
+    cache_lookup: bool = False
 
     @property
     def status(self) -> DecisionStatus:
@@ -377,3 +412,5 @@ class Outcome:
     attempts: tuple[Attempt, ...] = ()
     success: bool = False
     quality: float | None = None
+    # Decision mode: the result to store in the response cache under the decision's key.
+    cache_value: bytes = b""

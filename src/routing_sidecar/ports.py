@@ -460,6 +460,105 @@ class AuditLog(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class PendingStore:
+    """A decision-mode miss waiting for its outcome's `cache_value`: where to store it."""
+
+    decision_id: str
+    key: str
+    namespace: str
+    project: str
+    policy: str
+    expires_at: float  # after this the outcome no longer stores (swept like an entry)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheUsage:
+    """Lookups in one hour for one (namespace, policy, project), added to what is there."""
+
+    window_start: float
+    namespace: str
+    policy: str
+    project: str
+    hits: int = 0
+    misses: int = 0
+    stores: int = 0
+    saved_micros: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheFootprint:
+    """How many entries a cache (or part of it) holds and what they weigh."""
+
+    entries: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    """What one sweep removed: expired entries, LRU evictions, expired pending stores."""
+
+    expired: int = 0
+    evicted: int = 0
+    pending: int = 0
+
+
+class Cache(Protocol):
+    """The response cache's entries, pending decision-mode stores and hourly usage.
+
+    `get` is a read that never waits on a write; last-use times arrive later through `touch`
+    (batched), and expiry and the `max_entries` / `max_bytes` bounds are enforced by `sweep`,
+    in the background. `put` returns once the entry is durable. `namespace` / `project`
+    filters of None mean any.
+    """
+
+    async def get(self, key: str, now: float) -> domain.CacheEntry | None:
+        """The live entry under a key, or None (absent or expired)."""
+        ...
+
+    async def put(self, entry: domain.CacheEntry) -> None:
+        """Store (or replace) an entry; return once durable."""
+        ...
+
+    async def touch(self, used: Mapping[str, float]) -> None:
+        """Record when entries were last used (key -> time), for least-recently-used eviction."""
+        ...
+
+    async def put_pending(self, pending: PendingStore) -> None:
+        """Remember where a decision's outcome will store its value."""
+        ...
+
+    async def get_pending(self, decision_id: str, now: float) -> PendingStore | None:
+        """The live pending store of a decision, or None."""
+        ...
+
+    async def add_usage(self, rows: Sequence[CacheUsage]) -> None:
+        """Add hourly lookup counts to what is recorded."""
+        ...
+
+    async def usage(self, since: float, namespace: str | None = None,
+                    project: str | None = None) -> list[CacheUsage]:
+        """Recorded counts per (namespace, policy, project) over hours from `since` on."""
+        ...
+
+    async def footprint(self, namespace: str | None = None,
+                        project: str | None = None) -> CacheFootprint:
+        """Entries and bytes held (expired entries not yet swept included)."""
+        ...
+
+    async def purge(self, namespace: str | None = None, project: str | None = None) -> int:
+        """Delete the matching entries; return how many."""
+        ...
+
+    async def sweep(self, now: float, max_entries: int, max_bytes: int) -> SweepResult:
+        """Drop expired entries and pending stores, then least-recently-used ones over bounds."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; idempotent."""
+        ...
+
+
 class ProviderClient(Protocol):
     """One LLM provider (providers/): its credentials, a streamed call, and its connection pool.
 

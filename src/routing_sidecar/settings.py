@@ -107,6 +107,21 @@ class OutcomeLimits:
     clock_skew_s: float = 300.0
 
 
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """The response cache: bounds, lifetime, tenancy and which requests may be stored."""
+
+    enabled: bool = True
+    ttl_s: float = 86_400.0
+    max_entries: int = 100_000
+    max_bytes: int = 256 * 1024 * 1024
+    max_value_bytes: int = 256 * 1024  # a decision-mode `cache_value`, an execute-mode answer
+    partition_labels: tuple[str, ...] = ("project",)
+    # Only requests at temperature 0 are stored and served unless they opt in.
+    deterministic_only: bool = True
+    sweep_interval_s: float = 10.0  # expiry, LRU eviction, hit counts flushed
+
+
 # Labels whose values name budget scopes (project:X, worker:X), normalised alike on both sides.
 SCOPE_LABELS = ("project", "worker")
 _DEFAULT_CAPS: Mapping[str, int] = MappingProxyType(
@@ -143,4 +158,5 @@ class RouterSettings:
     ledger: LedgerSettings = LedgerSettings()
     critical_lanes: frozenset[str] = frozenset()
     outcomes: OutcomeLimits = OutcomeLimits()
+    cache: CacheSettings = CacheSettings()
     limits: LimitSettings = LimitSettings()

@@ -75,6 +75,8 @@ KNOWN: dict[str, list[str]] = {
     "exclude_models": ["gpt-5", "claude-opus-4-1"],
     "scopes": ["global", "project:*", "project:alpha", "worker:*", "model:gpt-5", "*"],
     "label_keys": ["project", "lane", "layer", "worker"],
+    "namespace": ["", "nightly"],
+    "project": ["alpha", "beta"],
 }
 LABEL_KEYS = ["project", "worker", "lane", "layer", "team", "complexity", "risk"]
 LABEL_VALUES = ["alpha", "ALPHA", "Alpha ", "beta", "gamma", "delta", "w1", "w2", "fast",
@@ -218,6 +220,11 @@ def _valid(method: str, recent: Recent) -> st.SearchStrategy[Message]:
     if method == "GetBudgetStatus":
         return st.builds(pb.BudgetQuery, scopes=st.lists(st.sampled_from(KNOWN["scopes"]),
                                                           max_size=3))
+    if method in ("GetCacheStats", "PurgeCache"):
+        def maybe(name: str) -> st.SearchStrategy[str | None]:
+            return st.none() | st.sampled_from(KNOWN[name])
+        return st.builds(pb.CacheQuery, namespace=maybe("namespace"), project=maybe("project"),
+                         hours=st.integers(0, 48), all=st.booleans())
     if method != "GetRoutingStats":
         raise KeyError(f"no valid-message strategy for Router.{method}: add one")
     return st.builds(pb.StatsQuery, hours=st.integers(0, 48),

@@ -19,9 +19,13 @@ from tests.fuzz import strategies as fz
 from tests.fuzz.conftest import DOCUMENTED, PROFILE, LiveSidecar
 
 ROUTER = "/routing_sidecar.v1.Router"
-UNARY = ["Route", "ReportOutcome", "GetBudgetStatus", "GetRoutingStats"]
+UNARY = ["Route", "ReportOutcome", "GetBudgetStatus", "GetRoutingStats", "GetCacheStats",
+         "PurgeCache"]
 DECODE = {"Route": pb.Decision, "ReportOutcome": pb.OutcomeAck,
-          "GetBudgetStatus": pb.BudgetStatusList, "GetRoutingStats": pb.RoutingStats}
+          "GetBudgetStatus": pb.BudgetStatusList, "GetRoutingStats": pb.RoutingStats,
+          "GetCacheStats": pb.CacheStats, "PurgeCache": pb.PurgeCacheResult}
+
+
 def call_raw(live: LiveSidecar, method: str, body: bytes) -> tuple[grpc.StatusCode, Any]:
     """One unary call with a raw body; the status and the decoded answer (None if refused)."""
     call = live.channel.unary_unary(f"{ROUTER}/{method}",

@@ -320,7 +320,7 @@ async def test_costs_performance_and_activity(http: httpx.AsyncClient) -> None:
     assert alpha["reserved_micros"] == int(d["estimatedCostMicros"]) and alpha["state"] == "OK"
     assert alpha["utilisation"] == pytest.approx(alpha["reserved_micros"] / alpha["limit_micros"])
     assert alpha["period_end"] is not None
-    assert costs["cache"] == {"enabled": False, "hits": 0, "misses": 0, "hit_rate": 0.0,
+    assert costs["cache"] == {"enabled": True, "hits": 0, "misses": 0, "hit_rate": 0.0,
                               "saved_micros": 0, "note": costs["cache"]["note"]}
     perf = (await http.get("/api/routing/performance")).json()
     models = {m["name"]: m for m in perf["models"]}

@@ -153,7 +153,67 @@ def render_stats(msg: pb.RoutingStats) -> str:
             f"{p.input_tokens:>10} {p.output_tokens:>10} {_usd(p.spend_micros):>12} "
             f"{p.blended_cost_micros_per_mtok / 1e6:>10.4f}  {p.detection_state or '-'}"
         )
-    return "\n".join(lines + _render_health(msg) + _render_learned(msg))
+    rows = list(msg.cache)
+    hits, misses = sum(u.hits for u in rows), sum(u.misses for u in rows)
+    total = pb.CacheUsage(hits=hits, misses=misses, stores=sum(u.stores for u in rows),
+                          saved_micros=sum(u.saved_micros for u in rows),
+                          hit_rate=hits / (hits + misses) if hits + misses else 0.0)
+    return "\n".join(lines + _render_health(msg) + _render_learned(msg)
+                     + _render_cache_usage(rows, total))
+
+
+def _cache_query(namespace: str | None, project: str | None, hours: int = 0,
+                 everything: bool = False) -> pb.CacheQuery:
+    q = pb.CacheQuery(hours=hours, all=everything)
+    if namespace is not None:
+        q.namespace = namespace
+    if project is not None:
+        q.project = project
+    return q
+
+
+def cache_stats(target: str, namespace: str | None, project: str | None, hours: int,
+                timeout_s: float = 10.0) -> pb.CacheStats:
+    """Call GetCacheStats on a running sidecar."""
+    with grpc.insecure_channel(target) as channel:
+        result: pb.CacheStats = pb_grpc.RouterStub(channel).GetCacheStats(
+            _cache_query(namespace, project, hours), timeout=timeout_s)
+        return result
+
+
+def purge_cache(target: str, namespace: str | None, project: str | None, everything: bool,
+                timeout_s: float = 30.0) -> pb.PurgeCacheResult:
+    """Call PurgeCache on a running sidecar."""
+    with grpc.insecure_channel(target) as channel:
+        result: pb.PurgeCacheResult = pb_grpc.RouterStub(channel).PurgeCache(
+            _cache_query(namespace, project, everything=everything), timeout=timeout_s)
+        return result
+
+
+def _render_cache_usage(rows: list[pb.CacheUsage], total: pb.CacheUsage | None = None) -> list[
+        str]:
+    if not rows:
+        return []
+    lines = ["", f"{'cache: namespace':<18} {'policy':<14} {'project':<14} {'hits':>7} "
+                 f"{'misses':>7} {'hit rate':>8} {'stores':>7} {'saved':>12}"]
+    for u in [*rows, *([total] if total is not None else [])]:
+        name = "(all)" if u is total else (u.namespace or "-")
+        lines.append(
+            f"{name:<18} {u.policy or '-':<14} {u.project or '-':<14} {u.hits:>7} "
+            f"{u.misses:>7} {u.hit_rate:>8.1%} {u.stores:>7} {_usd(u.saved_micros):>12}")
+    return lines
+
+
+def render_cache_stats(msg: pb.CacheStats) -> str:
+    """What the cache holds against its bounds, then hits, misses and savings per row."""
+    lines = [
+        f"backend {msg.backend}  entries {msg.entries} of {msg.max_entries}  "
+        f"bytes {msg.bytes} of {msg.max_bytes}",
+        f"window {msg.window_start.ToJsonString()} .. {msg.window_end.ToJsonString()}",
+        f"hits {msg.total.hits}  misses {msg.total.misses}  hit rate {msg.total.hit_rate:.1%}  "
+        f"saved {_usd(msg.total.saved_micros)}",
+    ]
+    return "\n".join(lines + _render_cache_usage(list(msg.usage), msg.total))
 
 
 def _render_health(msg: pb.RoutingStats) -> list[str]:

@@ -46,6 +46,8 @@ def render_done(done: pb.CompleteDone) -> str:
     """The closing summary: who answered, why it ended, what it cost."""
     head = (f"answered by {done.model} ({done.provider})" if done.success
             else f"failed: {done.error}")
+    if done.cache_hit:
+        head = f"answered from the cache: {done.model} ({done.provider}) earlier, no call made"
     return (f"{head}; finish {done.finish_reason or '-'}; {len(done.attempts)} attempt(s); "
             f"{done.input_tokens} in / {done.output_tokens} out tokens; "
             f"cost {_usd(done.cost_micros)}; decision {done.decision_id}")
@@ -55,6 +57,7 @@ def print_events(events: Iterator[pb.CompleteEvent], out: TextIO = sys.stdout, *
                  json_lines: bool = False) -> pb.CompleteDone | None:
     """Print a Complete as it streams (or one JSON object per event); returns its done."""
     done: pb.CompleteDone | None = None
+    streamed = False
     for event in events:
         kind = event.WhichOneof("event")
         if json_lines:
@@ -67,10 +70,11 @@ def print_events(events: Iterator[pb.CompleteEvent], out: TextIO = sys.stdout, *
         elif kind == "delta":
             out.write(event.delta.text)
             out.flush()
+            streamed = True
         if kind == "done":
             done = event.done
             if not json_lines:
-                if done.text:
+                if done.text and not streamed:  # a cache hit carries the text in both
                     out.write(done.text)
                 print("\n", file=out)
                 print(render_attempts(done), file=out)

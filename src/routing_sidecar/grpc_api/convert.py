@@ -240,11 +240,13 @@ def _fill_budget(msg: pb.BudgetStatus, b: domain.BudgetStatus) -> None:
         _set_time(msg.period_end, b.period_end)
 
 
-def decision_to_pb(d: domain.Decision) -> pb.Decision:
+def decision_to_pb(d: domain.Decision, *, with_cached_value: bool = True) -> pb.Decision:
     """Convert a domain Decision to its wire form.
 
     Repeated fields are filled in place (`add`): building each sub-message apart and handing
-    the list to the constructor copies every one of them again, on every Route.
+    the list to the constructor copies every one of them again, on every Route. A CACHE_HIT
+    names its source decision; `cached_value` carries the stored value unless
+    `with_cached_value` is False (execute mode answers with the text instead).
     """
     s = d.selection
     chosen = s.chosen
@@ -280,4 +282,8 @@ def decision_to_pb(d: domain.Decision) -> pb.Decision:
     for b in d.budgets:
         _fill_budget(add_budget(), b)
     _set_time(msg.decided_at, d.decided_at)
+    if d.cached is not None:
+        msg.cache_source_decision_id = d.cached.source_decision_id
+        if with_cached_value:
+            msg.cached_value = d.cached.value
     return msg

@@ -10,7 +10,9 @@ from routing_sidecar import domain
 from routing_sidecar.calls import ChatMessage, ResponseFormat, Role, TextDelta
 from routing_sidecar.errors import InvalidArgument
 from routing_sidecar.grpc_api.convert import decision_to_pb, task_from_pb, timestamp
+from routing_sidecar.grpc_api.convert_cache import namespace
 from routing_sidecar.grpc_api.convert_outcome import ATTEMPT_FROM_PB
+from routing_sidecar.service.cache_execute import NO_OPTIONS, CacheOptions
 from routing_sidecar.service.complete import CompleteEvent, CompleteRequest, Done, ExecutedAttempt
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 
@@ -20,6 +22,7 @@ MAX_CONTENT_CHARS = 8_000_000
 MAX_STOP = 4  # what OpenAI accepts; Anthropic takes more, but one limit for every provider
 MAX_STOP_CHARS = 256
 MAX_TEMPERATURE = 2.0
+MAX_CACHE_TTL_S = 366 * 86_400
 ROLES = {r.value: r for r in Role}
 FORMATS = {"": ResponseFormat.TEXT, **{f.value: f for f in ResponseFormat}}
 ATTEMPT_TO_PB = {v: k for k, v in ATTEMPT_FROM_PB.items()}
@@ -75,7 +78,20 @@ def request_from_pb(msg: pb.CompleteRequest) -> CompleteRequest:
     if fmt is None:
         raise InvalidArgument("response_format", "must be text or json_object (got "
                               f"{msg.response_format[:32]!r})")
-    return CompleteRequest(task, _messages(msg), msg.stream, temperature, _stop(msg), fmt)
+    return CompleteRequest(task, _messages(msg), msg.stream, temperature, _stop(msg), fmt,
+                           _cache(msg))
+
+
+def _cache(msg: pb.CompleteRequest) -> CacheOptions:
+    """The request's cache options; sending them at all opts the request in."""
+    if not msg.HasField("cache"):
+        return NO_OPTIONS
+    c = msg.cache
+    if not 0 <= c.ttl_s <= MAX_CACHE_TTL_S:
+        raise InvalidArgument("cache.ttl_s", f"must be 0..{MAX_CACHE_TTL_S} seconds (got "
+                              f"{c.ttl_s}); 0 means cache.ttl_s")
+    return CacheOptions(no_cache=c.no_cache, no_store=c.no_store, ttl_s=float(c.ttl_s),
+                        namespace=namespace("cache.namespace", c.namespace), given=True)
 
 
 def _duration(seconds: float) -> Duration:
@@ -115,5 +131,6 @@ def event_to_pb(event: CompleteEvent) -> pb.CompleteEvent:
     if isinstance(event, ExecutedAttempt):
         return pb.CompleteEvent(attempt=attempt_to_pb(event))
     if isinstance(event, domain.Decision):
-        return pb.CompleteEvent(decision=decision_to_pb(event))
+        # A hit's text comes as deltas and in done; cached_value is decision mode's.
+        return pb.CompleteEvent(decision=decision_to_pb(event, with_cached_value=False))
     return pb.CompleteEvent(done=done_to_pb(event))

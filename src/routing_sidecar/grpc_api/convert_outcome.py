@@ -95,6 +95,7 @@ def outcome_from_pb(msg: pb.Outcome) -> domain.Outcome:
         attempts=tuple(_attempt(i, a) for i, a in enumerate(msg.attempts)),
         success=msg.success,
         quality=quality,
+        cache_value=msg.cache_value,
     )
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from routing_sidecar import ports
 from routing_sidecar.core.health import Detection, HealthStats
 from routing_sidecar.grpc_api.convert import budget_to_pb, timestamp
+from routing_sidecar.grpc_api.convert_cache import usage_to_pb
 from routing_sidecar.service.learning import LearnerReport
 from routing_sidecar.service.outcomes import OutcomeAck
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
@@ -40,7 +41,8 @@ def _health(h: HealthStats, detection: Mapping[str, Detection]) -> pb.HealthRow:
 
 
 def stats_to_pb(
-    stats: ports.RoutingStats, until: float, report: LearnerReport | None = None
+    stats: ports.RoutingStats, until: float, report: LearnerReport | None = None,
+    cache: Iterable[ports.CacheUsage] = (),
 ) -> pb.RoutingStats:
     """The dashboard matrix, per-provider totals, live health and learned quality."""
     cells = [
@@ -81,6 +83,7 @@ def stats_to_pb(
                               lower_bound=q.lower_bound, samples=q.samples)
             for q in report.learned
         ],
+        cache=[usage_to_pb(u) for u in cache],
     )
     msg.window_start.CopyFrom(timestamp(stats.since))
     msg.window_end.CopyFrom(timestamp(until))
@@ -94,4 +97,5 @@ def ack_to_pb(ack: OutcomeAck) -> pb.OutcomeAck:
         actual_cost_micros=ack.actual_cost_micros,
         duplicate=ack.duplicate,
         budgets=[budget_to_pb(b) for b in ack.budgets],
+        cache_stored=ack.cache_stored,
     )

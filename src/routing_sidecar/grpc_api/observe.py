@@ -86,6 +86,9 @@ FALLBACKS = "routing.fallbacks"
 REJECTED_EVENT = "routing.candidate.rejected"
 REJECTION = "routing.rejection"
 REJECTION_REASON = "routing.rejection.reason"
+# Response cache: "hit" or "miss" when the request was looked up, and a hit's source.
+CACHE_RESULT = "routing.cache.result"
+CACHE_SOURCE = "routing.cache.source_decision_id"
 # ReportOutcome span and attempt spans.
 ATTEMPTS = "routing.attempts"
 ACTUAL_COST = "routing.actual_cost_micros"
@@ -218,6 +221,14 @@ class Observer:
         self._op_duration = meter.create_histogram(
             "gen_ai.client.operation.duration", "s", "Duration of reported attempts",
             explicit_bucket_boundaries_advisory=OPERATION_BUCKETS_S)
+        self._cache_hits = meter.create_counter(
+            "routing.cache.hits", "{lookup}", "Requests answered from the response cache")
+        self._cache_misses = meter.create_counter(
+            "routing.cache.misses", "{lookup}",
+            "Requests looked up in the response cache and not found there")
+        self._cache_saved = meter.create_counter(
+            "routing.cache.saved", "usd",
+            "What cache hits did not spend: each entry's recorded cost, once per hit")
         meter.create_observable_gauge(
             "routing.budget.utilisation", [self._observe_utilisation], "1",
             "(spent + reserved) / limit of each budget scope in its current period")
@@ -260,8 +271,22 @@ class Observer:
         with self._tracer.start_as_current_span("routing.decide"):
             yield
 
-    def decided(self, task: domain.Task, decision: domain.Decision, elapsed_s: float) -> None:
-        """Count and time a decision; describe it on the current span when that records."""
+    def cache_lookup(self, policy: str, project: str, hit: bool, saved_micros: int) -> None:
+        """Count one response-cache lookup (and, on a hit, what it saved)."""
+        labels = {"policy": policy, "project": project} if project else {"policy": policy}
+        if hit:
+            self._cache_hits.add(1, labels)
+            self._cache_saved.add(saved_micros / domain.MICROS_PER_USD, labels)
+        else:
+            self._cache_misses.add(1, labels)
+
+    def decided(self, task: domain.Task, decision: domain.Decision, elapsed_s: float,
+                cache_result: str | None = None) -> None:
+        """Count and time a decision; describe it on the current span when that records.
+
+        `cache_result` ("hit" / "miss") says how the response-cache lookup went; left None it
+        is read from the decision (a decision-mode `cache_key` was looked up).
+        """
         sel = decision.selection
         chosen = sel.chosen
         status = sel.status.value.lower()
@@ -273,6 +298,13 @@ class Observer:
             span = trace.get_current_span()
             if span.is_recording():
                 describe_decision(span, task, decision)
+                if cache_result is None and (task.cache_key or decision.cached
+                                             or decision.cache_lookup):
+                    cache_result = "hit" if decision.cached else "miss"
+                if cache_result is not None:
+                    span.set_attribute(CACHE_RESULT, cache_result)
+                if decision.cached is not None:
+                    span.set_attribute(CACHE_SOURCE, decision.cached.source_decision_id)
 
     # -- ReportOutcome ---------------------------------------------------------------------
 

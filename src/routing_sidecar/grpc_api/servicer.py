@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
@@ -13,23 +14,27 @@ from routing_sidecar.errors import (
     FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
+    StorageError,
     Unavailable,
 )
 from routing_sidecar.grpc_api import (
     convert,
+    convert_cache,
     convert_complete,
     convert_outcome,
     convert_stats,
     observe,
 )
 from routing_sidecar.grpc_api.status import streaming, unary
-from routing_sidecar.ports import AuditLog, Clock
+from routing_sidecar.ports import AuditLog, CacheUsage, Clock
+from routing_sidecar.service.cache import CacheService
 from routing_sidecar.service.complete import CompleteService, Done, ready_batches
 from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 
+log = logging.getLogger(__name__)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
@@ -137,7 +142,39 @@ class RouterServicer(pb_grpc.RouterServicer):
         since = now - (request.hours or 24) * 3600.0
         stats = await self._audit.routing_stats(since, tuple(request.label_keys))
         report = self._service.learner.report(now, self._service.catalog.providers())
-        return convert_stats.stats_to_pb(stats, now, report)
+        usage: tuple[CacheUsage, ...] = ()
+        if self._service.cache is not None:
+            try:
+                usage = (await self._service.cache.report(since)).usage
+            except StorageError:  # the routing report goes on without the cache's rows
+                log.warning("cache usage left out of the routing stats: the cache is down")
+        return convert_stats.stats_to_pb(stats, now, report, usage)
+
+    @unary
+    @_traced
+    async def GetCacheStats(self, request: pb.CacheQuery, context: Any) -> pb.CacheStats:
+        """What the response cache holds, and its hits, misses and savings over a window."""
+        query = convert_cache.query_from_pb(request, self._casefold())
+        now = self._clock.now()
+        report = await self._cache().report(now - query.hours * 3600.0, query.namespace,
+                                            query.project)
+        return convert_cache.stats_to_pb(report, now)
+
+    @unary
+    @_traced
+    async def PurgeCache(self, request: pb.CacheQuery, context: Any) -> pb.PurgeCacheResult:
+        """Delete the entries of a namespace and/or project, or (with all) every entry."""
+        query = convert_cache.query_from_pb(request, self._casefold())
+        namespace, project = convert_cache.purge_scope(query)
+        return pb.PurgeCacheResult(deleted=await self._cache().purge(namespace, project))
+
+    def _casefold(self) -> bool:
+        return self._service.state.settings.limits.casefold_scope_labels
+
+    def _cache(self) -> CacheService:
+        if self._service.cache is None:
+            raise FailedPrecondition("the response cache is not configured")
+        return self._service.cache
 
 
     @unary

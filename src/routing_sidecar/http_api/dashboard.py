@@ -123,7 +123,7 @@ def budgets_table(c: v.Costs) -> str:
 
 
 def cache_panel(c: v.Costs) -> str:
-    """Cache hit rate and dollars saved (off until execute mode brings the cache)."""
+    """Cache hit rate and dollars saved over the last day (off when the cache is)."""
     k = c.cache
     state = "on" if k.enabled else "off"
     return (f'<dl class="figures"><dt>hit rate</dt><dd>{pct(k.hit_rate)}</dd>'

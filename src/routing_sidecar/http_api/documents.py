@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from routing_sidecar import domain
+from routing_sidecar.errors import StorageError
 from routing_sidecar.http_api import views as v
 from routing_sidecar.http_api.backend import Backend
 from routing_sidecar.ports import ActivityBucket, AuditedDecision
@@ -36,7 +37,25 @@ async def costs(b: Backend) -> v.Costs:
                  period_end=v.at_or_none(s.period_end))
         for s in await b.routing.ledger.status(now)
     ]
-    return v.Costs(generated_at=v.at(now), budgets=budgets)
+    return v.Costs(generated_at=v.at(now), budgets=budgets, cache=await _cache(b, now))
+
+
+async def _cache(b: Backend, now: float) -> v.CacheStats:
+    """The response cache's hits, misses and savings over the last day, as `cache stats`."""
+    cache = b.routing.cache
+    if cache is None or not cache.settings.enabled:
+        return v.CacheStats()
+    try:
+        report = await cache.report(now - 24 * HOUR_S)
+    except StorageError as exc:
+        return v.CacheStats(enabled=True, note=f"the cache cannot answer: {exc.message}")
+    hits = sum(u.hits for u in report.usage)
+    misses = sum(u.misses for u in report.usage)
+    return v.CacheStats(
+        enabled=True, hits=hits, misses=misses,
+        hit_rate=hits / (hits + misses) if hits + misses else 0.0,
+        saved_micros=sum(u.saved_micros for u in report.usage),
+        note=f"last 24 h; {report.footprint.entries} entries in {report.backend}")
 
 
 async def matrix(b: Backend, hours: int, by: str = TASK_TYPE) -> v.Matrix:

@@ -73,14 +73,14 @@ class Budget(View):
 
 
 class CacheStats(View):
-    """The response cache's figures; not built yet, so reported as off and zero."""
+    """The response cache's figures over the last 24 hours (off and zero when it is off)."""
 
     enabled: bool = False
     hits: int = 0
     misses: int = 0
     hit_rate: float = 0.0
     saved_micros: int = 0
-    note: str = "the response cache comes with execute mode; nothing is cached yet"
+    note: str = "the response cache is turned off (cache.enabled)"
 
 
 class Costs(View):

@@ -32,6 +32,7 @@ from routing_sidecar.calls import (
 )
 from routing_sidecar.errors import InvalidArgument, ResourceExhausted
 from routing_sidecar.ports import Clock, LedgerStore, ProviderClient
+from routing_sidecar.service.cache_execute import NO_OPTIONS, CacheOptions, answer_cached
 from routing_sidecar.service.outcomes import OutcomeAck, OutcomeService
 from routing_sidecar.service.routing import NO_TRACE, RoutingService, TraceIds
 
@@ -59,6 +60,7 @@ class CompleteRequest:
     temperature: float | None = None
     stop: tuple[str, ...] = ()
     response_format: ResponseFormat = ResponseFormat.TEXT
+    cache: CacheOptions = NO_OPTIONS  # the request's say over the response cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +118,13 @@ class _End:
 
 
 def coalesce(events: Sequence[CompleteEvent]) -> list[CompleteEvent]:
-    """Adjacent text deltas joined into one (the order of everything else kept)."""
+    """Adjacent text deltas joined into one (the order of everything else kept).
+
+    A cache hit's replayed pieces (`ReplayedDelta`) stay apart: they go out as they streamed.
+    """
     out: list[CompleteEvent] = []
     for event in events:
-        if isinstance(event, TextDelta) and out and isinstance(out[-1], TextDelta):
+        if type(event) is TextDelta and out and type(out[-1]) is TextDelta:
             out[-1] = TextDelta(out[-1].text + event.text)
         else:
             out.append(event)
@@ -259,10 +264,9 @@ class CompleteService:
 
         `timeout_s` is what is left of the caller's deadline: it bounds backoff waits and
         attempts. Raises InvalidArgument (naming the field, nothing written) before any event.
+        With the response cache on, a request it holds the answer to is answered from it, and
+        identical requests in flight wait for one call (service/cache_execute.py).
         """
-        # Imported here: walk.py imports this module's types.
-        from routing_sidecar.service.walk import Walk  # noqa: PLC0415
-
         if request.task.dry_run:
             raise InvalidArgument("route.dry_run", "execute mode makes the call and is charged "
                                   "for it; use Route for a dry run")
@@ -270,6 +274,18 @@ class CompleteService:
             # The prompt is at hand: its size makes the estimate, the budget and context checks.
             guess = estimate_tokens([m.content for m in request.messages])
             request = replace(request, task=replace(request.task, estimated_input_tokens=guess))
+        run = (self.walk(request, trace, timeout_s) if self.routing.cache is None
+               else answer_cached(self, self.routing.cache, request, trace, timeout_s))
+        async with contextlib.aclosing(run) as events:
+            async for event in events:
+                yield event
+
+    async def walk(self, request: CompleteRequest, trace: TraceIds = NO_TRACE,
+                   timeout_s: float | None = None) -> AsyncGenerator[CompleteEvent, None]:
+        """Decide, commit and walk the plan: `complete` without the response cache."""
+        # Imported here: walk.py imports this module's types.
+        from routing_sidecar.service.walk import Walk  # noqa: PLC0415
+
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s - DEADLINE_MARGIN_S
         execution = self._execution

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from routing_sidecar import domain
 from routing_sidecar.core.budget_rules import NO_CHANGE
@@ -30,6 +30,7 @@ from routing_sidecar.ports import (
     PerformanceRecord,
 )
 from routing_sidecar.service.budgets import AlertHook, log_alerts
+from routing_sidecar.service.cache import CacheService
 from routing_sidecar.service.learning import Learner
 from routing_sidecar.settings import OutcomeLimits
 
@@ -47,6 +48,8 @@ class OutcomeAck:
     # What observers need to describe the outcome: the audited decision and each attempt row.
     decision: DecisionRecord | None = None
     attempts: tuple[AttemptRecord, ...] = ()
+    # The outcome's cache_value is stored (durably) in the response cache.
+    cache_stored: bool = False
 
 
 def plan_of(record: DecisionRecord) -> dict[str, int]:
@@ -102,6 +105,7 @@ class OutcomeService:
         self._learner = learner
         self.limits = limits
         self.alert_hook: AlertHook | None = None  # set by the app to count crossings
+        self.cache: CacheService | None = None  # set by the app: stores `cache_value`s
         self._audit = audit
         self._clock = clock
 
@@ -110,6 +114,8 @@ class OutcomeService:
 
         An outcome with a quality and no attempts, for a decision already recorded, is a grade.
         """
+        if outcome.cache_value and self.cache is not None:
+            self.cache.check_value("cache_value", outcome.cache_value)
         record = await self._audit.get_decision(outcome.decision_id)
         if record is None:
             raise NotFound(f"decision_id: no decision {outcome.decision_id!r}")
@@ -121,7 +127,11 @@ class OutcomeService:
         now = self._clock.now()
         checked = check_outcome(outcome, catalog, plan_of(record), record.decided_at, now,
                                 self.limits)
-        return await self.record(record, checked, outcome.success, outcome.quality)
+        ack = await self.record(record, checked, outcome.success, outcome.quality)
+        if ack.duplicate or not outcome.cache_value:
+            return ack
+        return replace(ack, cache_stored=await self._store_value(record, outcome,
+                                                                 ack.actual_cost_micros))
 
     async def record(self, record: DecisionRecord, checked: Sequence[CheckedAttempt],
                      success: bool, quality: float | None = None, *, learn: bool = True,
@@ -173,6 +183,17 @@ class OutcomeService:
         return OutcomeAck(record.decision_id, actual, duplicate=False,
                           budgets=self._budgets(record, labels, catalog, now), decision=record,
                           attempts=tuple(rows))
+
+    async def _store_value(self, record: DecisionRecord, outcome: domain.Outcome,
+                           cost_micros: int) -> bool:
+        """Decision mode: a successful outcome's value goes under its decision's cache key."""
+        if self.cache is None or not outcome.cache_value or not outcome.success:
+            return False
+        done = [a for a in outcome.attempts if a.status is domain.AttemptStatus.SUCCESS]
+        model = done[-1].model if done else record.chosen_model or ""
+        provider = done[-1].provider if done else record.chosen_provider or ""
+        return await self.cache.store_outcome(record.decision_id, outcome.cache_value,
+                                              cost_micros, model, provider)
 
     async def grade(self, record: DecisionRecord, recorded: OutcomeRecord, quality: float
                     ) -> OutcomeAck:

@@ -7,6 +7,7 @@ reload, so no decision ever sees half of two configs.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import uuid
@@ -22,6 +23,7 @@ from routing_sidecar.core.rules import resolve_policy
 from routing_sidecar.errors import BudgetUnavailable, InvalidArgument, StorageError, Unavailable
 from routing_sidecar.ports import AuditLog, BudgetBook, Clock, DecisionRecord
 from routing_sidecar.service.budgets import AlertHook, log_alerts
+from routing_sidecar.service.cache import CacheService, cached_selection, project_of
 from routing_sidecar.service.ev import EvWindow
 from routing_sidecar.service.learning import Learner
 from routing_sidecar.service.limits import LabelLimits
@@ -106,6 +108,7 @@ class RoutingService:
         self._new_id = new_id
         self._rng = rng or random.Random()  # exploration draws; the core takes randomness here
         self.ev_window = EvWindow.of(state.settings.tiers)
+        self.cache: CacheService | None = None  # set by the app: the response cache
 
     @property
     def catalog(self) -> Catalog:
@@ -191,13 +194,43 @@ class RoutingService:
                                               trace.trace_id, trace.span_id)
         return Decided(decision, record, change)
 
+    def decide_cached(self, task: domain.Task, entry: domain.CacheEntry,
+                      trace: TraceIds = NO_TRACE) -> Decided:
+        """A CACHE_HIT decision answered by a stored entry: audited, reserving nothing."""
+        catalog = self.state.catalog
+        task = self.limits.admit(task, self.state.settings.limits)  # as decide() admits it
+        check_task(task, catalog)
+        now = self._clock.now()
+        selection = cached_selection(task, resolve_policy(task, catalog), entry, catalog, now)
+        decision = domain.Decision(self._new_id(), task.task_id, now, selection, task.dry_run,
+                                   cached=entry)
+        record = DecisionRecord.from_decision(decision, task, self.state.config_hash,
+                                              trace.trace_id, trace.span_id)
+        return Decided(decision, record, NO_CHANGE)
+
     async def route(self, task: domain.Task, trace: TraceIds = NO_TRACE) -> domain.Decision:
         """Decide one task; acknowledged only once its audit row and reservation commit.
 
         `trace` names the caller's span so ReportOutcome can attach attempt spans to it later.
+        A `cache_key` with a stored value answers CACHE_HIT instead (decision mode).
         """
-        decided = await self.decide(task, trace)
-        await self.commit(decided)
+        cache = self.cache
+        if cache is not None:  # the key's tenant is read from the labels as decide() sees them
+            task = self.limits.admit(task, self.state.settings.limits)
+        key = cache.route_key(task, resolve_policy(task, self.catalog).name) if cache else None
+        if cache is None or key is None:
+            decided = await self.decide(task, trace)
+            await self.commit(decided)
+            return decided.decision
+        entry = await cache.lookup(key, project_of(task))
+        decided = (await self.decide(task, trace) if entry is None
+                   else self.decide_cached(task, entry, trace))
+        if entry is not None or task.dry_run or decided.decision.selection.chosen is None:
+            await self.commit(decided)
+        else:  # a miss that will run: its outcome may store a value under the key
+            await asyncio.gather(self.commit(decided),
+                                 cache.remember(decided.decision.decision_id, key,
+                                                project_of(task)))
         return decided.decision
 
     async def commit(self, decided: Decided) -> None:

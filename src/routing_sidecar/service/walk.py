@@ -60,6 +60,15 @@ log = logging.getLogger(__name__)
 CANCELLED = domain.AttemptStatus.CANCELLED
 
 
+def call_params(request: CompleteRequest, policy: domain.Policy) -> CallParams:
+    """What every attempt sends: the request's parameters, else the policy's."""
+    task = request.task
+    max_out = task.max_output_tokens or policy.max_output_tokens
+    temperature = request.temperature if request.temperature is not None else (
+        policy.temperature)
+    return CallParams(temperature, request.stop, max_out, request.response_format)
+
+
 class Walk:
     """One Complete after its decision: the attempts, and their settlement."""
 
@@ -75,7 +84,7 @@ class Walk:
         # The labels as the decision admitted them (scope labels folded): what it reserved on.
         self._holds = FallbackHolds(service, decided.record, json.loads(decided.record.labels_json))
         self._plan = self._steps(state, execution, sel)
-        self._params = self._call_params(request, self._policy)
+        self._params = call_params(request, self._policy)
         self._tries = [0] * len(self._plan)
         self._live: dict[int, Live] = {}
         self._started = 0  # attempts started: the next one's index
@@ -100,14 +109,6 @@ class Walk:
             steps.append(Step(i, spec, estimate, execution.settings.upstream_model(name),
                               execution.providers.get(spec.provider)))
         return tuple(steps)
-
-    @staticmethod
-    def _call_params(request: CompleteRequest, policy: domain.Policy) -> CallParams:
-        task = request.task
-        max_out = task.max_output_tokens or policy.max_output_tokens
-        temperature = request.temperature if request.temperature is not None else (
-            policy.temperature)
-        return CallParams(temperature, request.stop, max_out, request.response_format)
 
     # -- the events ------------------------------------------------------------------------
 

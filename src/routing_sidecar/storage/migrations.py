@@ -167,7 +167,56 @@ CREATE TABLE IF NOT EXISTS decision_grades (
 ) STRICT;
 """
 
-MIGRATIONS: tuple[str | AddColumn, ...] = (_V1, _V2, _V3, _V4, _V5)
+# The response cache: entries (least-recently-used by last_used_at), decision-mode stores
+# waiting for their outcome, and hourly lookup counts per (namespace, policy, project).
+_V6 = """
+CREATE TABLE IF NOT EXISTS cache_entries (
+    key                   TEXT PRIMARY KEY,
+    namespace             TEXT NOT NULL,
+    project               TEXT NOT NULL,
+    policy                TEXT NOT NULL,
+    value                 BLOB NOT NULL,
+    chunks_json           TEXT NOT NULL DEFAULT '[]',
+    source_decision_id    TEXT NOT NULL,
+    model                 TEXT NOT NULL,
+    provider              TEXT NOT NULL,
+    cost_micros           INTEGER NOT NULL,
+    input_tokens          INTEGER NOT NULL DEFAULT 0,
+    output_tokens         INTEGER NOT NULL DEFAULT 0,
+    finish_reason         TEXT NOT NULL DEFAULT '',
+    size_bytes            INTEGER NOT NULL,
+    created_at            REAL NOT NULL,
+    expires_at            REAL NOT NULL,
+    last_used_at          REAL NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS cache_by_expiry ON cache_entries (expires_at);
+CREATE INDEX IF NOT EXISTS cache_by_use ON cache_entries (last_used_at);
+CREATE INDEX IF NOT EXISTS cache_by_tenant ON cache_entries (project, namespace);
+
+CREATE TABLE IF NOT EXISTS cache_pending (
+    decision_id           TEXT PRIMARY KEY,
+    key                   TEXT NOT NULL,
+    namespace             TEXT NOT NULL,
+    project               TEXT NOT NULL,
+    policy                TEXT NOT NULL,
+    expires_at            REAL NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS cache_pending_by_expiry ON cache_pending (expires_at);
+
+CREATE TABLE IF NOT EXISTS cache_usage (
+    window_start          REAL NOT NULL,
+    namespace             TEXT NOT NULL,
+    policy                TEXT NOT NULL,
+    project               TEXT NOT NULL,
+    hits                  INTEGER NOT NULL DEFAULT 0,
+    misses                INTEGER NOT NULL DEFAULT 0,
+    stores                INTEGER NOT NULL DEFAULT 0,
+    saved_micros          INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (window_start, namespace, policy, project)
+) STRICT;
+"""
+
+MIGRATIONS: tuple[str | AddColumn, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

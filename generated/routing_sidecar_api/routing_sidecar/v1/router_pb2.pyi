@@ -721,10 +721,13 @@ class OutcomeAck(_message.Message):
     ACTUAL_COST_MICROS_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
     BUDGETS_FIELD_NUMBER: _builtins.int
+    CACHE_STORED_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     actual_cost_micros: _builtins.int
     duplicate: _builtins.bool
     """True when this decision's outcome had already been recorded; nothing changed."""
+    cache_stored: _builtins.bool
+    """The outcome's cache_value was stored in the response cache (it is durable)."""
     @_builtins.property
     def budgets(self) -> _containers.RepeatedCompositeFieldContainer[Global___BudgetStatus]: ...
     def __init__(
@@ -734,10 +737,11 @@ class OutcomeAck(_message.Message):
         actual_cost_micros: _builtins.int = ...,
         duplicate: _builtins.bool = ...,
         budgets: _abc.Iterable[Global___BudgetStatus] | None = ...,
+        cache_stored: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_cost_micros", b"actual_cost_micros", "budgets", b"budgets", "decision_id", b"decision_id", "duplicate", b"duplicate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_cost_micros", b"actual_cost_micros", "budgets", b"budgets", "cache_stored", b"cache_stored", "decision_id", b"decision_id", "duplicate", b"duplicate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1011,6 +1015,7 @@ class RoutingStats(_message.Message):
     PROVIDERS_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
     LEARNED_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def window_start(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1023,6 +1028,10 @@ class RoutingStats(_message.Message):
     def health(self) -> _containers.RepeatedCompositeFieldContainer[Global___HealthRow]: ...
     @_builtins.property
     def learned(self) -> _containers.RepeatedCompositeFieldContainer[Global___LearnedQuality]: ...
+    @_builtins.property
+    def cache(self) -> _containers.RepeatedCompositeFieldContainer[Global___CacheUsage]:
+        """Response cache lookups in the window, per namespace, policy and project."""
+
     def __init__(
         self,
         *,
@@ -1032,10 +1041,11 @@ class RoutingStats(_message.Message):
         providers: _abc.Iterable[Global___ProviderStats] | None = ...,
         health: _abc.Iterable[Global___HealthRow] | None = ...,
         learned: _abc.Iterable[Global___LearnedQuality] | None = ...,
+        cache: _abc.Iterable[Global___CacheUsage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "health", b"health", "learned", b"learned", "providers", b"providers", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "cells", b"cells", "health", b"health", "learned", b"learned", "providers", b"providers", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1265,3 +1275,164 @@ class CompleteEvent(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___CompleteEvent: _TypeAlias = CompleteEvent  # noqa: Y015
+
+@_typing.final
+class CacheQuery(_message.Message):
+    """CacheQuery selects part of the response cache; an absent filter means any."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    HOURS_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """Only entries of this namespace ("" is the default namespace)."""
+    project: _builtins.str
+    """Only entries of this project (the request's `project` label)."""
+    hours: _builtins.int
+    """GetCacheStats: window of the usage counts in hours; 0 means 24."""
+    all: _builtins.bool
+    """PurgeCache: required to purge with neither namespace nor project, i.e. everything."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str | None = ...,
+        project: _builtins.str | None = ...,
+        hours: _builtins.int = ...,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_namespace", b"_namespace", "_project", b"_project", "namespace", b"namespace", "project", b"project"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_namespace", b"_namespace", "_project", b"_project", "all", b"all", "hours", b"hours", "namespace", b"namespace", "project", b"project"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__namespace: _TypeAlias = _typing.Literal["namespace"]  # noqa: Y015
+    _WhichOneofArgType__namespace: _TypeAlias = _typing.Literal["_namespace", b"_namespace"]  # noqa: Y015
+    _WhichOneofReturnType__project: _TypeAlias = _typing.Literal["project"]  # noqa: Y015
+    _WhichOneofArgType__project: _TypeAlias = _typing.Literal["_project", b"_project"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__namespace) -> _WhichOneofReturnType__namespace | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__project) -> _WhichOneofReturnType__project | None: ...
+
+Global___CacheQuery: _TypeAlias = CacheQuery  # noqa: Y015
+
+@_typing.final
+class CacheUsage(_message.Message):
+    """CacheUsage counts the lookups of one namespace, policy and project in a window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    HITS_FIELD_NUMBER: _builtins.int
+    MISSES_FIELD_NUMBER: _builtins.int
+    STORES_FIELD_NUMBER: _builtins.int
+    SAVED_MICROS_FIELD_NUMBER: _builtins.int
+    HIT_RATE_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    policy: _builtins.str
+    project: _builtins.str
+    hits: _builtins.int
+    misses: _builtins.int
+    stores: _builtins.int
+    """Answers stored (decision-mode values and execute-mode answers)."""
+    saved_micros: _builtins.int
+    """What the hits would have cost: each entry's recorded cost, once per hit."""
+    hit_rate: _builtins.float
+    """hits / (hits + misses); 0 when there were no lookups."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        policy: _builtins.str = ...,
+        project: _builtins.str = ...,
+        hits: _builtins.int = ...,
+        misses: _builtins.int = ...,
+        stores: _builtins.int = ...,
+        saved_micros: _builtins.int = ...,
+        hit_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hit_rate", b"hit_rate", "hits", b"hits", "misses", b"misses", "namespace", b"namespace", "policy", b"policy", "project", b"project", "saved_micros", b"saved_micros", "stores", b"stores"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheUsage: _TypeAlias = CacheUsage  # noqa: Y015
+
+@_typing.final
+class CacheStats(_message.Message):
+    """CacheStats answers GetCacheStats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKEND_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    MAX_ENTRIES_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    backend: _builtins.str
+    """sqlite | redis"""
+    entries: _builtins.int
+    """Entries and bytes held (of the namespace and project asked for)."""
+    bytes: _builtins.int
+    max_entries: _builtins.int
+    """The configured bounds, cache.max_entries and cache.max_bytes."""
+    max_bytes: _builtins.int
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___CacheUsage]: ...
+    @_builtins.property
+    def total(self) -> Global___CacheUsage:
+        """The usage rows added up."""
+
+    def __init__(
+        self,
+        *,
+        backend: _builtins.str = ...,
+        entries: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        max_entries: _builtins.int = ...,
+        max_bytes: _builtins.int = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        usage: _abc.Iterable[Global___CacheUsage] | None = ...,
+        total: Global___CacheUsage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "bytes", b"bytes", "entries", b"entries", "max_bytes", b"max_bytes", "max_entries", b"max_entries", "total", b"total", "usage", b"usage", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheStats: _TypeAlias = CacheStats  # noqa: Y015
+
+@_typing.final
+class PurgeCacheResult(_message.Message):
+    """PurgeCacheResult answers PurgeCache."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.int
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeCacheResult: _TypeAlias = PurgeCacheResult  # noqa: Y015

@@ -65,6 +65,16 @@ class RouterStub:
                 request_serializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CompleteRequest.SerializeToString,
                 response_deserializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CompleteEvent.FromString,
                 _registered_method=True)
+        self.GetCacheStats = channel.unary_unary(
+                '/routing_sidecar.v1.Router/GetCacheStats',
+                request_serializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CacheQuery.SerializeToString,
+                response_deserializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CacheStats.FromString,
+                _registered_method=True)
+        self.PurgeCache = channel.unary_unary(
+                '/routing_sidecar.v1.Router/PurgeCache',
+                request_serializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CacheQuery.SerializeToString,
+                response_deserializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.PurgeCacheResult.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -116,6 +126,21 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCacheStats(self, request, context):
+        """GetCacheStats describes the response cache: entries and bytes held, and per namespace,
+        policy and project the hits, misses, stores and money saved over a window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeCache(self, request, context):
+        """PurgeCache deletes response cache entries: those of a namespace and/or a project, or all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +173,16 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.Complete,
                     request_deserializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CompleteRequest.FromString,
                     response_serializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CompleteEvent.SerializeToString,
+            ),
+            'GetCacheStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCacheStats,
+                    request_deserializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CacheQuery.FromString,
+                    response_serializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CacheStats.SerializeToString,
+            ),
+            'PurgeCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeCache,
+                    request_deserializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CacheQuery.FromString,
+                    response_serializer=routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.PurgeCacheResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +348,60 @@ class Router:
             '/routing_sidecar.v1.Router/Complete',
             routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CompleteRequest.SerializeToString,
             routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CompleteEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCacheStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/routing_sidecar.v1.Router/GetCacheStats',
+            routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CacheQuery.SerializeToString,
+            routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CacheStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/routing_sidecar.v1.Router/PurgeCache',
+            routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.CacheQuery.SerializeToString,
+            routing__sidecar__api_dot_routing__sidecar_dot_v1_dot_router__pb2.PurgeCacheResult.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,6 +68,12 @@ class RouterStub:
     attempt. Events come in order: decision, then per attempt its deltas and one attempt,
     then done (always last, success or not).
     """
+    GetCacheStats: _grpc.UnaryUnaryMultiCallable[_router_pb2.CacheQuery, _router_pb2.CacheStats]
+    """GetCacheStats describes the response cache: entries and bytes held, and per namespace,
+    policy and project the hits, misses, stores and money saved over a window.
+    """
+    PurgeCache: _grpc.UnaryUnaryMultiCallable[_router_pb2.CacheQuery, _router_pb2.PurgeCacheResult]
+    """PurgeCache deletes response cache entries: those of a namespace and/or a project, or all."""
 
 @_typing.type_check_only
 class RouterAsyncStub(RouterStub):
@@ -90,6 +96,12 @@ class RouterAsyncStub(RouterStub):
     attempt. Events come in order: decision, then per attempt its deltas and one attempt,
     then done (always last, success or not).
     """
+    GetCacheStats: _aio.UnaryUnaryMultiCallable[_router_pb2.CacheQuery, _router_pb2.CacheStats]  # type: ignore[assignment]
+    """GetCacheStats describes the response cache: entries and bytes held, and per namespace,
+    policy and project the hits, misses, stores and money saved over a window.
+    """
+    PurgeCache: _aio.UnaryUnaryMultiCallable[_router_pb2.CacheQuery, _router_pb2.PurgeCacheResult]  # type: ignore[assignment]
+    """PurgeCache deletes response cache entries: those of a namespace and/or a project, or all."""
 
 class RouterServicer(metaclass=_abc_1.ABCMeta):
     """Router answers routing questions and learns from reported outcomes."""
@@ -145,5 +157,23 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
         attempt. Events come in order: decision, then per attempt its deltas and one attempt,
         then done (always last, success or not).
         """
+
+    @_abc_1.abstractmethod
+    def GetCacheStats(
+        self,
+        request: _router_pb2.CacheQuery,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.CacheStats, _abc.Awaitable[_router_pb2.CacheStats]]:
+        """GetCacheStats describes the response cache: entries and bytes held, and per namespace,
+        policy and project the hits, misses, stores and money saved over a window.
+        """
+
+    @_abc_1.abstractmethod
+    def PurgeCache(
+        self,
+        request: _router_pb2.CacheQuery,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.PurgeCacheResult, _abc.Awaitable[_router_pb2.PurgeCacheResult]]:
+        """PurgeCache deletes response cache entries: those of a namespace and/or a project, or all."""
 
 def add_RouterServicer_to_server(servicer: RouterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
