@@ -143,6 +143,62 @@ async def test_route_stream_bad_message_names_its_index_and_field(
     assert err.value.details() == "stream message 2: priority: must be 0..100 (got 300)"
 
 
+async def test_route_stream_commits_a_burst_in_shared_transactions(
+    sidecar: Sidecar, stub: pb_grpc.RouterStub,
+) -> None:
+    n = 300
+
+    async def requests():  # type: ignore[no-untyped-def]
+        for i in range(n):
+            yield req(task_id=f"burst-{i}")
+
+    writer = sidecar.store.writer  # type: ignore[union-attr]
+    commits = writer.commits
+    decisions = [d async for d in stub.RouteStream(requests())]
+    assert [d.task_id for d in decisions] == [f"burst-{i}" for i in range(n)]
+    # Sent without waiting for answers, the messages' rows share transactions...
+    assert writer.commits - commits <= n // 4
+    # ...and each answered decision is in the store.
+    assert sidecar.store is not None
+    for d in decisions[:: n // 10]:
+        row = await sidecar.store.get_decision(d.decision_id)
+        assert row is not None and row.task_id == d.task_id
+
+
+async def test_route_stream_in_lockstep_answers_each_before_the_next(
+    stub: pb_grpc.RouterStub,
+) -> None:
+    call = stub.RouteStream()
+    for i in range(5):  # the next message is only written once this answer is read
+        await call.write(req(task_id=f"step-{i}"))
+        assert (await call.read()).task_id == f"step-{i}"
+    await call.done_writing()
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_route_stream_burst_decides_nothing_after_a_bad_message(
+    sidecar: Sidecar, stub: pb_grpc.RouterStub,
+) -> None:
+    call = stub.RouteStream()
+    for i in range(21):  # all written before any answer is read
+        await call.write(req(task_id=f"m-{i}", priority=300 if i == 10 else 50))
+    await call.done_writing()
+    got = []
+    with pytest.raises(grpc.aio.AioRpcError):
+        while True:
+            got.append((await call.read()).task_id)
+    assert got == [f"m-{i}" for i in range(10)]
+    assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await call.details() == "stream message 10: priority: must be 0..100 (got 300)"
+    assert sidecar.store is not None
+    stored = await sidecar.store.list_decisions(100)
+    assert sorted(d.decision.task_id for d in stored) == sorted(got)
+    # Only the ten answered decisions hold budget.
+    status = await stub.GetBudgetStatus(pb.BudgetQuery(scopes=["global"]))
+    held = sum(d.decision.estimated_cost_micros for d in stored)
+    assert held > 0 and status.budgets[0].reserved_micros == held
+
+
 async def test_health_reports_serving_for_both_names(channel: grpc.aio.Channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     for name in ("", "routing_sidecar.v1.Router"):

@@ -262,14 +262,15 @@ class Observer:
         """Ids of the current span, for the decision's audit row."""
         return trace_ids_of(trace.get_current_span()) if self.tracing else NO_TRACE
 
-    @contextlib.contextmanager
-    def decision_span(self) -> Iterator[None]:
-        """A child span per decision of a RouteStream (a no-op when the stream is untraced)."""
+    def stream_decision_span(self) -> Span | None:
+        """A child span for one decision of a RouteStream, started now and ended by the caller.
+
+        None when the stream is untraced. Its caller ends it once the decision has committed,
+        which is after the block that decided it.
+        """
         if not self.tracing or not trace.get_current_span().is_recording():
-            yield
-            return
-        with self._tracer.start_as_current_span("routing.decide"):
-            yield
+            return None
+        return self._tracer.start_span("routing.decide")
 
     def cache_lookup(self, policy: str, project: str, hit: bool, saved_micros: int) -> None:
         """Count one response-cache lookup (and, on a hit, what it saved)."""

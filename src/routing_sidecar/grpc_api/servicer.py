@@ -13,7 +13,6 @@ from routing_sidecar import domain, logs
 from routing_sidecar.errors import (
     FailedPrecondition,
     InvalidArgument,
-    ResourceExhausted,
     StorageError,
     Unavailable,
 )
@@ -25,6 +24,7 @@ from routing_sidecar.grpc_api import (
     convert_stats,
     observe,
 )
+from routing_sidecar.grpc_api.route_stream import route_stream
 from routing_sidecar.grpc_api.status import streaming, unary
 from routing_sidecar.ports import AuditLog, CacheUsage, Clock
 from routing_sidecar.service.cache import CacheService
@@ -95,21 +95,9 @@ class RouterServicer(pb_grpc.RouterServicer):
     async def RouteStream(
         self, request_iterator: AsyncIterator[pb.RouteRequest], context: Any
     ) -> AsyncIterator[pb.Decision]:
-        """Decide a stream of tasks, answering in order."""
-        index = 0
-        async for request in request_iterator:
-            with self._observe.decision_span():
-                started = time.perf_counter()
-                try:
-                    task = convert.task_from_pb(request)
-                    decision = await self._service.route(task, self._observe.trace_ids())
-                except (InvalidArgument, ResourceExhausted) as exc:
-                    field = f"stream message {index}: {exc.field}"
-                    raise type(exc)(field, _problem(exc)) from None
-                self._observe.decided(task, decision, time.perf_counter() - started)
-            yield convert.decision_to_pb(decision)
-            index += 1
-
+        """Decide a stream of tasks, answering in order (see route_stream.py)."""
+        async for decision in route_stream(request_iterator, self._service, self._observe):
+            yield decision
 
     @unary
     @_traced
@@ -206,6 +194,3 @@ class RouterServicer(pb_grpc.RouterServicer):
             # After `done`, the status says whether the same call may succeed later.
             raise (Unavailable if done.retryable else FailedPrecondition)(done.error)
 
-
-def _problem(exc: InvalidArgument | ResourceExhausted) -> str:
-    return exc.message.removeprefix(f"{exc.field}: ")

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import random
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -81,6 +81,14 @@ class Decided:
     decision: domain.Decision
     record: DecisionRecord
     change: LedgerChange
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A decision made by `RoutingService.begin`, left for `finish` to commit."""
+
+    decided: Decided
+    remember: Callable[[], Awaitable[None]] | None = None  # a cache miss's key, kept beside
 
 
 class RoutingService:
@@ -214,24 +222,37 @@ class RoutingService:
         `trace` names the caller's span so ReportOutcome can attach attempt spans to it later.
         A `cache_key` with a stored value answers CACHE_HIT instead (decision mode).
         """
+        return await self.finish(await self.begin(task, trace))
+
+    async def begin(self, task: domain.Task, trace: TraceIds = NO_TRACE) -> Routed:
+        """The first half of `route`: look up the cache, decide and reserve; nothing written.
+
+        Every refusal of the task itself (a bad field, a label cap) is raised here, so a
+        stream can decide its messages in order and commit them side by side.
+        """
         cache = self.cache
         if cache is not None:  # the key's tenant is read from the labels as decide() sees them
             task = self.limits.admit(task, self.state.settings.limits)
         key = cache.route_key(task, resolve_policy(task, self.catalog).name) if cache else None
         if cache is None or key is None:
-            decided = await self.decide(task, trace)
-            await self.commit(decided)
-            return decided.decision
+            return Routed(await self.decide(task, trace))
         entry = await cache.lookup(key, project_of(task))
-        decided = (await self.decide(task, trace) if entry is None
-                   else self.decide_cached(task, entry, trace))
-        if entry is not None or task.dry_run or decided.decision.selection.chosen is None:
-            await self.commit(decided)
-        else:  # a miss that will run: its outcome may store a value under the key
-            await asyncio.gather(self.commit(decided),
-                                 cache.remember(decided.decision.decision_id, key,
-                                                project_of(task)))
-        return decided.decision
+        if entry is not None:
+            return Routed(self.decide_cached(task, entry, trace))
+        decided = await self.decide(task, trace)
+        if task.dry_run or decided.decision.selection.chosen is None:
+            return Routed(decided)
+        # A miss that will run: its outcome may store a value under the key.
+        return Routed(decided, lambda: cache.remember(decided.decision.decision_id, key,
+                                                      project_of(task)))
+
+    async def finish(self, routed: Routed) -> domain.Decision:
+        """The second half of `route`: commit the audit row (and the cache key to remember)."""
+        if routed.remember is None:
+            await self.commit(routed.decided)
+        else:
+            await asyncio.gather(self.commit(routed.decided), routed.remember())
+        return routed.decided.decision
 
     async def commit(self, decided: Decided) -> None:
         """Write a decision's audit row with its reservation rows; undo them if that fails."""
