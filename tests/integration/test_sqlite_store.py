@@ -6,6 +6,7 @@ stats, kill -9) is in test_store_contract.py, run against this store and Postgre
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from routing_sidecar.errors import StorageError
 from routing_sidecar.storage import SCHEMA_VERSION, SqliteStore
+from routing_sidecar.storage.sqlite import CHECKPOINT_EVERY_S, WAL_SIZE_LIMIT_BYTES
 from tests.store_records import FixedClock, decision_record
 
 TABLES = {"model_routing_decisions", "model_selections", "decision_outcomes",
@@ -72,6 +74,29 @@ async def test_a_file_from_a_newer_build_is_refused(db_path: Path) -> None:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StorageError, match="newer"):
         await SqliteStore.open(str(db_path), retention_days=30, clock=FixedClock())
+
+
+async def test_the_wal_is_cut_back_once_checkpoints_let_it_start_over(
+    store: SqliteStore, db_path: Path,
+) -> None:
+    wal = Path(f"{db_path}-wal")
+    # One decision per commit, each rewriting a few pages: past the limit in the WAL...
+    n = 0
+    while wal.stat().st_size <= WAL_SIZE_LIMIT_BYTES:
+        for _ in range(200):
+            await store.record_decision(decision_record(n))
+            n += 1
+    assert wal.stat().st_size > WAL_SIZE_LIMIT_BYTES
+    # ...then, after the checkpointer's next rounds, the next commit starts the WAL over and
+    # cuts the file back (the checkpointer runs every CHECKPOINT_EVERY_S).
+    for _ in range(50):
+        await asyncio.sleep(CHECKPOINT_EVERY_S)
+        await store.record_decision(decision_record(n))
+        n += 1
+        if wal.stat().st_size <= WAL_SIZE_LIMIT_BYTES:
+            break
+    assert wal.stat().st_size <= WAL_SIZE_LIMIT_BYTES
+    assert peek(db_path, "SELECT count(*) FROM model_routing_decisions") == [(n,)]
 
 
 @pytest.mark.parametrize(("mode", "value"), [("NORMAL", 1), ("FULL", 2)])

@@ -63,8 +63,12 @@ DAY_S = 86_400.0
 
 
 log = logging.getLogger(__name__)
-CHECKPOINT_EVERY_S = 1.0
-BACKSTOP_CHECKPOINT_PAGES = 20_000  # about 80 MiB of WAL at the default 4 KiB page
+# The WAL holds what was committed since the last checkpoint: at a thousand small commits a
+# second, each rewriting a few pages, a second's worth is tens of MiB, so checkpoint often.
+CHECKPOINT_EVERY_S = 0.2
+BACKSTOP_CHECKPOINT_PAGES = 12_000  # about 47 MiB of WAL at the default 4 KiB page
+# Once a checkpoint has let the WAL start over, a file grown past this is cut back to it.
+WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
 
 # Record fields are named after their columns (rows.py); only the placeholders are SQLite's.
 INSERT_DECISION = insert("model_routing_decisions", DECISION_COLUMNS, qmarks)
@@ -118,6 +122,7 @@ def _writer_conn(path: str, synchronous: Synchronous, busy_timeout_ms: int) -> s
         # Checkpoints run on their own connection (Checkpointer), so no commit pays for
         # copying the WAL back; this high mark is only a backstop should that ever stall.
         conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
     except BaseException:
         conn.close()
         raise
@@ -125,7 +130,7 @@ def _writer_conn(path: str, synchronous: Synchronous, busy_timeout_ms: int) -> s
 
 
 class Checkpointer:
-    """Copies the WAL back into the database every second, beside the writer, never in it.
+    """Copies the WAL back into the database five times a second, beside the writer.
 
     PASSIVE checkpoints neither wait for nor block the writer; without them the commit that
     crosses SQLite's auto-checkpoint mark would stall for milliseconds.
