@@ -76,26 +76,30 @@ async def test_a_file_from_a_newer_build_is_refused(db_path: Path) -> None:
         await SqliteStore.open(str(db_path), retention_days=30, clock=FixedClock())
 
 
+def wal_bytes(db_path: Path) -> int:
+    """The size of the store's write-ahead log file."""
+    return Path(f"{db_path}-wal").stat().st_size
+
+
 async def test_the_wal_is_cut_back_once_checkpoints_let_it_start_over(
     store: SqliteStore, db_path: Path,
 ) -> None:
-    wal = Path(f"{db_path}-wal")
     # One decision per commit, each rewriting a few pages: past the limit in the WAL...
     n = 0
-    while wal.stat().st_size <= WAL_SIZE_LIMIT_BYTES:
+    while wal_bytes(db_path) <= WAL_SIZE_LIMIT_BYTES:
         for _ in range(200):
             await store.record_decision(decision_record(n))
             n += 1
-    assert wal.stat().st_size > WAL_SIZE_LIMIT_BYTES
+    assert wal_bytes(db_path) > WAL_SIZE_LIMIT_BYTES
     # ...then, after the checkpointer's next rounds, the next commit starts the WAL over and
     # cuts the file back (the checkpointer runs every CHECKPOINT_EVERY_S).
     for _ in range(50):
         await asyncio.sleep(CHECKPOINT_EVERY_S)
         await store.record_decision(decision_record(n))
         n += 1
-        if wal.stat().st_size <= WAL_SIZE_LIMIT_BYTES:
+        if wal_bytes(db_path) <= WAL_SIZE_LIMIT_BYTES:
             break
-    assert wal.stat().st_size <= WAL_SIZE_LIMIT_BYTES
+    assert wal_bytes(db_path) <= WAL_SIZE_LIMIT_BYTES
     assert peek(db_path, "SELECT count(*) FROM model_routing_decisions") == [(n,)]
 
 
