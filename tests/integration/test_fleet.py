@@ -103,6 +103,13 @@ async def test_three_sidecars_share_one_budget_and_never_overspend(start: Start)
     assert (status.spent_micros, status.reserved_micros) == (1_000 * len(routed), 0)
 
 
+async def test_a_burst_beyond_the_redis_pool_waits_for_a_connection(start: Start) -> None:
+    _, stub = await start("small", max_connections=2, socket_timeout_s=5)
+    decisions = await asyncio.gather(*(stub.Route(task(i)) for i in range(40)))
+    assert {d.status for d in decisions} == {pb.DECISION_STATUS_ROUTED}
+    assert (await global_budget(stub)).reserved_micros == 1_000 * 40
+
+
 async def test_a_breaker_opened_through_one_sidecar_reaches_another_within_100_ms(
     start: Start,
 ) -> None:

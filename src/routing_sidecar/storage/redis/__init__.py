@@ -35,9 +35,13 @@ def open_fleet(cfg: FleetConfig, settings: RouterSettings, tz: tzinfo, *, origin
     url = cfg.url()
     if url is None:
         raise ValueError("fleet: no Redis URL (redis_url, or the variable redis_url_env names)")
-    client = aioredis.Redis.from_url(
+    # A burst beyond max_connections waits for a free connection (as long as a slow reply
+    # may take) instead of failing at once and rejecting budgeted tasks as if Redis were down.
+    pool = aioredis.BlockingConnectionPool.from_url(
         url, socket_timeout=cfg.socket_timeout_s, socket_connect_timeout=cfg.connect_timeout_s,
-        max_connections=cfg.max_connections, health_check_interval=30, retry_on_timeout=False)
+        max_connections=cfg.max_connections, timeout=cfg.socket_timeout_s,
+        health_check_interval=30, retry_on_timeout=False)
+    client = aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
     return Fleet(
         client,
         RedisLedger(client, settings.budgets, tz, prefix=cfg.key_prefix),
