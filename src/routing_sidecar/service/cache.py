@@ -9,7 +9,6 @@ last-use times on every sweep; reports add what is not written yet, so they are 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from routing_sidecar.ports import (
     PendingStore,
     SweepResult,
 )
+from routing_sidecar.service.waiting import wake_or_timeout
 from routing_sidecar.settings import CacheSettings
 
 log = logging.getLogger(__name__)
@@ -298,8 +298,7 @@ class CacheService:
     async def run(self) -> None:
         """Sweep every `sweep_interval_s` (sooner after many stores) until cancelled."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.sweep_interval_s)
+            await wake_or_timeout(self._wake, self.settings.sweep_interval_s)
             self._wake.clear()
             try:
                 await self.sweep_once()

@@ -18,6 +18,7 @@ from routing_sidecar.errors import BudgetUnavailable
 from routing_sidecar.ports import Clock, SharedHealth, SharedQuality
 from routing_sidecar.service.fleet_budgets import FleetBudgets
 from routing_sidecar.service.learning import Learner
+from routing_sidecar.service.waiting import wake_or_timeout
 
 log = logging.getLogger(__name__)
 PULLED_TYPES = 256  # the most recently updated task types refreshed from the fleet each round
@@ -71,8 +72,7 @@ class FleetSync:
         loop = asyncio.get_running_loop()
         due = loop.time()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, due - loop.time()))
+            await wake_or_timeout(self._wake, due - loop.time())
             self._wake.clear()
             if not self._joined:
                 self._joined = await self._join()
