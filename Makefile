@@ -6,7 +6,7 @@ CONFIG ?= config/router.yaml
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint protos check-protos bench bench-replay install clean validate fuzz
+.PHONY: run test lint protos check-protos bench bench-replay install clean validate fuzz bytecode
 
 install: $(STAMP)
 
@@ -25,7 +25,12 @@ protos: $(STAMP)
 check-protos: $(STAMP)
 	scripts/check_protos.sh
 
-run: $(STAMP) generated/routing_sidecar_api/__init__.py
+# Bytecode for the editable install, as a wheel install (and the image) has it, so that a start
+# does not compile every module again, also where PYTHONDONTWRITEBYTECODE is set.
+bytecode: $(STAMP) generated/routing_sidecar_api/__init__.py
+	$(BIN)/python -m compileall -q src generated bench
+
+run: bytecode
 	mkdir -p var
 	$(BIN)/routing-sidecar serve --config $(CONFIG)
 
@@ -47,7 +52,7 @@ test: lint
 fuzz: $(STAMP) generated/routing_sidecar_api/__init__.py
 	ROUTING_FUZZ_PROFILE=fuzz $(BIN)/pytest -q tests/fuzz --hypothesis-show-statistics
 
-bench: $(STAMP)
+bench: bytecode
 	$(BIN)/python -m bench.run
 
 bench-replay: $(STAMP)

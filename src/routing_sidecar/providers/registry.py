@@ -7,10 +7,8 @@ from collections.abc import Iterator, Mapping
 
 from routing_sidecar.calls import ExecutionSettings, ProviderKind, ProviderSettings
 from routing_sidecar.ports import ProviderClient
-from routing_sidecar.providers.anthropic import AnthropicProvider
 from routing_sidecar.providers.base import resolve_key
 from routing_sidecar.providers.fake import FakeProvider
-from routing_sidecar.providers.openai import OpenAIProvider
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +19,14 @@ def build_client(settings: ProviderSettings, environ: Mapping[str, str] | None =
     if settings.kind is ProviderKind.FAKE:
         return FakeProvider(settings)
     key = resolve_key(settings, environ)
+    # Imported here: the HTTP adapters (httpx) load only when a config names a real provider,
+    # which keeps a decision-only sidecar's start short.
     if settings.kind is ProviderKind.ANTHROPIC:
+        from routing_sidecar.providers.anthropic import AnthropicProvider  # noqa: PLC0415
+
         return AnthropicProvider(settings, key)
+    from routing_sidecar.providers.openai import OpenAIProvider  # noqa: PLC0415
+
     return OpenAIProvider(settings, key)
 
 

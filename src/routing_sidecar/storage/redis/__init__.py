@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import tzinfo
-
-import redis.asyncio as aioredis
+from typing import TYPE_CHECKING
 
 from routing_sidecar.config_fleet import FleetConfig
 from routing_sidecar.settings import RouterSettings
-from routing_sidecar.storage.redis.health import SharedBreakers
-from routing_sidecar.storage.redis.learning import SharedLearning
-from routing_sidecar.storage.redis.ledger import RedisLedger
 
-__all__ = ["Fleet", "RedisLedger", "SharedBreakers", "SharedLearning", "open_fleet"]
+# redis-py loads in open_fleet, only for a config in fleet mode: a shorter start without it.
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from routing_sidecar.storage.redis.health import SharedBreakers
+    from routing_sidecar.storage.redis.learning import SharedLearning
+    from routing_sidecar.storage.redis.ledger import RedisLedger
+
+__all__ = ["Fleet", "open_fleet"]
 
 
 @dataclass
@@ -32,6 +36,12 @@ class Fleet:
 
 def open_fleet(cfg: FleetConfig, settings: RouterSettings, tz: tzinfo, *, origin: str) -> Fleet:
     """A pooled client (timeouts, reconnects on the next call) and the shared books on it."""
+    import redis.asyncio as aioredis  # noqa: PLC0415
+
+    from routing_sidecar.storage.redis.health import SharedBreakers  # noqa: PLC0415
+    from routing_sidecar.storage.redis.learning import SharedLearning  # noqa: PLC0415
+    from routing_sidecar.storage.redis.ledger import RedisLedger  # noqa: PLC0415
+
     url = cfg.url()
     if url is None:
         raise ValueError("fleet: no Redis URL (redis_url, or the variable redis_url_env names)")
