@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -84,12 +84,59 @@ class DecisionRecord:
             estimated_cost_micros=sel.estimated_cost_micros, reason=sel.reason,
             # orjson writes the frozen dataclasses directly, several times faster than
             # json.dumps: this runs on every Route.
-            alternatives_json=orjson.dumps(sel.alternatives).decode(),
-            fallbacks_json=orjson.dumps(sel.fallbacks).decode(),
+            alternatives_json=orjson.dumps([_alternative_row(a) for a in sel.alternatives]
+                                           ).decode(),
+            fallbacks_json=orjson.dumps([_fallback_row(f) for f in sel.fallbacks]).decode(),
             labels_json=orjson.dumps(dict(task.labels), option=orjson.OPT_SORT_KEYS).decode(),
             dry_run=decision.dry_run, decided_at=decision.decided_at,
             config_hash=config_hash, trace_id=trace_id, span_id=span_id,
         )
+
+
+# The audit row keeps each alternative and fallback as an array in this field order, optional
+# fields at the end and left out when unset: the field names repeated in every object made up
+# half of a decision's row. Rows written as objects by earlier builds read back the same.
+ALTERNATIVE_FIELDS = ("model", "provider", "tier", "score", "estimated_cost_micros", "rejection",
+                      "reason", "estimated_quality", "slot_id", "net_value_micros")
+FALLBACK_FIELDS = ("model", "provider", "tier", "estimated_cost_micros", "slot_id")
+
+
+def _alternative_row(a: domain.Alternative) -> list[Any]:
+    row: list[Any] = [a.model, a.provider, a.tier, a.score, a.estimated_cost_micros,
+                      a.rejection, a.reason, a.estimated_quality]
+    if a.net_value_micros is not None:
+        row += [a.slot_id, a.net_value_micros]
+    elif a.slot_id is not None:
+        row.append(a.slot_id)
+    return row
+
+
+def _fallback_row(f: domain.Fallback) -> list[Any]:
+    row: list[Any] = [f.model, f.provider, f.tier, f.estimated_cost_micros]
+    if f.slot_id is not None:
+        row.append(f.slot_id)
+    return row
+
+
+def _read_rows(text: str, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    rows = orjson.loads(text)
+    out = []
+    for row in rows:
+        if isinstance(row, dict):  # written by an earlier build
+            out.append({f: row.get(f) for f in fields})
+        else:
+            out.append({f: row[i] if i < len(row) else None for i, f in enumerate(fields)})
+    return out
+
+
+def stored_alternatives(record: DecisionRecord) -> list[dict[str, Any]]:
+    """The audit row's alternatives, one dict of ALTERNATIVE_FIELDS each."""
+    return _read_rows(record.alternatives_json, ALTERNATIVE_FIELDS)
+
+
+def stored_fallbacks(record: DecisionRecord) -> list[dict[str, Any]]:
+    """The audit row's fallback chain, one dict of FALLBACK_FIELDS each."""
+    return _read_rows(record.fallbacks_json, FALLBACK_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)

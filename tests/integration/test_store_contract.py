@@ -40,6 +40,7 @@ from routing_sidecar.ports import (
     PauseRecord,
     PerformanceRecord,
     PolicyChange,
+    stored_alternatives,
 )
 from routing_sidecar.storage import Job, Store, Write, open_store
 from tests.store_records import GPT5, HAIKU, T0, FixedClock, attempt, decision_record, outcome
@@ -225,7 +226,7 @@ async def test_a_decision_round_trips(store: Store) -> None:
     await store.record_decision(record)
     assert await store.get_decision("dx") == record
     assert await store.get_decision("nope") is None
-    assert json.loads(record.alternatives_json)[0]["rejection"] == "chosen"
+    assert stored_alternatives(record)[0]["rejection"] == "chosen"
     assert json.loads(record.labels_json) == {"lane": "fast", "project": "alpha", "ünï": "cødé"}
     dry = decision_record("dry", dry_run=True, labels={})
     await store.record_decision(dry)

@@ -15,7 +15,12 @@ from routing_sidecar import domain
 from routing_sidecar.errors import StorageError
 from routing_sidecar.http_api import views as v
 from routing_sidecar.http_api.backend import Backend
-from routing_sidecar.ports import ActivityBucket, AuditedDecision
+from routing_sidecar.ports import (
+    ActivityBucket,
+    AuditedDecision,
+    stored_alternatives,
+    stored_fallbacks,
+)
 
 HOUR_S = 3600.0
 MINUTE_S = 60.0
@@ -163,7 +168,7 @@ def decision_item(view: AuditedDecision) -> v.DecisionItem:
     d = view.decision
     alternatives = [v.Alternative(**{**_known(v.Alternative, a),
                                      "chosen": a["rejection"] == domain.Rejection.CHOSEN})
-                    for a in json.loads(d.alternatives_json)]
+                    for a in stored_alternatives(d)]
     attempts = [
         v.Attempt(index=a.attempt_index, model=a.model, provider=a.provider,
                   status=a.status.value, error_type=a.error_type,
@@ -185,7 +190,7 @@ def decision_item(view: AuditedDecision) -> v.DecisionItem:
         reason=d.reason, labels=json.loads(d.labels_json), dry_run=d.dry_run,
         decided_at=v.at(d.decided_at), config_hash=d.config_hash,
         trace_id=d.trace_id, alternatives=alternatives,
-        fallbacks=[v.Fallback(**_known(v.Fallback, f)) for f in json.loads(d.fallbacks_json)],
+        fallbacks=[v.Fallback(**_known(v.Fallback, f)) for f in stored_fallbacks(d)],
         outcome=outcome, attempts=attempts)
 
 

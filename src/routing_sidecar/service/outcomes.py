@@ -28,6 +28,7 @@ from routing_sidecar.ports import (
     GradeRecord,
     OutcomeRecord,
     PerformanceRecord,
+    stored_fallbacks,
 )
 from routing_sidecar.service.budgets import AlertHook, log_alerts
 from routing_sidecar.service.cache import CacheService
@@ -54,7 +55,7 @@ class OutcomeAck:
 
 def plan_of(record: DecisionRecord) -> dict[str, int]:
     """Estimated cost per model the decision named: the choice and its fallbacks."""
-    est = {f["model"]: int(f["estimated_cost_micros"]) for f in json.loads(record.fallbacks_json)}
+    est = {f["model"]: int(f["estimated_cost_micros"]) for f in stored_fallbacks(record)}
     if record.chosen_model:
         est[record.chosen_model] = record.estimated_cost_micros
     return est
