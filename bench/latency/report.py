@@ -11,12 +11,14 @@ from pathlib import Path
 import grpc
 from google import protobuf
 
-from bench.core import CoreResult
-from bench.rpc import Summary, ratios
-from bench.startup import StartupResult
-from bench.targets import Variant
+from bench.latency import headline
+from bench.latency.core import CoreResult
+from bench.latency.footprint import Footprint
+from bench.latency.rpc import Summary, ratios
+from bench.latency.startup import StartupResult
+from bench.latency.targets import Variant
 
-RATIO_TARGET = 1.3
+RATIO_TARGET = 1.3  # the later aim for every Route ratio to the no-op (the headline has today's)
 CORE_P99_TARGET_US = 100.0
 
 
@@ -35,6 +37,9 @@ class Results:
     core: list[CoreResult] = field(default_factory=list)
     startup: list[StartupResult] = field(default_factory=list)
     store_files: dict[str, str] = field(default_factory=dict)
+    stream: list[Summary] = field(default_factory=list)
+    footprint: Footprint | None = None
+    spans: dict[str, int | None] = field(default_factory=dict)
     duration_s: float = 0.0
 
 
@@ -152,7 +157,7 @@ def verdicts(res: Results) -> list[str]:
         r = ratios(s, base[s.concurrency])
         for q in ("p50", "p99"):
             out.append(f"Route {q} {s.target} c={s.concurrency}: {r[q]:.2f}x no-op "
-                       f"(target <= {RATIO_TARGET}x): {_ok(r[q] <= RATIO_TARGET)}")
+                       f"(later aim <= {RATIO_TARGET}x): {_ok(r[q] <= RATIO_TARGET)}")
     out += pair_verdicts(res)
     for c in res.core[:1]:
         out.append(f"core decide() p99 ({c.label}): {c.p99_us:.1f} µs "
@@ -193,14 +198,37 @@ def md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("| " + " | ".join(str(x) for x in line) + " |" for line in lines)
 
 
+def machine_line(res: Results) -> str:
+    """CPU model, cores, Python and OS on one line."""
+    m = res.machine
+    return f"{m['CPU']}, {m['Cores']}, {m['Python']}, {m['OS']} (kernel {m['Kernel']})"
+
+
+def headline_console(res: Results) -> str:
+    """The headline table for the terminal, with the command and the machine."""
+    return (f"Headline: `{res.command}` on {machine_line(res)}\n\n"
+            + text_table(headline.HEAD, headline.cells(headline.rows(res))))
+
+
+def headline_markdown(res: Results) -> str:
+    """The headline section of docs/benchmarks.md."""
+    return (f"{md_table(headline.HEAD, headline.cells(headline.rows(res)))}\n\n"
+            f"Measured by `{res.command}` on {machine_line(res)}; every ratio is of two servers "
+            "measured side by side in this one run. 1 KB = 1024 B, 1 MB = 2^20 B.")
+
+
 def console(res: Results) -> str:
-    """The run's figures as plain tables for the terminal."""
+    """The run's figures as plain tables for the terminal, the headline first."""
     s = res.settings
     return "\n\n".join([
+        headline_console(res),
         f"Route RPC: {s['requests']} calls per round, {s['rounds']} interleaved rounds per "
         f"target and concurrency, {s['warmup']} warm-up calls\nDecision sizes: "
         + ", ".join(f"{k} {v} B" for k, v in res.decision_bytes.items()),
         text_table(RPC_HEAD, rpc_rows(res)),
+        f"RouteStream: one stream per server, {s['window']} requests in flight",
+        text_table(STREAM_HEAD, stream_rows(res)),
+        "Bytes on disk per decision: " + footprint_text(res),
         "Core decide()",
         text_table(CORE_HEAD, core_rows(res)),
         "Cold start (health polled every 5 ms) and memory",
@@ -209,6 +237,39 @@ def console(res: Results) -> str:
         "Targets (not assertions)\n" + "\n".join(f"  {v}" for v in verdicts(res)),
         f"total {res.duration_s:.0f} s",
     ])
+
+
+STREAM_HEAD = ["server", "decisions", "decisions/s", "p50 µs", "p99 µs", "errors",
+               "vs its unary Route/s c=1", "round p50s µs"]
+
+
+def stream_rows(res: Results) -> list[list[str]]:
+    """One row per server loaded over RouteStream, beside its own unary Route/s at c=1."""
+    unary = {s.target: s for s in res.rpc if s.concurrency == 1}
+    rows = []
+    for s in res.stream:
+        u = unary.get(s.target)
+        rows.append([
+            s.target, str(s.calls), f"{s.rps:.0f}", f"{s.p50_us:.0f}", f"{s.p99_us:.0f}",
+            str(s.errors), f"{s.rps / u.rps:.2f}x" if u and u.rps else "-",
+            "-".join(f"{x:.0f}" for x in (min(s.round_p50_us), max(s.round_p50_us)))
+            if s.round_p50_us else "-",
+        ])
+    return rows
+
+
+def footprint_text(res: Results) -> str:
+    """The footprint phase's two snapshots in a sentence."""
+    f = res.footprint
+    if f is None:
+        return "not measured"
+    b, a = f.before, f.after
+    return (f"{f.bytes_per_decision:.0f} B per decision (store + WAL), "
+            f"{f.db_bytes_per_decision:.0f} B store alone, over the {f.decisions} decisions "
+            f"between two rests: store {b.db_bytes / 1024:.0f} -> {a.db_bytes / 1024:.0f} KiB, "
+            f"WAL {b.wal_bytes / 1024:.0f} -> {a.wal_bytes / 1024:.0f} KiB "
+            f"({b.decisions} -> {a.decisions} decisions stored); largest WAL seen "
+            f"{f.wal_max_bytes / 1024:.0f} KiB; {f.errors} errors")
 
 
 def _stores(res: Results) -> str:
@@ -224,7 +285,7 @@ Route RPC: a grpc.aio client in the harness process sends a fixed RouteRequest m
 (fix_bug 30%, analyze_logs 25%, docs_update 20%, check_links 15%, strategic_design with ev
 10%; labels project and lane; `dry_run` false unless the variant says otherwise) over one
 channel per server, at concurrency 1 and 32. Each server runs in its own process on
-127.0.0.1; the no-op baseline (`bench/noop_server.py`) serves the same method path with
+127.0.0.1; the no-op baseline (`bench/latency/noop_server.py`) serves the same method path with
 grpc.aio, parses each request and answers a pre-built Decision captured from the sidecar
 (the one nearest the mix's mean size; sizes below). Per server and concurrency:
 {s['warmup']} warm-up calls, then
@@ -263,15 +324,22 @@ Memory: VmRSS / VmHWM from `/proc/PID/status` right after start and after the RP
 def markdown(res: Results) -> str:
     """The docs/benchmarks.md page."""
     machine = md_table(["", ""], [[k, v] for k, v in res.machine.items()])
+    s = res.settings
     return f"""\
 # Benchmarks
 
-Generated by `bench/run.py`; re-run to refresh (numbers are from one machine: compare
-ratios and orders of magnitude, not absolute figures across machines).
+Generated by `make bench` (`python -m bench.latency`, the code in `bench/latency/`); re-run to
+refresh (numbers are from one machine: compare ratios and orders of magnitude, not absolute
+figures across machines).
 
 - Command: `{res.command}`
 - Date: {res.date}
-- Duration: {res.duration_s:.0f} s
+- Duration: {res.duration_s:.0f} s (this page's latency sections)
+- Machine: {machine_line(res)}
+
+## Headline
+
+{headline_markdown(res)}
 
 ## Machine
 
@@ -288,6 +356,25 @@ ratios and orders of magnitude, not absolute figures across machines).
 ## Core selection
 
 {md_table(CORE_HEAD, core_rows(res))}
+
+## RouteStream: one stream vs unary Route
+
+One RouteStream per server, a writer task keeping {s['window']} requests in flight while a
+reader task collects the answers; {s['stream_rounds']} rounds of {s['stream_requests']}
+requests, servers interleaved, after {s['warmup']} warm-up requests. Latency is per message,
+written to answered; the ratio is to the same server's unary Route/s at concurrency 1 above.
+
+{md_table(STREAM_HEAD, stream_rows(res))}
+
+## Bytes on disk per decision
+
+{footprint_text(res)}.
+
+A fresh `sidecar` on an empty store takes {s['footprint_first']} Routes at concurrency 32,
+rests {s['footprint_rest_s']} s (the checkpointer copies the WAL back five times a second),
+then {s['footprint_second']} more Routes and the same rest. Per decision: the growth of the
+store file and its WAL together between the two rests, over the decisions the store gained
+(counted in `model_routing_decisions`); the WAL's size is sampled every 20 ms throughout.
 
 ## Cold start and memory
 

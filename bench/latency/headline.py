@@ -1,0 +1,130 @@
+"""The headline table: each figure of the speed and footprint targets, measured in one run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bench.latency.rpc import Summary
+
+if TYPE_CHECKING:
+    from bench.latency.report import Results
+
+NOOP, SIDECAR, TRACED = "noop", "sidecar", "sidecar-traced"
+LATENCY_RATIO = 1.5  # Route p50 and p99 over the no-op's, concurrency 1
+THROUGHPUT_RATIO = 0.6  # Route/s over the no-op's, concurrency 32
+STREAM_RATIO = 3.0  # decisions/s on one RouteStream over unary Route/s at concurrency 1
+TRACING_RATIO = 1.15  # Route p50 with tracing on over off, concurrency 32
+BYTES_PER_DECISION = 1024
+WAL_BYTES = 64 * 1024 * 1024
+COLD_START_S = 0.4
+MIB = 1024 * 1024
+HEAD = ["figure", "measured", "target", "met"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One figure: what was measured (a ratio or a size), its target, and whether it is met."""
+
+    figure: str
+    measured: str
+    target: str
+    met: bool | None  # None: not measured in this run
+
+    @property
+    def verdict(self) -> str:
+        """yes / no / not measured."""
+        return "not measured" if self.met is None else ("yes" if self.met else "no")
+
+
+def _find(rows: Sequence[Summary], target: str, concurrency: int | None = None) -> Summary | None:
+    for s in rows:
+        if s.target == target and (concurrency is None or s.concurrency == concurrency):
+            return s
+    return None
+
+
+def latency_row(res: Results) -> Row:
+    """Route p50 / p99 over the no-op's at concurrency 1."""
+    figure = "Route p50 / p99 vs no-op, concurrency 1"
+    target = f"<= {LATENCY_RATIO}x / {LATENCY_RATIO}x"
+    side, noop = _find(res.rpc, SIDECAR, 1), _find(res.rpc, NOOP, 1)
+    if side is None or noop is None:
+        return Row(figure, "-", target, None)
+    p50, p99 = side.p50_us / noop.p50_us, side.p99_us / noop.p99_us
+    return Row(figure, f"{p50:.2f}x / {p99:.2f}x ({side.p50_us:.0f} / {side.p99_us:.0f} µs vs "
+               f"{noop.p50_us:.0f} / {noop.p99_us:.0f} µs)", target,
+               p50 <= LATENCY_RATIO and p99 <= LATENCY_RATIO)
+
+
+def throughput_row(res: Results) -> Row:
+    """Route/s over the no-op's at concurrency 32."""
+    figure, target = "Route throughput vs no-op, concurrency 32", f">= {THROUGHPUT_RATIO}x"
+    side, noop = _find(res.rpc, SIDECAR, 32), _find(res.rpc, NOOP, 32)
+    if side is None or noop is None or not noop.rps:
+        return Row(figure, "-", target, None)
+    r = side.rps / noop.rps
+    return Row(figure, f"{r:.2f}x ({side.rps:.0f} vs {noop.rps:.0f} req/s)", target,
+               r >= THROUGHPUT_RATIO)
+
+
+def stream_row(res: Results) -> Row:
+    """Decisions/s on one RouteStream over unary Route/s at concurrency 1, same sidecar."""
+    figure = "RouteStream decisions/s on one stream vs unary Route/s at concurrency 1"
+    target = f">= {STREAM_RATIO:.0f}x"
+    stream, unary = _find(res.stream, SIDECAR), _find(res.rpc, SIDECAR, 1)
+    if stream is None or unary is None or not unary.rps:
+        return Row(figure, "-", target, None)
+    r = stream.rps / unary.rps
+    return Row(figure, f"{r:.2f}x ({stream.rps:.0f} vs {unary.rps:.0f} decisions/s, window "
+               f"{stream.concurrency})", target, r >= STREAM_RATIO)
+
+
+def tracing_row(res: Results) -> Row:
+    """Route p50 with tracing on over tracing off at concurrency 32 (throughput beside)."""
+    figure = ("tracing on vs off, concurrency 32 (batch exporter to a local OTLP receiver)")
+    target = f"<= {TRACING_RATIO}x"
+    on, off = _find(res.rpc, TRACED, 32), _find(res.rpc, SIDECAR, 32)
+    if on is None or off is None:
+        return Row(figure, "-", target, None)
+    p50, rps = on.p50_us / off.p50_us, on.rps / off.rps if off.rps else float("nan")
+    spans = res.spans.get(TRACED)
+    got = "spans received: unknown" if spans is None else f"{spans} spans received"
+    return Row(figure, f"{p50:.2f}x p50 (p99 {on.p99_us / off.p99_us:.2f}x, req/s {rps:.2f}x; "
+               f"{got})", target, p50 <= TRACING_RATIO and bool(spans))
+
+
+def footprint_row(res: Results) -> Row:
+    """Store + WAL growth per decision in steady state, and the WAL's largest size."""
+    figure = ("bytes on disk per decision (store + WAL, steady state) and WAL size")
+    target = "<= 1 KB, WAL <= 64 MB"
+    f = res.footprint
+    if f is None or not f.decisions:
+        return Row(figure, "-", target, None)
+    per = f.bytes_per_decision
+    return Row(figure, f"{per:.0f} B/decision (store alone {f.db_bytes_per_decision:.0f} B), "
+               f"WAL {f.after.wal_bytes / MIB:.1f} MB at the end, {f.wal_max_bytes / MIB:.1f} MB "
+               f"at most", target, per <= BYTES_PER_DECISION and f.wal_max_bytes <= WAL_BYTES)
+
+
+def cold_start_row(res: Results) -> Row:
+    """The sidecar's median cold start to SERVING, beside the no-op's."""
+    figure, target = "cold start to SERVING (vs no-op server start)", f"<= {COLD_START_S} s"
+    by_name = {s.name: s for s in res.startup}
+    side, noop = by_name.get(SIDECAR), by_name.get(NOOP)
+    if side is None or noop is None:
+        return Row(figure, "-", target, None)
+    return Row(figure, f"{side.median_s:.2f} s (no-op {noop.median_s:.2f} s: "
+               f"{side.median_s / noop.median_s:.1f}x)", target, side.median_s <= COLD_START_S)
+
+
+def rows(res: Results) -> list[Row]:
+    """The six headline figures, in the order of the targets."""
+    return [latency_row(res), throughput_row(res), stream_row(res), tracing_row(res),
+            footprint_row(res), cold_start_row(res)]
+
+
+def cells(table: Sequence[Row]) -> list[list[str]]:
+    """The rows as table cells: figure, measured, target, met."""
+    return [[r.figure, r.measured, r.target, r.verdict] for r in table]
