@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -94,7 +96,8 @@ async def _sample_wal(wal: Path, peak: list[int]) -> None:
         await asyncio.sleep(SAMPLE_S)
 
 
-async def _load(address: str, db: Path, first: int, second: int) -> Footprint:
+async def _load(address: str, db: Path, first: int, second: int,
+                overrides: Mapping[str, Any]) -> Footprint:
     peak = [0]
     sampler = asyncio.get_running_loop().create_task(
         _sample_wal(db.with_name(db.name + "-wal"), peak))
@@ -102,10 +105,12 @@ async def _load(address: str, db: Path, first: int, second: int) -> Footprint:
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.RouterStub(channel)
-            await run_round(stub, build_requests(first, "footprint-a"), CONCURRENCY, stats)
+            part_a = build_requests(first, "footprint-a", **overrides)
+            await run_round(stub, part_a, CONCURRENCY, stats)
             await asyncio.sleep(REST_S)
             before = await asyncio.to_thread(snapshot, db)
-            await run_round(stub, build_requests(second, "footprint-b"), CONCURRENCY, stats)
+            part_b = build_requests(second, "footprint-b", **overrides)
+            await run_round(stub, part_b, CONCURRENCY, stats)
             await asyncio.sleep(REST_S)
             after = await asyncio.to_thread(snapshot, db)
     finally:
@@ -121,4 +126,4 @@ def measure_footprint(variant: Variant, work: Path, store_dir: Path, first: int,
     with contextlib.ExitStack() as stack:
         sidecar = start_sidecar(stack, variant, work, store_dir, name=f"{variant.name}-footprint")
         db = store_dir / f"{sidecar.name}.db"
-        return asyncio.run(_load(sidecar.address, db, first, second))
+        return asyncio.run(_load(sidecar.address, db, first, second, variant.request))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bench.latency.rpc import Summary
+from bench.latency.tables import md_table, text_table
 
 if TYPE_CHECKING:
     from bench.latency.report import Results
@@ -128,3 +129,38 @@ def rows(res: Results) -> list[Row]:
 def cells(table: Sequence[Row]) -> list[list[str]]:
     """The rows as table cells: figure, measured, target, met."""
     return [[r.figure, r.measured, r.target, r.verdict] for r in table]
+
+
+def machine_line(res: Results) -> str:
+    """CPU model, cores, Python and OS on one line."""
+    m = res.machine
+    return f"{m['CPU']}, {m['Cores']}, {m['Python']}, {m['OS']} (kernel {m['Kernel']})"
+
+
+def headline_console(res: Results) -> str:
+    """The headline table for the terminal, with the command and the machine."""
+    return (f"Headline: `{res.command}` on {machine_line(res)}\n\n"
+            + text_table(HEAD, cells(rows(res))))
+
+
+def headline_markdown(res: Results) -> str:
+    """The headline section of docs/benchmarks.md."""
+    return (f"{md_table(HEAD, cells(rows(res)))}\n\n"
+            f"Measured by `{res.command}` on {machine_line(res)}; every ratio is of two servers "
+            "measured side by side in this one run. 1 KB = 1024 B, 1 MB = 2^20 B.\n\n"
+            + HEADLINE_METHOD)
+
+
+HEADLINE_METHOD = """\
+- Route vs no-op: `sidecar` against the no-op server, same client, same requests, rounds
+  interleaved (the Route RPC section); p50 and p99 over every call at concurrency 1, and
+  throughput (calls / summed round time) at concurrency 32. Met when both p50 and p99 are.
+- RouteStream: decisions/s on one stream to `sidecar` (a writer keeping 64 requests in
+  flight, a reader collecting the answers), over the same sidecar's unary Route/s at
+  concurrency 1 in the same run.
+- Tracing: `sidecar-traced` (batch exporter to a no-op OTLP receiver process) over `sidecar`,
+  Route p50 at concurrency 32; met only if the receiver got spans.
+- Bytes on disk: a fresh `sidecar`'s store + WAL growth per decision between two rests after
+  the checkpointer has run; the WAL judged at the largest size seen during the load.
+- Cold start: median of spawn to SERVING (grpc.health.v1, polled every 5 ms) of `sidecar` on
+  a new store, beside the no-op server's; the target is the sidecar's own time."""

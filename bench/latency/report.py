@@ -11,11 +11,12 @@ from pathlib import Path
 import grpc
 from google import protobuf
 
-from bench.latency import headline
 from bench.latency.core import CoreResult
 from bench.latency.footprint import Footprint
+from bench.latency.headline import headline_console, headline_markdown, machine_line
 from bench.latency.rpc import Summary, ratios
 from bench.latency.startup import StartupResult
+from bench.latency.tables import md_table, text_table
 from bench.latency.targets import Variant
 
 RATIO_TARGET = 1.3  # the later aim for every Route ratio to the no-op (the headline has today's)
@@ -182,39 +183,6 @@ def pair_verdicts(res: Results) -> list[str]:
                            f"(target <= {v.compare_target}x): {_ok(r[q] <= v.compare_target)}")
             out.append(f"Route req/s {v.name} / {v.compare_to} c={conc}: {r['rps']:.2f}x")
     return out
-
-
-def text_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain aligned table for the console."""
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
-    lines = [head, ["-" * w for w in widths], *rows]
-    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=False))
-                     for line in lines)
-
-
-def md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured markdown table."""
-    lines = [head, ["---"] * len(head), *rows]
-    return "\n".join("| " + " | ".join(str(x) for x in line) + " |" for line in lines)
-
-
-def machine_line(res: Results) -> str:
-    """CPU model, cores, Python and OS on one line."""
-    m = res.machine
-    return f"{m['CPU']}, {m['Cores']}, {m['Python']}, {m['OS']} (kernel {m['Kernel']})"
-
-
-def headline_console(res: Results) -> str:
-    """The headline table for the terminal, with the command and the machine."""
-    return (f"Headline: `{res.command}` on {machine_line(res)}\n\n"
-            + text_table(headline.HEAD, headline.cells(headline.rows(res))))
-
-
-def headline_markdown(res: Results) -> str:
-    """The headline section of docs/benchmarks.md."""
-    return (f"{md_table(headline.HEAD, headline.cells(headline.rows(res)))}\n\n"
-            f"Measured by `{res.command}` on {machine_line(res)}; every ratio is of two servers "
-            "measured side by side in this one run. 1 KB = 1024 B, 1 MB = 2^20 B.")
 
 
 def console(res: Results) -> str:
