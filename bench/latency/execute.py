@@ -36,10 +36,10 @@ import httpx
 import yaml
 from httpx_sse import EventSource
 
+from bench.procs import REPO
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 
-REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = REPO / "docs" / "benchmarks.md"
 SECTION = "## Execute mode: Complete vs calling the provider directly"
 MESSAGES = [

@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from bench.latency import headline
+from bench.latency import execute, headline
 from bench.procs import REPO
 
 FIGURES = [
@@ -113,3 +114,13 @@ def test_bench_run_is_the_same_command() -> None:
     proc = subprocess.run([sys.executable, "-m", "bench.run", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=60, check=True)
     assert "--stream-requests" in proc.stdout and "--footprint" in proc.stdout
+
+
+def test_the_execute_phase_starts_its_no_op_server_as_make_bench_does(tmp_path: Path) -> None:
+    # The phase the tiny run skips: its helper process must find the bench package too.
+    port = execute._free_port()
+    log = tmp_path / "noop.log"
+    argv = [sys.executable, "-m", "bench.latency.execute", "--serve-noop", f"127.0.0.1:{port}"]
+    with execute._process(argv, log) as proc:
+        execute._wait_port(port, proc, log, timeout_s=30)
+        assert proc.poll() is None
