@@ -232,8 +232,9 @@ def footprint_text(res: Results) -> str:
     if f is None:
         return "not measured"
     b, a = f.before, f.after
-    return (f"{f.bytes_per_decision:.0f} B per decision (store + WAL), "
-            f"{f.db_bytes_per_decision:.0f} B store alone, over the {f.decisions} decisions "
+    return (f"{f.db_bytes_per_decision:.0f} B per decision in the store, "
+            f"{f.bytes_per_decision:.0f} B in store and WAL files together, over the "
+            f"{f.decisions} decisions "
             f"between two rests: store {b.db_bytes / 1024:.0f} -> {a.db_bytes / 1024:.0f} KiB, "
             f"WAL {b.wal_bytes / 1024:.0f} -> {a.wal_bytes / 1024:.0f} KiB "
             f"({b.decisions} -> {a.decisions} decisions stored); largest WAL seen "
@@ -341,8 +342,8 @@ written to answered; the ratio is to the same server's unary Route/s at concurre
 A fresh `sidecar` on an empty store takes {s['footprint_first']} Routes at concurrency 32,
 rests {s['footprint_rest_s']} s (the checkpointer copies the WAL back five times a second),
 then {s['footprint_second']} more Routes and the same rest. Per decision: the growth of the
-store file and its WAL together between the two rests, over the decisions the store gained
-(counted in `model_routing_decisions`); the WAL's size is sampled every 20 ms throughout.
+store file between the two rests, over the decisions the store gained (counted in
+`model_routing_decisions`); the WAL's size is sampled every 20 ms throughout.
 
 ## Cold start and memory
 
