@@ -119,9 +119,10 @@ def rpc_phase(args: argparse.Namespace, res: report.Results, variants: Sequence[
         res.rpc = measure(targets, args.requests, args.rounds, (1, 32), args.warmup)
         # The stream against its own unary figures: the first variant, and the no-op's floor.
         print(f"RouteStream: {targets[0].name}, {targets[1].name} x {args.stream_rounds} rounds "
-              f"x {args.stream_requests} requests, {WINDOW} in flight ...", flush=True)
+              f"x {args.stream_requests} requests, {WINDOW} in flight, each round followed by "
+              f"{args.stream_requests // 4} unary Routes at c=1 ...", flush=True)
         res.stream = measure_stream(targets[:2], args.stream_requests, args.stream_rounds,
-                                    args.warmup)
+                                    args.warmup, args.stream_requests // 4)
         running: list[Running] = [noop, *sidecars]
         res.memory_kib = {r.name: memory_kib(r.proc.pid) for r in running}
         res.store_files = {v.name: store_files(store_dir, v.name) for v in variants}
