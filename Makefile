@@ -53,7 +53,7 @@ fuzz: $(STAMP) generated/routing_sidecar_api/__init__.py
 	ROUTING_FUZZ_PROFILE=fuzz $(BIN)/pytest -q tests/fuzz --hypothesis-show-statistics
 
 bench: bytecode
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.latency
 
 bench-replay: $(STAMP)
 	$(BIN)/python -m bench.replay

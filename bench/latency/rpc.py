@@ -1,6 +1,6 @@
 """grpc.aio load generator: Route latency and throughput, targets interleaved A/B/A/B.
 
-Standalone: `python -m bench.rpc --target noop=127.0.0.1:PORT [--target other=ADDR ...]`.
+Standalone: `python -m bench.latency.rpc --target noop=127.0.0.1:PORT [--target other=ADDR ...]`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from bench.workload import build_requests
+from bench.latency.workload import build_requests
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 

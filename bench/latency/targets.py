@@ -12,7 +12,15 @@ from typing import Any
 
 import yaml
 
-from bench.procs import REPO, ROUTER_SERVICE, free_port, sidecar_executable, spawn, wait_serving
+from bench.procs import (
+    REPO,
+    ROUTER_SERVICE,
+    free_port,
+    log_tail,
+    sidecar_executable,
+    spawn,
+    wait_serving,
+)
 
 BASE_CONFIG = REPO / "config" / "router.yaml"
 # Budgets are scaled up so that a long run never exhausts them: every decision still
@@ -46,16 +54,18 @@ def _traced(raw: dict[str, Any]) -> None:
 
 
 # Add variants here (e.g. tracing on/off through `env`, redis store through `config`);
-# `python -m bench.run --variants NAME,...` picks some, --quick runs only the first.
+# `python -m bench.latency --variants NAME,...` picks some; --quick runs QUICK_VARIANTS.
 VARIANTS: tuple[Variant, ...] = (
     Variant("sidecar", "store and budgets on, dry_run=false"),
     Variant("sidecar-dry", "dry_run=true: decides and audits, reserves nothing",
             request={"dry_run": True}),
     Variant("sidecar-traced", "as `sidecar` with tracing on: a server span per Route with the "
             "decision's attributes and an event per rejected candidate, batch-exported over "
-            "OTLP/gRPC to a no-op receiver process (`bench/otlp_sink.py`)",
+            "OTLP/gRPC to a no-op receiver process (`bench/latency/otlp_sink.py`)",
             config=_traced, otlp_sink=True, compare_to="sidecar"),
 )
+# Enough for every headline figure: the plain sidecar and tracing on against it.
+QUICK_VARIANTS = ("sidecar", "sidecar-traced")
 
 
 @dataclass(frozen=True)
@@ -93,7 +103,7 @@ def sidecar_argv(config: Path, port: int) -> list[str]:
 
 def noop_argv(port: int, decision_file: Path | None) -> list[str]:
     """Command line of the no-op Router on 127.0.0.1:port."""
-    argv = [sys.executable, "-m", "bench.noop_server", "--port", str(port)]
+    argv = [sys.executable, "-m", "bench.latency.noop_server", "--port", str(port)]
     return argv + (["--decision-file", str(decision_file)] if decision_file else [])
 
 
@@ -111,23 +121,40 @@ def start(
 
 
 def start_sidecar(
-    stack: contextlib.ExitStack, variant: Variant, workdir: Path, store_dir: Path
+    stack: contextlib.ExitStack, variant: Variant, workdir: Path, store_dir: Path,
+    name: str | None = None,
 ) -> Running:
-    """Start one sidecar variant with its own config copy and SQLite file."""
-    config = write_config(variant, store_dir / f"{variant.name}.db",
-                          workdir / f"{variant.name}.yaml")
+    """Start one sidecar variant with its own config copy and SQLite file `<name>.db`.
+
+    A variant with `otlp_sink` exports to a receiver whose log is `sink_log(workdir, name)`.
+    """
+    name = name or variant.name
+    config = write_config(variant, store_dir / f"{name}.db", workdir / f"{name}.yaml")
     env = dict(variant.env)
     if variant.otlp_sink:
-        sink = start_otlp_sink(stack, f"{variant.name}-otlp-sink", workdir)
+        sink = start_otlp_sink(stack, f"{name}-otlp-sink", workdir)
         env.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://{sink.address}")
-    return start(stack, variant.name, lambda port: sidecar_argv(config, port), workdir, env)
+    return start(stack, name, lambda port: sidecar_argv(config, port), workdir, env)
+
+
+def sink_log(workdir: Path, name: str) -> Path:
+    """The log of the OTLP receiver started for the sidecar `name`."""
+    return workdir / f"{name}-otlp-sink.log"
+
+
+def spans_received(log: Path) -> int | None:
+    """Spans the receiver reported at exit (its last line), or None if it did not say."""
+    for line in reversed(log_tail(log).splitlines()):
+        if line.startswith("received "):
+            return int(line.split("(", 1)[1].split()[0])
+    return None
 
 
 def start_otlp_sink(stack: contextlib.ExitStack, name: str, workdir: Path) -> Running:
     """Start a no-op OTLP/gRPC receiver (stopped when `stack` closes)."""
     port = free_port()
     log = workdir / f"{name}.log"
-    argv = [sys.executable, "-m", "bench.otlp_sink", "--port", str(port)]
+    argv = [sys.executable, "-m", "bench.latency.otlp_sink", "--port", str(port)]
     proc = stack.enter_context(spawn(argv, log))
     address = f"127.0.0.1:{port}"
     return Running(name, address, proc, log, wait_serving(address, proc, log, ""))

@@ -1,7 +1,7 @@
 """A no-op OTLP/gRPC receiver: accepts trace and metric exports, counts them, keeps nothing.
 
-Run as `python -m bench.otlp_sink --port N`; it reports SERVING on the standard health service
-and prints what it received when it exits on SIGTERM or SIGINT. The traced bench variant
+Run as `python -m bench.latency.otlp_sink --port N`; it reports SERVING on the standard health
+service and prints what it received when it exits on SIGTERM or SIGINT. The traced bench variant
 exports to it, so tracing's cost is measured with a real exporter and a real network hop but
 no collector work.
 """

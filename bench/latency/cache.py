@@ -1,6 +1,6 @@
 """The response cache: hit rate on a Zipf workload, and what a hit costs next to a Route.
 
-`python -m bench.cache [--quick] [--no-write]` (also part of `make bench`, via bench/run.py).
+`python -m bench.latency.cache [--quick] [--no-write]` (also part of `make bench`).
 
 One run starts the bundled fake provider and a sidecar (config/router.yaml, every provider
 pointed at the fake, the cache on a fresh SQLite store), each its own process on loopback:
@@ -36,9 +36,9 @@ from typing import Any
 import grpc
 import httpx
 
+from bench.latency.rpc import percentile
+from bench.latency.targets import Variant, start_sidecar
 from bench.procs import REPO, sidecar_executable, spawn
-from bench.rpc import percentile
-from bench.targets import Variant, start_sidecar
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 
@@ -333,7 +333,7 @@ def run(quick: bool, command: str) -> Results:
         captured.write_text(asyncio.run(workloads(sidecar.address, fake, res)))
         noop_port = _free_port()
         stack.enter_context(spawn(
-            [sys.executable, "-m", "bench.cache", "--serve-noop", f"127.0.0.1:{noop_port}",
+            [sys.executable, "-m", "bench.latency.cache", "--serve-noop", f"127.0.0.1:{noop_port}",
              "--captured", str(captured)], work / "noop.log"))
         _wait_port(noop_port)
         asyncio.run(latencies(sidecar.address, f"127.0.0.1:{noop_port}", res,
@@ -388,15 +388,15 @@ def markdown(res: Results) -> str:
 
 {_table(["call", "calls", "p50 µs", "p99 µs"], rows)}
 
-Method: `bench/cache.py`. The bundled fake provider and one sidecar (config/router.yaml, every
-provider pointed at the fake, the cache on a fresh SQLite store), each its own process on
+Method: `bench/latency/cache.py`. The bundled fake provider and one sidecar (config/router.yaml,
+every provider pointed at the fake, the cache on a fresh SQLite store), each its own process on
 loopback, one grpc.aio client. Workload: {REQUESTS} requests over {PROMPTS} prompts, each once
 and the rest Zipf-distributed repeats (s={ZIPF_S}), shuffled with a fixed seed, sent one at a
 time; execute mode with Complete at temperature 0 (a repeat's text is compared with its
 prompt's first answer, and the fake provider's own request log is counted), decision mode with
 Route and ReportOutcome(cache_value). Latency: the kinds of call interleaved one by one at
 concurrency 1, after warm-up, percentiles by nearest rank; each Complete is read to its done.
-The transport's floor: a no-op gRPC server process (`bench/cache.py --serve-noop`) answering
+The transport's floor: a no-op gRPC server process (`bench/latency/cache.py --serve-noop`) answering
 with a Decision and a hit's events captured from the sidecar, so that a Complete (a stream of
 messages) and a Route (one answer) are each compared net of what their transport costs.
 """
@@ -416,7 +416,7 @@ def splice(page: str, section: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m bench.cache`."""
+    """Entry point of `python -m bench.latency.cache`."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer latency rounds")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
@@ -427,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve_noop:  # the harness's own child process: the transport's floor
         asyncio.run(serve_noop(args.serve_noop, args.captured.read_text()))
         return 0
-    res = run(args.quick, "python -m bench.cache" + (" --quick" if args.quick else ""))
+    res = run(args.quick, "python -m bench.latency.cache" + (" --quick" if args.quick else ""))
     print(console(res))
     if not args.no_write:
         page = args.output.read_text() if args.output.exists() else "# Benchmarks\n"

@@ -1,6 +1,6 @@
 """Microbenchmark of the pure core's decide(): a synthetic 50-model, 100-rule catalog.
 
-Standalone: `python -m bench.core [--calls N]`.
+Standalone: `python -m bench.latency.core [--calls N]`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from bench.latency.workload import MIX, PROJECTS
 from bench.procs import REPO
-from bench.workload import MIX, PROJECTS
 from routing_sidecar.config import load_config
 from routing_sidecar.core.catalog import Catalog
 from routing_sidecar.core.decide import decide

@@ -11,12 +11,15 @@ from pathlib import Path
 import grpc
 from google import protobuf
 
-from bench.core import CoreResult
-from bench.rpc import Summary, ratios
-from bench.startup import StartupResult
-from bench.targets import Variant
+from bench.latency.core import CoreResult
+from bench.latency.footprint import Footprint
+from bench.latency.headline import headline_console, headline_markdown, machine_line
+from bench.latency.rpc import Summary, ratios
+from bench.latency.startup import StartupResult
+from bench.latency.tables import md_table, text_table
+from bench.latency.targets import Variant
 
-RATIO_TARGET = 1.3
+RATIO_TARGET = 1.3  # the later aim for every Route ratio to the no-op (the headline has today's)
 CORE_P99_TARGET_US = 100.0
 
 
@@ -35,6 +38,9 @@ class Results:
     core: list[CoreResult] = field(default_factory=list)
     startup: list[StartupResult] = field(default_factory=list)
     store_files: dict[str, str] = field(default_factory=dict)
+    stream: list[Summary] = field(default_factory=list)
+    footprint: Footprint | None = None
+    spans: dict[str, int | None] = field(default_factory=dict)
     duration_s: float = 0.0
 
 
@@ -152,7 +158,7 @@ def verdicts(res: Results) -> list[str]:
         r = ratios(s, base[s.concurrency])
         for q in ("p50", "p99"):
             out.append(f"Route {q} {s.target} c={s.concurrency}: {r[q]:.2f}x no-op "
-                       f"(target <= {RATIO_TARGET}x): {_ok(r[q] <= RATIO_TARGET)}")
+                       f"(later aim <= {RATIO_TARGET}x): {_ok(r[q] <= RATIO_TARGET)}")
     out += pair_verdicts(res)
     for c in res.core[:1]:
         out.append(f"core decide() p99 ({c.label}): {c.p99_us:.1f} µs "
@@ -179,28 +185,18 @@ def pair_verdicts(res: Results) -> list[str]:
     return out
 
 
-def text_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain aligned table for the console."""
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
-    lines = [head, ["-" * w for w in widths], *rows]
-    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=False))
-                     for line in lines)
-
-
-def md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured markdown table."""
-    lines = [head, ["---"] * len(head), *rows]
-    return "\n".join("| " + " | ".join(str(x) for x in line) + " |" for line in lines)
-
-
 def console(res: Results) -> str:
-    """The run's figures as plain tables for the terminal."""
+    """The run's figures as plain tables for the terminal, the headline first."""
     s = res.settings
     return "\n\n".join([
+        headline_console(res),
         f"Route RPC: {s['requests']} calls per round, {s['rounds']} interleaved rounds per "
         f"target and concurrency, {s['warmup']} warm-up calls\nDecision sizes: "
         + ", ".join(f"{k} {v} B" for k, v in res.decision_bytes.items()),
         text_table(RPC_HEAD, rpc_rows(res)),
+        f"RouteStream: one stream per server, {s['window']} requests in flight",
+        text_table(STREAM_HEAD, stream_rows(res)),
+        "Bytes on disk per decision: " + footprint_text(res),
         "Core decide()",
         text_table(CORE_HEAD, core_rows(res)),
         "Cold start (health polled every 5 ms) and memory",
@@ -209,6 +205,42 @@ def console(res: Results) -> str:
         "Targets (not assertions)\n" + "\n".join(f"  {v}" for v in verdicts(res)),
         f"total {res.duration_s:.0f} s",
     ])
+
+
+STREAM_HEAD = ["server", "calls", "decisions/s", "p50 µs", "p99 µs", "errors",
+               "stream / unary", "round p50s µs"]
+
+
+def stream_rows(res: Results) -> list[list[str]]:
+    """Per server: its stream, then the unary c=1 rounds interleaved with it, and the ratio."""
+    unary = {s.target: s for s in res.stream if s.concurrency == 1}
+    rows = []
+    for s in sorted(res.stream, key=lambda s: (s.target != "noop", s.target, s.concurrency == 1)):
+        u = unary.get(s.target)
+        kind = f"{s.target}, one stream" if s.concurrency > 1 else f"{s.target}, unary c=1"
+        ratio = f"{s.rps / u.rps:.2f}x" if s.concurrency > 1 and u and u.rps else "-"
+        rows.append([
+            kind, str(s.calls), f"{s.rps:.0f}", f"{s.p50_us:.0f}", f"{s.p99_us:.0f}",
+            str(s.errors), ratio,
+            "-".join(f"{x:.0f}" for x in (min(s.round_p50_us), max(s.round_p50_us)))
+            if s.round_p50_us else "-",
+        ])
+    return rows
+
+
+def footprint_text(res: Results) -> str:
+    """The footprint phase's two snapshots in a sentence."""
+    f = res.footprint
+    if f is None:
+        return "not measured"
+    b, a = f.before, f.after
+    return (f"{f.db_bytes_per_decision:.0f} B per decision in the store, "
+            f"{f.bytes_per_decision:.0f} B in store and WAL files together, over the "
+            f"{f.decisions} decisions "
+            f"between two rests: store {b.db_bytes / 1024:.0f} -> {a.db_bytes / 1024:.0f} KiB, "
+            f"WAL {b.wal_bytes / 1024:.0f} -> {a.wal_bytes / 1024:.0f} KiB "
+            f"({b.decisions} -> {a.decisions} decisions stored); largest WAL seen "
+            f"{f.wal_max_bytes / 1024:.0f} KiB; {f.errors} errors")
 
 
 def _stores(res: Results) -> str:
@@ -224,7 +256,7 @@ Route RPC: a grpc.aio client in the harness process sends a fixed RouteRequest m
 (fix_bug 30%, analyze_logs 25%, docs_update 20%, check_links 15%, strategic_design with ev
 10%; labels project and lane; `dry_run` false unless the variant says otherwise) over one
 channel per server, at concurrency 1 and 32. Each server runs in its own process on
-127.0.0.1; the no-op baseline (`bench/noop_server.py`) serves the same method path with
+127.0.0.1; the no-op baseline (`bench/latency/noop_server.py`) serves the same method path with
 grpc.aio, parses each request and answers a pre-built Decision captured from the sidecar
 (the one nearest the mix's mean size; sizes below). Per server and concurrency:
 {s['warmup']} warm-up calls, then
@@ -263,15 +295,22 @@ Memory: VmRSS / VmHWM from `/proc/PID/status` right after start and after the RP
 def markdown(res: Results) -> str:
     """The docs/benchmarks.md page."""
     machine = md_table(["", ""], [[k, v] for k, v in res.machine.items()])
+    s = res.settings
     return f"""\
 # Benchmarks
 
-Generated by `bench/run.py`; re-run to refresh (numbers are from one machine: compare
-ratios and orders of magnitude, not absolute figures across machines).
+Generated by `make bench` (`python -m bench.latency`, the code in `bench/latency/`); re-run to
+refresh (numbers are from one machine: compare ratios and orders of magnitude, not absolute
+figures across machines).
 
 - Command: `{res.command}`
 - Date: {res.date}
-- Duration: {res.duration_s:.0f} s
+- Duration: {res.duration_s:.0f} s (this page's latency sections)
+- Machine: {machine_line(res)}
+
+## Headline
+
+{headline_markdown(res)}
 
 ## Machine
 
@@ -288,6 +327,27 @@ ratios and orders of magnitude, not absolute figures across machines).
 ## Core selection
 
 {md_table(CORE_HEAD, core_rows(res))}
+
+## RouteStream: one stream vs unary Route
+
+One RouteStream per server, a writer task keeping {s['window']} requests in flight while a
+reader task collects the answers; {s['stream_rounds']} rounds of {s['stream_requests']}
+requests, servers interleaved, after {s['warmup']} warm-up requests, each stream round followed
+by {s['stream_requests'] // 4} unary Routes at concurrency 1 on the same server (the yardstick,
+taken in alternation with the stream so noise weighs on both alike). Latency is per message,
+written to answered.
+
+{md_table(STREAM_HEAD, stream_rows(res))}
+
+## Bytes on disk per decision
+
+{footprint_text(res)}.
+
+A fresh `sidecar` on an empty store takes {s['footprint_first']} Routes at concurrency 32,
+rests {s['footprint_rest_s']} s (the checkpointer copies the WAL back five times a second),
+then {s['footprint_second']} more Routes and the same rest. Per decision: the growth of the
+store file between the two rests, over the decisions the store gained (counted in
+`model_routing_decisions`); the WAL's size is sampled every 20 ms throughout.
 
 ## Cold start and memory
 

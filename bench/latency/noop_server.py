@@ -1,6 +1,6 @@
 """A no-op Router: same method path and codec as the sidecar, answers a pre-built Decision.
 
-Run as `python -m bench.noop_server --port N [--decision-file F]`; it reports SERVING on the
+Run as `python -m bench.latency.noop_server --port N [--decision-file F]`; it reports SERVING on the
 standard health service, like the sidecar, and exits cleanly on SIGTERM or SIGINT.
 """
 
@@ -10,19 +10,23 @@ import argparse
 import asyncio
 import contextlib
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from bench.latency.workload import representative_decision
 from bench.procs import ROUTER_SERVICE
-from bench.workload import representative_decision
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 
 
 class NoopRouter(pb_grpc.RouterServicer):
-    """Parses each RouteRequest (as the sidecar must) and answers the same Decision."""
+    """Parses each RouteRequest (as the sidecar must) and answers the same Decision.
+
+    RouteStream answers every message of a stream with it too, in order.
+    """
 
     def __init__(self, decision: pb.Decision) -> None:
         self._decision = decision
@@ -31,6 +35,13 @@ class NoopRouter(pb_grpc.RouterServicer):
         self, request: pb.RouteRequest, context: grpc.aio.ServicerContext
     ) -> pb.Decision:
         return self._decision
+
+    async def RouteStream(
+        self, request_iterator: AsyncIterator[pb.RouteRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.Decision]:
+        async for _request in request_iterator:
+            yield self._decision
 
 
 def load_decision(path: str | None) -> pb.Decision:

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.latency.targets import VARIANTS, Variant, noop_argv, sidecar_argv, write_config
 from bench.procs import ROUTER_SERVICE, free_port, memory_kib, spawn, wait_serving
-from bench.targets import VARIANTS, Variant, noop_argv, sidecar_argv, write_config
 
 
 @dataclass(frozen=True)

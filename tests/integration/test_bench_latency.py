@@ -1,0 +1,127 @@
+"""`make bench` on a tiny real run: the headline table comes first, complete and consistent.
+
+The harness runs as `make bench` runs it (a process of its own starting real sidecars, the
+no-op server and the OTLP receiver on loopback), only with small rounds; the test reads the
+page it writes and what it prints, never the numbers themselves.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.latency import execute, headline
+from bench.procs import REPO
+
+FIGURES = [
+    "Route p50 / p99 vs no-op, concurrency 1",
+    "Route throughput vs no-op, concurrency 32",
+    "RouteStream decisions/s on one stream vs unary Route/s at concurrency 1",
+    "tracing on vs off, concurrency 32 (batch exporter to a local OTLP receiver)",
+    "bytes on disk per decision (store + WAL, steady state) and WAL size",
+    "cold start to SERVING (vs no-op server start)",
+]
+TINY = ["--quick", "--no-execute", "--no-cache", "--requests", "60", "--rounds", "2",
+        "--stream-requests", "150", "--footprint", "200", "400", "--core-calls", "500"]
+NUMBER = r"(\d+(?:\.\d+)?)"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """What a tiny `python -m bench.latency` run printed, and the page it wrote."""
+    out = tmp_path_factory.mktemp("bench") / "benchmarks.md"
+    proc = subprocess.run([sys.executable, "-m", "bench.latency", *TINY, "--output", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, out.read_text()
+
+
+def table_after(text: str, heading: str) -> list[list[str]]:
+    """The cells of the first markdown table after `heading`, header row included."""
+    lines = text[text.index(heading):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split(" | ")])
+    return [rows[0], *rows[2:]]  # without the --- row
+
+
+def test_the_headline_is_printed_first_with_the_command_and_machine(
+    tiny_run: tuple[str, str],
+) -> None:
+    stdout, _page = tiny_run
+    first = stdout.splitlines()[0]
+    assert first.startswith("Headline: `python -m bench.latency --quick")
+    assert "CPython" in first and "logical" in first
+    assert stdout.splitlines()[2].split() == headline.HEAD
+
+
+def test_the_page_opens_with_every_headline_figure_measured(tiny_run: tuple[str, str]) -> None:
+    _stdout, page = tiny_run
+    assert page.index("## Headline") < page.index("## Machine") < page.index("## Route RPC")
+    head, *rows = table_after(page, "## Headline")
+    assert head == headline.HEAD
+    assert [r[0] for r in rows] == FIGURES
+    for figure, measured, target, met in rows:
+        assert re.match(NUMBER, measured), (figure, measured)
+        assert re.match(r"(<=|>=) \d", target), (figure, target)
+        assert met in ("yes", "no"), (figure, met)
+
+
+def _ratio(cell: str) -> float:
+    m = re.match(NUMBER + "x", cell)
+    assert m, cell
+    return float(m.group(1))
+
+
+def test_each_ratio_is_of_the_figures_measured_beside_it(tiny_run: tuple[str, str]) -> None:
+    _stdout, page = tiny_run
+    rows = {r[0]: r for r in table_after(page, "## Headline")[1:]}
+    head, *rpc = table_after(page, "## Route RPC vs the no-op")
+    by = {(r[0], r[1]): dict(zip(head, r, strict=True)) for r in rpc}
+    noop, side = by[("noop", "32")], by[("sidecar", "32")]
+    throughput = rows[FIGURES[1]]
+    assert _ratio(throughput[1]) == pytest.approx(
+        float(side["req/s"]) / float(noop["req/s"]), abs=0.011)
+    # The verdict follows from the measured ratio and the target, both ways.
+    assert (throughput[3] == "yes") == (_ratio(throughput[1]) >= headline.THROUGHPUT_RATIO)
+    stream_head, *streams = table_after(page, "## RouteStream")
+    kinds = {r[0]: dict(zip(stream_head, r, strict=True)) for r in streams}
+    stream, unary = kinds["sidecar, one stream"], kinds["sidecar, unary c=1"]
+    assert _ratio(rows[FIGURES[2]][1]) == pytest.approx(
+        float(stream["decisions/s"]) / float(unary["decisions/s"]), abs=0.011)
+    assert _ratio(stream["stream / unary"]) == _ratio(rows[FIGURES[2]][1])
+    assert int(stream["calls"]) > 0 and stream["errors"] == "0"
+
+
+def test_the_footprint_and_tracing_rows_say_what_they_saw(tiny_run: tuple[str, str]) -> None:
+    _stdout, page = tiny_run
+    rows = {r[0]: r for r in table_after(page, "## Headline")[1:]}
+    per, wal_end, wal_max = map(float, re.match(
+        NUMBER + r" B/decision .*WAL " + NUMBER + " MB at the end, " + NUMBER + " MB at most",
+        rows[FIGURES[4]][1]).groups())  # type: ignore[union-attr]
+    assert per > 0 and 0 < wal_end <= wal_max
+    spans = re.search(r"(\d+) spans received", rows[FIGURES[3]][1])
+    assert spans and int(spans.group(1)) > 0, rows[FIGURES[3]]
+
+
+def test_bench_run_is_the_same_command() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert "--stream-requests" in proc.stdout and "--footprint" in proc.stdout
+
+
+def test_the_execute_phase_starts_its_no_op_server_as_make_bench_does(tmp_path: Path) -> None:
+    # The phase the tiny run skips: its helper process must find the bench package too.
+    port = execute._free_port()
+    log = tmp_path / "noop.log"
+    argv = [sys.executable, "-m", "bench.latency.execute", "--serve-noop", f"127.0.0.1:{port}"]
+    with execute._process(argv, log) as proc:
+        execute._wait_port(port, proc, log, timeout_s=30)
+        assert proc.poll() is None
