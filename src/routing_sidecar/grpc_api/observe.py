@@ -83,9 +83,11 @@ DRY_RUN = "routing.dry_run"
 ESTIMATED_COST = "routing.estimated_cost_micros"
 CANDIDATES = "routing.candidates"
 FALLBACKS = "routing.fallbacks"
-REJECTED_EVENT = "routing.candidate.rejected"
-REJECTION = "routing.rejection"
-REJECTION_REASON = "routing.rejection.reason"
+# The candidates neither chosen nor kept as fallbacks, as two parallel arrays (one event per
+# candidate cost more than the rest of the span to record and to export; the sentences are on
+# the Decision and in its audit row).
+REJECTED_MODELS = "routing.rejected.models"
+REJECTIONS = "routing.rejected.rejections"
 # Response cache: "hit" or "miss" when the request was looked up, and a hit's source.
 CACHE_RESULT = "routing.cache.result"
 CACHE_SOURCE = "routing.cache.source_decision_id"
@@ -537,7 +539,7 @@ class _ServerSpan:
 
 
 def describe_decision(span: Span, task: domain.Task, decision: domain.Decision) -> None:
-    """The decision as attributes (one call) and each rejected candidate as an event.
+    """The decision as attributes, in one call, rejected candidates included.
 
     Kept lean on purpose: every attribute costs on the Route path and again when the batch
     is encoded. The chain's models, tiers and scores are in the audit row (decision id).
@@ -561,13 +563,11 @@ def describe_decision(span: Span, task: domain.Task, decision: domain.Decision) 
     if chosen is not None:
         attrs[GEN_AI_REQUEST_MODEL] = chosen.model
         attrs[GEN_AI_PROVIDER_NAME] = chosen.provider
+    rejected = [a for a in sel.alternatives if a.rejection not in _KEPT]
+    if rejected:
+        attrs[REJECTED_MODELS] = [a.model for a in rejected]
+        attrs[REJECTIONS] = [a.rejection.value for a in rejected]
     span.set_attributes(attrs)
-    for a in sel.alternatives:
-        if a.rejection not in _KEPT:
-            span.add_event(REJECTED_EVENT, {
-                GEN_AI_REQUEST_MODEL: a.model, REJECTION: a.rejection.value,
-                REJECTION_REASON: a.reason,
-            })
 
 
 def _error_type(a: AttemptRecord) -> str:
