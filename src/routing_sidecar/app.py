@@ -27,7 +27,7 @@ from routing_sidecar.core.budget import Ledger
 from routing_sidecar.errors import ConfigError, StorageError
 from routing_sidecar.grpc_api import jsonwire
 from routing_sidecar.grpc_api.observe import Observer, ProviderHealth
-from routing_sidecar.grpc_api.server import SidecarServer
+from routing_sidecar.grpc_api.server import SidecarServer, bind_problem
 from routing_sidecar.grpc_api.servicer import RouterServicer
 from routing_sidecar.http_api.backend import Backend, Settings
 from routing_sidecar.http_api.server import AdminServer
@@ -52,6 +52,9 @@ from routing_sidecar.storage.sqlite_cache import SqliteCache
 from routing_sidecar.workers import worker_admin, worker_outbox
 
 log = logging.getLogger(__name__)
+
+# The telemetry flush at stop gets at least this long, even after a drain that used the grace.
+MIN_FLUSH_S = 0.5
 
 
 class Sidecar:
@@ -110,9 +113,23 @@ class Sidecar:
         return self.admin.address if self.admin else None
 
     async def start(self) -> None:
-        """Open the store, rebuild the ledger from it, and start serving."""
+        """Open the store, rebuild the ledger from it, and start serving.
+
+        A failure on the way closes whatever was opened (store, gRPC port, tasks) before it
+        propagates, so a refused start leaves no thread or port behind and the process exits.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self._close(save_learned=False)
+            raise
+
+    async def _start(self) -> None:
         cfg = self.cfg
         admin = self._admin_settings(cfg)  # first: a refused admin port opens nothing
+        taken = bind_problem(admin.listen, probe_only=True) if admin else None
+        if admin and taken:  # found now, not after the store is open and gRPC serves
+            raise OSError(f"admin.listen: cannot bind {admin.listen}: {taken}")
         tcfg = cfg.telemetry.model_copy(update={"admin_listen": admin.listen if admin else ""})
         tel = self.telemetry = telemetry.setup(tcfg)
         store = await open_store(cfg.store, clock=self.clock)
@@ -237,9 +254,16 @@ class Sidecar:
 
     async def stop(self) -> None:
         """Drain in-flight RPCs within the grace period, then flush and close the store."""
+        await self._close(save_learned=True)
+        log.info("sidecar stopped")
+
+    async def _close(self, *, save_learned: bool) -> None:
+        """Stop and close every part that was started, in order; safe on a half-done start."""
         if self._stopped:
             return
         self._stopped = True
+        # One grace period for the whole stop: the telemetry flush gets what the drain left.
+        deadline = asyncio.get_running_loop().time() + self.cfg.server.grace_period_s
         await self._stop_admin()
         if self.server is not None:
             await self.server.stop(self.cfg.server.grace_period_s)
@@ -259,14 +283,15 @@ class Sidecar:
         if self.outbox is not None:
             await self.outbox.close()
         if self.store is not None:
-            try:
-                await self.upkeep.save_learned()
-            except StorageError:  # closing must go on; the store keeps its older snapshot
-                log.exception("could not save learned state at shutdown")
+            if save_learned:
+                try:
+                    await self.upkeep.save_learned()
+                except StorageError:  # closing must go on; the store keeps its older snapshot
+                    log.exception("could not save learned state at shutdown")
             await self.store.close()
         if self.telemetry is not None:  # last: flushes the spans and metrics of the drain too
-            await asyncio.to_thread(self.telemetry.shutdown)
-        log.info("sidecar stopped")
+            left = deadline - asyncio.get_running_loop().time()
+            await self.telemetry.shutdown_within(max(left, MIN_FLUSH_S))
 
     # -- the admin port (http_api) ------------------------------------------------------
 

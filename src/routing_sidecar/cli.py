@@ -6,13 +6,14 @@ import argparse
 import asyncio
 import os
 import sys
+import traceback
 import uuid
 from typing import Any
 
 import grpc
 
 from routing_sidecar import logs
-from routing_sidecar.errors import ConfigError, InvalidArgument
+from routing_sidecar.errors import ConfigError, InvalidArgument, RoutingError
 from routing_sidecar.grpc_api import client, complete_client
 from routing_sidecar.workers import WORKER_FLAG, check_workers, supervise
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
@@ -42,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                    help='HOST:PORT of the admin port (/metrics, HTTP API, dashboard), or "" '
                         "for none (overrides admin.listen)")
     s.add_argument("--log-level", default="INFO")
+    s.add_argument("--debug", action="store_true",
+                   help="a refused start prints its traceback before the one-line reason")
     s.add_argument("--workers", type=int, default=1,
                    help="server processes on one port (SO_REUSEPORT); more than one needs "
                         "fleet.redis_url and store.url")
@@ -252,18 +255,45 @@ def _supervise(args: argparse.Namespace) -> int:
     return supervise(argv, args.workers, cfg.server.grace_period_s)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """Run the sidecar; a start that fails exits 1 (2: bad config) with one line on stderr."""
+    from routing_sidecar.app import serve  # noqa: PLC0415
+
+    logs.configure(args.log_level)
+    try:
+        if args.workers > 1 and args.worker_index is None:
+            return _supervise(args)
+        return asyncio.run(serve(args.config, args.listen, args.admin_listen,
+                                 worker=args.worker_index))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line; --debug shows it
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {start_failure(exc)}", file=sys.stderr, flush=True)
+        return 2 if isinstance(exc, ConfigError) else 1
+
+
+def start_failure(exc: BaseException) -> str:
+    """One line saying what failed at start and where, without internals."""
+    if isinstance(exc, ConfigError):
+        return f"{exc.source}: invalid configuration: {'; '.join(exc.problems)}"
+    if isinstance(exc, RoutingError):
+        text = exc.message
+    elif isinstance(exc, OSError):
+        text = str(exc) if not exc.filename else (
+            f"{exc.filename}: {exc.strerror or exc}")
+    else:
+        text = f"cannot start ({type(exc).__name__}: {exc}); run with --debug for the traceback"
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the routing-sidecar command."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
-            from routing_sidecar.app import serve  # noqa: PLC0415
-
-            logs.configure(args.log_level)
-            if args.workers > 1 and args.worker_index is None:
-                return _supervise(args)
-            return asyncio.run(serve(args.config, args.listen, args.admin_listen,
-                                     worker=args.worker_index))
+            return _serve(args)
         if args.command == "health":
             return _health(args.target, args.service, args.timeout)
         if args.command == "validate":

@@ -914,6 +914,9 @@ def load_config(path: str | Path) -> RouterConfig:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(p), [f"cannot read file: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(p), [f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                                   f"offset {exc.start})"]) from None
     return parse_config(text, str(p))
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -37,10 +40,23 @@ class SidecarServer:
         reflection.enable_server_reflection(
             (ROUTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        self.port = self._server.add_insecure_port(listen)
-        if not listen.startswith("unix:") and self.port == 0:
-            raise OSError(f"cannot bind {listen}")
+        # Tried with a plain socket first: grpc would log its own multi-line error and say
+        # only "Failed to bind". Not with SO_REUSEPORT, where the port is meant to be shared.
+        problem = None if reuse_port else bind_problem(listen, probe_only=True)
+        if problem:
+            raise OSError(f"cannot listen on {listen}: {problem}")
+        try:
+            self.port = self._server.add_insecure_port(listen)
+        except RuntimeError:  # grpc says only "Failed to bind"; find out why for the message
+            self.port = 0
+        if self.port == 0 and not (listen.startswith("unix:") and self._unix_bound(listen)):
+            raise OSError(f"cannot listen on {listen}: {bind_problem(listen)}")
         self.listen = listen
+
+    @staticmethod
+    def _unix_bound(listen: str) -> bool:
+        # grpc reports port 0 for a Unix socket it did bind: the socket file tells.
+        return Path(unix_path(listen)).is_socket()
 
     @property
     def address(self) -> str:
@@ -65,3 +81,38 @@ class SidecarServer:
     async def wait(self) -> None:
         """Block until the server terminates."""
         await self._server.wait_for_termination()
+
+
+def unix_path(listen: str) -> str:
+    """The file of a unix: or unix:// address."""
+    rest = listen.removeprefix("unix:")
+    return rest.removeprefix("//") if rest.startswith("//") else rest
+
+
+def bind_problem(listen: str, *, probe_only: bool = False) -> str | None:
+    """Why `listen` cannot be bound, found by trying it with a plain socket (grpc will not say).
+
+    None with `probe_only` when the plain socket binds (or for a Unix socket, left to grpc).
+    """
+    if listen.startswith("unix:"):
+        parent = Path(unix_path(listen)).parent
+        if not parent.is_dir():
+            return f"directory {parent} does not exist"
+        if not os.access(parent, os.W_OK):
+            return f"directory {parent} is not writable"
+        return None if probe_only else "cannot create the socket file"
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return f"cannot resolve host {host!r}"
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc binds
+            try:
+                probe.bind(addr)
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                return reason[:1].lower() + reason[1:]
+    return None if probe_only else "the gRPC runtime refused the address"
