@@ -1,0 +1,90 @@
+"""Checks across sections, each problem prefixed by the path it is about."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from routing_sidecar.config_providers import check_providers
+from routing_sidecar.config_server import remote_admin_problem
+
+if TYPE_CHECKING:
+    from routing_sidecar.config import RouterConfig
+
+
+def cross_check(cfg: RouterConfig) -> Iterator[str]:
+    """Yield every inconsistency between sections, each prefixed by its path."""
+    if cfg.fleet.redis_url is not None and cfg.fleet.redis_url_env is not None:
+        yield "fleet: give redis_url or redis_url_env, not both"
+    providers = {m.provider for m in cfg.models.values()}
+    for pname, pol in cfg.policies.items():
+        seen: set[str] = set()
+        for i, model in enumerate(pol.models):
+            if model not in cfg.models:
+                yield f"policies.{pname}.models[{i}]: unknown model {model!r}"
+            if model in seen:
+                yield f"policies.{pname}.models[{i}]: duplicate model {model!r}"
+            seen.add(model)
+        if pol.hedge_after_ms is not None and pol.fallbacks == 0:
+            yield (f"policies.{pname}.hedge_after_ms: a hedge starts the first fallback, and "
+                   "fallbacks is 0")
+    for i, rule in enumerate(cfg.rules):
+        if rule.policy not in cfg.policies:
+            yield f"rules[{i}].policy: unknown policy {rule.policy!r}"
+    for key, matches in (("rules", [r.match for r in cfg.rules]),
+                         ("task_shapes", [s.match for s in cfg.task_shapes])):
+        for i, match in enumerate(matches):
+            p = match.priority
+            if p and p.min is not None and p.max is not None and p.min > p.max:
+                yield f"{key}[{i}].match.priority: min {p.min} is above max {p.max}"
+    if cfg.default_policy not in cfg.policies:
+        yield f"default_policy: unknown policy {cfg.default_policy!r}"
+    yield from _check_budgets(cfg, providers)
+    yield from check_providers(cfg)
+    yield from _check_admin(cfg)
+    yield from _check_cache(cfg)
+    breaker = cfg.health.breaker
+    if breaker.cooldown_s > breaker.max_cooldown_s:
+        yield (f"health.breaker.cooldown_s: {breaker.cooldown_s:g} is above max_cooldown_s "
+               f"{breaker.max_cooldown_s:g}")
+    for name, m in cfg.models.items():
+        if m.output_per_mtok == 0 and m.input_per_mtok == 0 and m.origin == "hosted":
+            yield f"models.{name}: a hosted model needs a price (origin: local for free models)"
+
+
+def _check_budgets(cfg: RouterConfig, providers: set[str]) -> Iterator[str]:
+    known = {"model": set(cfg.models), "provider": providers, "policy": set(cfg.policies)}
+    seen: set[tuple[str, str]] = set()
+    for i, b in enumerate(cfg.budgets):
+        kind, _, name = b.scope.partition(":")
+        if kind in known and "*" not in name and name not in known[kind]:
+            yield f"budgets[{i}].scope: unknown {kind} {name!r}"
+        period = b.period or ("task" if kind == "task" else "month")
+        if (kind == "task") != (period == "task"):
+            yield f"budgets[{i}].period: period 'task' goes with scope 'task' and only with it"
+        if (b.scope, period) in seen:
+            yield f"budgets[{i}]: duplicate budget for {b.scope}/{period}"
+        seen.add((b.scope, period))
+
+
+def _check_admin(cfg: RouterConfig) -> Iterator[str]:
+    """`admin.listen` and its old name agree; a remote admin port has a token."""
+    new = "listen" in cfg.admin.model_fields_set
+    old = "admin_listen" in cfg.telemetry.model_fields_set
+    if new and old and cfg.admin.listen != cfg.telemetry.admin_listen:
+        yield (f"admin.listen: {cfg.admin.listen!r} differs from telemetry.admin_listen "
+               f"{cfg.telemetry.admin_listen!r} (its old name); set only admin.listen")
+        return
+    problem = remote_admin_problem(cfg.admin_listen(), cfg.admin.token_file)
+    if problem:
+        yield f"{'telemetry.admin_listen' if old and not new else 'admin.listen'}: {problem}"
+
+
+def _check_cache(cfg: RouterConfig) -> Iterator[str]:
+    c = cfg.cache
+    if c.max_value_bytes > c.max_bytes:
+        yield (f"cache.max_value_bytes: {c.max_value_bytes} is above max_bytes {c.max_bytes}, "
+               "so such an entry could never be kept")
+    if c.backend == "redis" and not cfg.fleet.enabled:
+        yield ("cache.backend: redis shares the fleet's Redis; set fleet.redis_url or "
+               "fleet.redis_url_env")
