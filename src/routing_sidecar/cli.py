@@ -267,7 +267,7 @@ def _serve(args: argparse.Namespace) -> int:
                                  worker=args.worker_index))
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one line; --debug shows it
+    except Exception as exc:  # every failure becomes one line; --debug shows the traceback
         if args.debug:
             traceback.print_exc()
         print(f"error: {start_failure(exc)}", file=sys.stderr, flush=True)
