@@ -395,13 +395,14 @@ def _execution(cfg: RouterConfig) -> Execution:
 
 async def serve(
     config_path: str, listen: str | None = None, admin_listen: str | None = None,
-    *, worker: int | None = None,
+    *, worker: int | None = None, cfg: RouterConfig | None = None,
 ) -> int:
     """Run a sidecar until SIGTERM or SIGINT; SIGHUP reloads the config.
 
-    `worker` (serve --workers): this process is worker i of a set sharing one port.
+    `worker` (serve --workers): this process is worker i of a set sharing one port. `cfg`:
+    the file already loaded by the caller.
     """
-    sidecar = Sidecar(load_config(config_path), config_path=config_path, listen=listen,
+    sidecar = Sidecar(cfg or load_config(config_path), config_path=config_path, listen=listen,
                       admin_listen=admin_listen, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

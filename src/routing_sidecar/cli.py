@@ -257,14 +257,17 @@ def _supervise(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     """Run the sidecar; a start that fails exits 1 (2: bad config) with one line on stderr."""
-    from routing_sidecar.app import serve  # noqa: PLC0415
+    from routing_sidecar.config import load_config  # noqa: PLC0415
 
     logs.configure(args.log_level)
     try:
         if args.workers > 1 and args.worker_index is None:
             return _supervise(args)
+        cfg = load_config(args.config)  # before the server's imports: a bad file fails fast
+        from routing_sidecar.app import serve  # noqa: PLC0415
+
         return asyncio.run(serve(args.config, args.listen, args.admin_listen,
-                                 worker=args.worker_index))
+                                 worker=args.worker_index, cfg=cfg))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # every failure becomes one line; --debug shows the traceback

@@ -14,6 +14,11 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from routing_sidecar import calls
 from routing_sidecar.config_base import (
     LABEL_KEY_RE,
+    MAX_COUNT,
+    MAX_TOKENS,
+    MAX_USD,
+    MAX_USD_PER_MTOK,
+    MIN_TTL_S,
     SCOPE_RE,
     Fraction,
     Usd,
@@ -61,7 +66,8 @@ from routing_sidecar.settings import SCOPE_LABELS, RouterSettings
 
 # The sections live in config_* modules beside this one; callers import them from here.
 __all__ = [
-    "DEFAULT_STORE_PATH", "LABEL_KEY_RE", "RESTART_ONLY", "SCOPE_RE", "AdminConfig",
+    "DEFAULT_STORE_PATH", "LABEL_KEY_RE", "MAX_COUNT", "MAX_TOKENS", "MAX_USD",
+    "MAX_USD_PER_MTOK", "MIN_TTL_S", "RESTART_ONLY", "SCOPE_RE", "AdminConfig",
     "BreakerConfig", "BudgetConfig", "CacheConfig", "DemotionConfig", "DetectionConfig",
     "ExplorationConfig", "FleetConfig", "Fraction", "HealthConfig", "LearningConfig",
     "LedgerConfig", "LimitsConfig", "MatchConfig", "ModelConfig", "OutcomesConfig",

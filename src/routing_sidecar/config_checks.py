@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from routing_sidecar.config_providers import check_providers
@@ -40,6 +42,15 @@ def cross_check(cfg: RouterConfig) -> Iterator[str]:
     if cfg.default_policy not in cfg.policies:
         yield f"default_policy: unknown policy {cfg.default_policy!r}"
     yield from _check_budgets(cfg, providers)
+    yield from _check_paths(cfg)
+    retry = [(n, p.retry) for n, p in cfg.policies.items()]
+    for pname, r in retry:
+        if r.base_backoff_s > r.max_backoff_s:
+            yield (f"policies.{pname}.retry.base_backoff_s: {r.base_backoff_s:g} is above "
+                   f"max_backoff_s {r.max_backoff_s:g}")
+    if cfg.tiers.ev_min_samples > cfg.tiers.ev_window:
+        yield (f"tiers.ev_min_samples: {cfg.tiers.ev_min_samples} is above ev_window "
+               f"{cfg.tiers.ev_window}, so the EV percentile would never be known")
     yield from check_providers(cfg)
     yield from _check_admin(cfg)
     yield from _check_cache(cfg)
@@ -88,3 +99,35 @@ def _check_cache(cfg: RouterConfig) -> Iterator[str]:
     if c.backend == "redis" and not cfg.fleet.enabled:
         yield ("cache.backend: redis shares the fleet's Redis; set fleet.redis_url or "
                "fleet.redis_url_env")
+
+
+def _check_paths(cfg: RouterConfig) -> Iterator[str]:
+    """The files the sidecar creates: not a directory, and a parent it can create or write."""
+    files = [("store.path", cfg.store.path)]
+    if cfg.store.url is not None and cfg.cache.backend == "sqlite":
+        files.append(("cache.path", cfg.cache.path))
+    if cfg.fleet.enabled:
+        files.append(("fleet.outbox_path", cfg.fleet.outbox_path))
+    for key, path in files:
+        if path is not None:
+            problem = file_path_problem(path)
+            if problem:
+                yield f"{key}: {problem}"
+
+
+def file_path_problem(path: str) -> str | None:
+    """Why a database file cannot be created or opened at `path`; None when it can be tried."""
+    p = Path(path)
+    if p.is_dir():
+        return f"{path} is a directory (give the path of the database file)"
+    parent = p.parent
+    if parent.is_dir():
+        return None if os.access(parent, os.W_OK) else f"directory {parent} is not writable"
+    ancestor = parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"cannot create directory {parent}: {ancestor} is not a directory"
+    if not os.access(ancestor, os.W_OK):
+        return f"cannot create directory {parent}: {ancestor} is not writable"
+    return None

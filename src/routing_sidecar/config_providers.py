@@ -13,7 +13,7 @@ from pydantic import (
 )
 
 from routing_sidecar import calls
-from routing_sidecar.config_base import _Strict
+from routing_sidecar.config_base import Seconds, _Strict
 
 if TYPE_CHECKING:
     from routing_sidecar.config import RouterConfig
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
 # --- providers (execute mode) --------------------------------------------------------------
 
-Seconds = Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)]
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # Credentials come from api_key_env / api_key_file only, never from this file's headers.

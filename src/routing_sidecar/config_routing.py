@@ -14,10 +14,18 @@ from pydantic import (
 )
 
 from routing_sidecar.config_base import (
+    DAY_S,
     LABEL_KEY_RE,
+    MAX_COUNT,
+    MAX_TOKENS,
+    MAX_USD,
     SCOPE_RE,
+    Count,
+    Duration,
     Fraction,
+    Seconds,
     Usd,
+    Weight,
     _Strict,
     usd_to_micros,
 )
@@ -36,8 +44,8 @@ class ModelConfig(_Strict):
     tier: Annotated[int, Field(ge=1, le=3)]
     input_per_mtok: Usd
     output_per_mtok: Usd
-    context_window: Annotated[int, Field(gt=0)]
-    tokens_per_s: Annotated[float, Field(gt=0)]
+    context_window: Annotated[int, Field(gt=0, le=MAX_TOKENS)]
+    tokens_per_s: Annotated[float, Field(gt=0, le=MAX_COUNT)]
     quality: Fraction
     capabilities: list[str] = []
     origin: Literal["hosted", "local"] = "hosted"
@@ -48,8 +56,8 @@ class RetryConfig(_Strict):
     """Retry advice handed to callers for one model."""
 
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
-    base_backoff_s: Annotated[float, Field(ge=0)] = 0.2
-    max_backoff_s: Annotated[float, Field(ge=0)] = 1.0
+    base_backoff_s: Annotated[float, Field(ge=0, le=3600)] = 0.2
+    max_backoff_s: Annotated[float, Field(ge=0, le=3600)] = 1.0
 
 
 class PolicyConfig(_Strict):
@@ -57,8 +65,8 @@ class PolicyConfig(_Strict):
 
     models: Annotated[list[str], Field(min_length=1)]
     objective: Literal["cost_speed", "balanced", "quality"] | None = None
-    max_cost_per_task_usd: Annotated[float, Field(gt=0)] | None = None
-    max_output_tokens: Annotated[int, Field(gt=0)] | None = None
+    max_cost_per_task_usd: Annotated[float, Field(gt=0, le=MAX_USD)] | None = None
+    max_output_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = None
     fallbacks: Annotated[int, Field(ge=0, le=10)] = 2
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     retry: RetryConfig = RetryConfig()
@@ -104,7 +112,7 @@ class BudgetConfig(_Strict):
 
     scope: str
     period: Literal["day", "week", "month", "task"] | None = None
-    limit_usd: Annotated[float, Field(gt=0)]
+    limit_usd: Annotated[float, Field(gt=0, le=MAX_USD)]
     alert_at: Fraction = 0.8
     on_exceed: Literal["downgrade", "reject"] = "reject"
 
@@ -125,19 +133,19 @@ class TierConfig(_Strict):
     reserve_above: Annotated[int, Field(ge=1, le=3)] = 1
     ev_percentile: Annotated[float, Field(gt=0, lt=100)] = 90.0
     priority_override: Annotated[int, Field(ge=0, le=100)] = 95
-    ev_window: Annotated[int, Field(ge=1)] = 1000
-    ev_min_samples: Annotated[int, Field(ge=1)] = 20
+    ev_window: Count = 1000
+    ev_min_samples: Count = 20
 
 
 class BreakerConfig(_Strict):
     """When a model's or provider's circuit opens and how long it stays open."""
 
-    consecutive_failures: Annotated[int, Field(ge=1)] = 5
+    consecutive_failures: Count = 5
     error_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
-    min_volume: Annotated[float, Field(ge=1)] = 10.0
-    cooldown_s: Annotated[float, Field(gt=0)] = 30.0
-    max_cooldown_s: Annotated[float, Field(gt=0)] = 300.0
-    probe_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    min_volume: Annotated[float, Field(ge=1, le=MAX_COUNT)] = 10.0
+    cooldown_s: Annotated[float, Field(gt=0, le=DAY_S)] = 30.0
+    max_cooldown_s: Annotated[float, Field(gt=0, le=DAY_S)] = 300.0
+    probe_timeout_s: Seconds = 60.0
 
 
 class DetectionConfig(_Strict):
@@ -145,16 +153,16 @@ class DetectionConfig(_Strict):
 
     elevated_fallback_rate: Annotated[float, Field(gt=0, le=1)] = 0.1
     degraded_error_rate: Annotated[float, Field(gt=0, le=1)] = 0.25
-    idle_after_s: Annotated[float, Field(gt=0)] = 900.0
-    min_volume: Annotated[float, Field(ge=1)] = 5.0
+    idle_after_s: Duration = 900.0
+    min_volume: Annotated[float, Field(ge=1, le=MAX_COUNT)] = 5.0
 
 
 class DemotionConfig(_Strict):
     """How much slow or failing models lose in scoring, scaled by how much evidence there is."""
 
-    error_weight: Annotated[float, Field(ge=0)] = 0.5
-    slowness_weight: Annotated[float, Field(ge=0)] = 0.2
-    evidence: Annotated[float, Field(gt=0)] = 10.0
+    error_weight: Annotated[float, Field(ge=0, le=100)] = 0.5
+    slowness_weight: Annotated[float, Field(ge=0, le=100)] = 0.2
+    evidence: Annotated[float, Field(gt=0, le=MAX_COUNT)] = 10.0
     max_penalty: Annotated[float, Field(ge=0, le=1)] = 0.5
 
 
@@ -162,7 +170,7 @@ class HealthConfig(_Strict):
     """Per-model and per-provider health: EWMAs, decaying windows, breakers, detection."""
 
     ewma_alpha: Annotated[float, Field(gt=0, le=1)] = 0.2
-    window_s: Annotated[float, Field(gt=0)] = 300.0
+    window_s: Duration = 300.0
     breaker: BreakerConfig = BreakerConfig()
     detection: DetectionConfig = DetectionConfig()
     demotion: DemotionConfig = DemotionConfig()
@@ -173,17 +181,17 @@ class ExplorationConfig(_Strict):
 
     enabled: bool = True
     max_share: Fraction = 0.1
-    min_samples_to_prove: Annotated[float, Field(ge=0)] = 5.0
+    min_samples_to_prove: Weight = 5.0
 
 
 class LearningConfig(_Strict):
     """Learned quality per (task type, model): prior, forgetting, confidence, exploration."""
 
-    prior_strength: Annotated[float, Field(ge=0)] = 20.0
-    pool_strength: Annotated[float, Field(ge=0)] = 8.0
+    prior_strength: Weight = 20.0
+    pool_strength: Weight = 8.0
     forget: Annotated[float, Field(gt=0, le=1)] = 0.995
     confidence: Annotated[float, Field(ge=0.5, lt=1)] = 0.8
-    max_task_types: Annotated[int, Field(ge=1)] = 4096
+    max_task_types: Count = 4096
     exploration: ExplorationConfig = ExplorationConfig()
 
 
@@ -213,11 +221,11 @@ class CacheConfig(_Strict):
     backend: Literal["sqlite", "redis"] = "sqlite"
     ttl_s: Annotated[float, Field(gt=0, le=366 * 86_400, allow_inf_nan=False)] = 86_400.0
     max_entries: Annotated[int, Field(ge=1, le=100_000_000)] = 100_000
-    max_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024 * 1024
+    max_bytes: Annotated[int, Field(ge=1024, le=1 << 40)] = 256 * 1024 * 1024
     max_value_bytes: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = 256 * 1024
     partition_labels: list[str] = ["project"]
     deterministic_only: bool = True
-    sweep_interval_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 10.0
+    sweep_interval_s: Annotated[float, Field(ge=0.1, le=3600)] = 10.0  # no spinning sweeper
     # The cache's own SQLite file, used only when the audit trail is in PostgreSQL (store.url).
     path: Annotated[str, Field(min_length=1)] = "var/cache.db"
 
@@ -247,10 +255,10 @@ class LimitsConfig(_Strict):
     the project:/worker: budget scopes of this file are compared case-folded.
     """
 
-    max_projects: Annotated[int, Field(ge=1)] = 1000
-    max_workers: Annotated[int, Field(ge=1)] = 1000
-    max_lanes: Annotated[int, Field(ge=1)] = 100
-    max_label_values: Annotated[int, Field(ge=1)] = 1000  # for each key of capped_labels
+    max_projects: Count = 1000
+    max_workers: Count = 1000
+    max_lanes: Count = 100
+    max_label_values: Count = 1000  # for each key of capped_labels
     capped_labels: list[str] = ["layer"]
     casefold_scope_labels: bool = True
 

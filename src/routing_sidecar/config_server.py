@@ -17,7 +17,14 @@ from pydantic import (
     model_validator,
 )
 
-from routing_sidecar.config_base import Fraction, _Strict, admin_listen_shape, is_loopback_host
+from routing_sidecar.config_base import (
+    DAY_S,
+    MIN_TTL_S,
+    Fraction,
+    _Strict,
+    admin_listen_shape,
+    is_loopback_host,
+)
 
 
 class ServerConfig(_Strict):
@@ -25,7 +32,7 @@ class ServerConfig(_Strict):
 
     listen: str = "127.0.0.1:50051"
     grace_period_s: Annotated[float, Field(ge=0, le=300)] = 5.0
-    max_request_bytes: Annotated[int, Field(gt=0)] = 1 << 20
+    max_request_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
 
     @field_validator("listen")
     @classmethod
@@ -65,11 +72,12 @@ class StoreConfig(_Strict):
     """
 
     # The input may hold the DSN's password: validation errors never echo it.
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True,
+                              allow_inf_nan=False)
 
     path: Annotated[str, Field(min_length=1)] | None = None
     url: str | None = Field(default=None, repr=False)
-    retention_days: Annotated[int, Field(ge=1)] = 30
+    retention_days: Annotated[int, Field(ge=1, le=36_500)] = 30
     # PostgreSQL only: one pooled connection writes, the others read.
     pool_size: Annotated[int, Field(ge=2, le=100)] = 4
     connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
@@ -116,7 +124,8 @@ class StoreConfig(_Strict):
 class LedgerConfig(_Strict):
     """Budget ledger settings shared by every budget."""
 
-    reservation_ttl_s: Annotated[float, Field(gt=0)] = 900.0
+    # At least a second: expiry is swept every ttl/4, and a tiny TTL would spin the sweeper.
+    reservation_ttl_s: Annotated[float, Field(ge=MIN_TTL_S, le=7 * DAY_S)] = 900.0
     timezone: str = "UTC"
 
     @field_validator("timezone")
@@ -148,7 +157,7 @@ class TelemetryConfig(_Strict):
     service_name: Annotated[str, Field(min_length=1)] | None = None
     # The old name of `admin.listen` (the admin port: /metrics, the HTTP API, the dashboard).
     admin_listen: str = "127.0.0.1:9464"
-    metric_export_interval_s: Annotated[float, Field(gt=0)] | None = None
+    metric_export_interval_s: Annotated[float, Field(ge=0.1, le=3600)] | None = None
 
     @field_validator("admin_listen")
     @classmethod
