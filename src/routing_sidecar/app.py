@@ -22,10 +22,12 @@ from routing_sidecar.config import (
     is_loopback_host,
     load_config,
     remote_admin_problem,
+    remote_grpc_problem,
 )
 from routing_sidecar.core.budget import Ledger
 from routing_sidecar.errors import ConfigError, StorageError
-from routing_sidecar.grpc_api import jsonwire
+from routing_sidecar.grpc_api import auth, jsonwire
+from routing_sidecar.grpc_api.auth import ServerSecurity
 from routing_sidecar.grpc_api.observe import Observer, ProviderHealth
 from routing_sidecar.grpc_api.server import SidecarServer, bind_problem
 from routing_sidecar.grpc_api.servicer import RouterServicer
@@ -126,7 +128,8 @@ class Sidecar:
 
     async def _start(self) -> None:
         cfg = self.cfg
-        admin = self._admin_settings(cfg)  # first: a refused admin port opens nothing
+        security = self._grpc_security(cfg)  # first: a refused listen address opens nothing
+        admin = self._admin_settings(cfg)
         taken = bind_problem(admin.listen, probe_only=True) if admin else None
         if admin and taken:  # found now, not after the store is open and gRPC serves
             raise OSError(f"admin.listen: cannot bind {admin.listen}: {taken}")
@@ -177,7 +180,7 @@ class Sidecar:
         servicer = RouterServicer(self.routing, self.outcomes, store, self.clock, self.observer,
                                   complete=self.complete)
         self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes,
-                                    reuse_port=self.worker is not None)
+                                    reuse_port=self.worker is not None, security=security)
         await self._restore_admin_state(store)
         self._upkeep_task = asyncio.create_task(self.upkeep.run(), name="upkeep")
         await self.server.start()
@@ -292,6 +295,25 @@ class Sidecar:
         if self.telemetry is not None:  # last: flushes the spans and metrics of the drain too
             left = deadline - asyncio.get_running_loop().time()
             await self.telemetry.shutdown_within(max(left, MIN_FLUSH_S))
+
+    def _grpc_security(self, cfg: RouterConfig) -> ServerSecurity:
+        """TLS and token of the gRPC port, files read; ConfigError if refused or unreadable."""
+        source = self.config_path or "config"
+        server = cfg.server
+        problem = remote_grpc_problem(self._listen, server)  # --listen may make it remote
+        if problem:
+            raise ConfigError(source, [f"server.listen: {problem}"])
+        credentials = None
+        if server.tls is not None:
+            t = server.tls
+            credentials = auth.tls_credentials(
+                auth.read_pem(t.cert_file, "server.tls.cert_file", source, "CERTIFICATE"),
+                auth.read_pem(t.key_file, "server.tls.key_file", source, "PRIVATE KEY"),
+                auth.read_pem(t.client_ca_file, "server.tls.client_ca_file", source,
+                              "CERTIFICATE") if t.client_ca_file else None)
+        token = (auth.read_token(server.token_file, "server.token_file", source)
+                 if server.token_file else None)
+        return auth.ServerSecurity(credentials, token)
 
     # -- the admin port (http_api) ------------------------------------------------------
 

@@ -14,7 +14,7 @@ import grpc
 
 from routing_sidecar import logs
 from routing_sidecar.errors import ConfigError, InvalidArgument, RoutingError
-from routing_sidecar.grpc_api import client, complete_client
+from routing_sidecar.grpc_api import auth, client, complete_client
 from routing_sidecar.workers import WORKER_FLAG, check_workers, supervise
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 
@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--service", default="", help='health name: "" (the server, default) or '
                    "routing_sidecar.v1.Router")
     h.add_argument("--timeout", type=_seconds, default=2.0, metavar="S")
+    for cmd in (r, b, rep, h):
+        _auth_args(cmd)
     fp = sub.add_parser("fake-provider", help="run the bundled fake LLM provider (OpenAI and "
                         "Anthropic wire formats, scripted by model name) until SIGTERM")
     fp.add_argument("--listen", default="127.0.0.1:9900", help="HOST:PORT")
@@ -114,6 +116,23 @@ def _complete_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     c.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                    help="the deadline of the whole call, retries and fallbacks included")
     c.add_argument("--json", action="store_true", help="one JSON object per event")
+    _auth_args(c)
+
+
+def _auth_args(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--token-file", help="send the bearer token in this file (the server's "
+                     "server.token_file)")
+    cmd.add_argument("--tls-ca", metavar="PEM", help="dial with TLS, trusting this CA (or the "
+                     "server's self-signed certificate)")
+
+
+def _client_auth(args: argparse.Namespace) -> None:
+    """Read --token-file and --tls-ca, if given, for every channel this command dials."""
+    token_file, ca_file = getattr(args, "token_file", None), getattr(args, "tls_ca", None)
+    if token_file or ca_file:
+        auth.use_client_auth(auth.ClientAuth(
+            token=auth.read_token(token_file, "--token-file", "cli") if token_file else None,
+            ca=auth.read_pem(ca_file, "--tls-ca", "cli", "CERTIFICATE") if ca_file else None))
 
 
 def _complete(args: argparse.Namespace) -> int:
@@ -167,7 +186,7 @@ def _health(target: str, service: str, timeout_s: float) -> int:
 
     name = service or '""'
     try:
-        with grpc.insecure_channel(target) as channel:
+        with auth.dial(target) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
     except grpc.RpcError as exc:
@@ -227,6 +246,7 @@ def _cache_parser(sub: Any) -> None:
         cmd.add_argument("--namespace", help='only this namespace ("" is the default one)')
         cmd.add_argument("--project", help="only entries of this project")
         cmd.add_argument("--json", action="store_true")
+        _auth_args(cmd)
     cs.add_argument("--hours", type=int, default=24, help="window of the hit counts")
     cp.add_argument("--all", action="store_true", help="purge every entry")
 
@@ -297,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        _client_auth(args)
         if args.command == "health":
             return _health(args.target, args.service, args.timeout)
         if args.command == "validate":
@@ -317,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             return _complete(args)
         return _route(args)
     except ConfigError as exc:
-        print(exc.message, file=sys.stderr)
+        print(exc.message if exc.source != "cli" else f"error: {'; '.join(exc.problems)}",
+              file=sys.stderr)
         return 2
     except InvalidArgument as exc:
         print(f"error: {exc.message}", file=sys.stderr)

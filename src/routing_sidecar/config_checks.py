@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from routing_sidecar.config_providers import check_providers
-from routing_sidecar.config_server import remote_admin_problem
+from routing_sidecar.config_server import remote_admin_problem, remote_grpc_problem
 
 if TYPE_CHECKING:
     from routing_sidecar.config import RouterConfig
@@ -43,6 +43,9 @@ def cross_check(cfg: RouterConfig) -> Iterator[str]:
         yield f"default_policy: unknown policy {cfg.default_policy!r}"
     yield from _check_budgets(cfg, providers)
     yield from _check_paths(cfg)
+    problem = remote_grpc_problem(cfg.server.listen, cfg.server)
+    if problem:
+        yield f"server.listen: {problem}"
     retry = [(n, p.retry) for n, p in cfg.policies.items()]
     for pname, r in retry:
         if r.base_backoff_s > r.max_backoff_s:

@@ -27,12 +27,28 @@ from routing_sidecar.config_base import (
 )
 
 
+class TlsConfig(_Strict):
+    """The gRPC port's certificate and key (PEM); with client_ca_file, clients need one too."""
+
+    cert_file: Annotated[str, Field(min_length=1)]
+    key_file: Annotated[str, Field(min_length=1)]
+    client_ca_file: Annotated[str, Field(min_length=1)] | None = None  # set: mutual TLS
+
+
 class ServerConfig(_Strict):
-    """Where the gRPC server listens and how it drains."""
+    """Where the gRPC server listens, who may call it, and how it drains.
+
+    A listen address that is not loopback or a Unix socket needs `tls` or `token_file` (README
+    "Trust model"), unless `allow_insecure_remote` says the network is trusted as it is.
+    """
 
     listen: str = "127.0.0.1:50051"
     grace_period_s: Annotated[float, Field(ge=0, le=300)] = 5.0
     max_request_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
+    tls: TlsConfig | None = None
+    # A file holding the bearer token every call but health and reflection must carry.
+    token_file: Annotated[str, Field(min_length=1)] | None = None
+    allow_insecure_remote: bool = False
 
     @field_validator("listen")
     @classmethod
@@ -163,6 +179,19 @@ class TelemetryConfig(_Strict):
     @classmethod
     def _admin_shape(cls, v: str) -> str:
         return admin_listen_shape(v)
+
+
+def is_local_listen(listen: str) -> bool:
+    """A Unix socket or a loopback HOST:PORT: reachable from inside the pod only."""
+    return listen.startswith("unix:") or is_loopback_host(listen.rpartition(":")[0])
+
+
+def remote_grpc_problem(listen: str, server: ServerConfig) -> str | None:
+    """Why a gRPC listen address is refused: remote with neither TLS nor a token; else None."""
+    if is_local_listen(listen) or server.tls or server.token_file or server.allow_insecure_remote:
+        return None
+    return (f"{listen} is not a loopback address or a Unix socket; set server.tls or "
+            "server.token_file (or server.allow_insecure_remote: true on a trusted network)")
 
 
 def remote_admin_problem(listen: str, token_file: str | None) -> str | None:

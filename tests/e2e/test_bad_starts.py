@@ -89,6 +89,10 @@ CASES = [
          lambda d, p: [*_serve(d), "--listen", f"unix://{d}/missing/s.sock"],
          r"error: cannot listen on unix://{dir}/missing/s\.sock: directory {dir}/missing does "
          r"not exist"),
+    Case("listen_remote_without_auth", lambda d, p: [*_serve(d), "--listen", "0.0.0.0:0"],
+         r"error: {dir}/router\.yaml: invalid configuration: server\.listen: 0\.0\.0\.0:0 is "
+         r"not a loopback address or a Unix socket; set server\.tls or server\.token_file .*",
+         code=2),
     Case("admin_port_taken", lambda d, p: [*_serve(d), "--admin-listen", f"127.0.0.1:{p}"],
          r"error: admin\.listen: cannot bind 127\.0\.0\.1:{port}: address already in use"),
     Case("store_corrupt", lambda d, p: _store_file(d, os.urandom(8192)),

@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from routing_sidecar.grpc_api import wire
+from routing_sidecar.grpc_api.auth import ServerSecurity
 from routing_sidecar.grpc_api.servicer import RouterServicer
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 
@@ -25,14 +26,18 @@ class SidecarServer:
     """The gRPC server: Router, standard health, and reflection on one port or socket."""
 
     def __init__(self, servicer: RouterServicer, listen: str, max_request_bytes: int, *,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, security: ServerSecurity | None = None) -> None:
+        security = security or ServerSecurity()
+        self.tls = security.credentials is not None
+        self.token_required = security.token is not None
         # SO_REUSEPORT only for serve --workers: otherwise a second sidecar on a taken port
         # must fail to start, not share it unnoticed.
         self._server = grpc.aio.server(
+            interceptors=security.interceptors(),
             options=[
                 ("grpc.max_receive_message_length", max_request_bytes),
                 ("grpc.so_reuseport", int(reuse_port)),
-            ]
+            ],
         )
         wire.add_router(servicer, self._server)  # undecodable bodies: INVALID_ARGUMENT
         self.health = health.aio.HealthServicer()
@@ -46,7 +51,10 @@ class SidecarServer:
         if problem:
             raise OSError(f"cannot listen on {listen}: {problem}")
         try:
-            self.port = self._server.add_insecure_port(listen)
+            if security.credentials is not None:
+                self.port = self._server.add_secure_port(listen, security.credentials)
+            else:
+                self.port = self._server.add_insecure_port(listen)
         except RuntimeError:  # grpc says only "Failed to bind"; find out why for the message
             self.port = 0
         if self.port == 0 and not (listen.startswith("unix:") and self._unix_bound(listen)):
@@ -71,7 +79,8 @@ class SidecarServer:
         await self._server.start()
         for name in HEALTH_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", extra={"address": self.address})
+        log.info("serving", extra={"address": self.address, "tls": self.tls,
+                                   "token_required": self.token_required})
 
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, then let in-flight RPCs finish within the grace period."""
