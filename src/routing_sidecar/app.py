@@ -10,11 +10,12 @@ import random
 import signal
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import cast
 from zoneinfo import ZoneInfo
 
-from routing_sidecar import logs, telemetry
+from routing_sidecar import logs, readiness, telemetry
 from routing_sidecar.config import (
     RESTART_ONLY,
     RouterConfig,
@@ -35,6 +36,7 @@ from routing_sidecar.http_api.backend import Backend, Settings
 from routing_sidecar.http_api.server import AdminServer
 from routing_sidecar.ports import BudgetBook, Cache, Clock, SystemClock
 from routing_sidecar.providers.registry import ProviderRegistry
+from routing_sidecar.readiness import Readiness, WatchedStore
 from routing_sidecar.service.admin import Operator, PolicyEditor
 from routing_sidecar.service.budgets import LocalBudgets
 from routing_sidecar.service.cache import CacheService
@@ -57,6 +59,8 @@ log = logging.getLogger(__name__)
 
 # The telemetry flush at stop gets at least this long, even after a drain that used the grace.
 MIN_FLUSH_S = 0.5
+# How often readiness looks at the breakers and, while the store refuses writes, probes it.
+READINESS_INTERVAL_S = 0.5
 
 
 class Sidecar:
@@ -94,6 +98,8 @@ class Sidecar:
         self.complete: CompleteService | None = None
         self._upkeep_task: asyncio.Task[None] | None = None
         self._cache_task: asyncio.Task[None] | None = None
+        self._ready_task: asyncio.Task[None] | None = None
+        self.readiness = Readiness()
         self.cache: CacheService | None = None
         # Fleet mode (fleet.redis_url): the shared books, the outbox and the sync loop.
         self.sidecar_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -135,8 +141,10 @@ class Sidecar:
             raise OSError(f"admin.listen: cannot bind {admin.listen}: {taken}")
         tcfg = cfg.telemetry.model_copy(update={"admin_listen": admin.listen if admin else ""})
         tel = self.telemetry = telemetry.setup(tcfg)
-        store = await open_store(cfg.store, clock=self.clock)
-        self.store = store
+        raw_store = await open_store(cfg.store, clock=self.clock)
+        self.store = raw_store
+        # What the services write through: a refused write turns health NOT_SERVING.
+        store = cast(Store, WatchedStore(raw_store, self.readiness))
         settings = cfg.settings()
         ledger = await self._budgets(settings, store)
         digest = config_hash(cfg)
@@ -166,7 +174,7 @@ class Sidecar:
         )
         self.observer.set_provider_health(self._provider_health)
         self.routing.alert_hook = self.outcomes.alert_hook = self.observer.budget_alert
-        self.cache = CacheService(await self._open_cache(store), self.clock,
+        self.cache = CacheService(await self._open_cache(raw_store), self.clock,
                                   lambda: self.routing.state.settings.cache, cfg.cache.backend)
         self.cache.on_lookup = self.observer.cache_lookup
         self.routing.cache = self.outcomes.cache = self.cache
@@ -184,6 +192,10 @@ class Sidecar:
         await self._restore_admin_state(store)
         self._upkeep_task = asyncio.create_task(self.upkeep.run(), name="upkeep")
         await self.server.start()
+        await self.readiness.attach(self.server.set_serving)
+        self._ready_task = asyncio.create_task(readiness.watch(
+            self.readiness, probe_store=self._probe_store, checks=self._readiness_checks(),
+            interval_s=READINESS_INTERVAL_S), name="readiness")
         await self._start_admin(admin)
         log.info("sidecar started", extra={
             "address": self.address, "config_hash": digest, "metrics": self.admin_address,
@@ -241,6 +253,29 @@ class Sidecar:
             await local.close()
             raise
 
+    async def _probe_store(self) -> None:
+        """A harmless write (the running config's version, kept once) to see the store takes one."""
+        assert self.store is not None, "probed only once started"
+        await self.store.record_config(config_hash(self.cfg), self.cfg.model_dump_json(),
+                                       self.clock.now())
+
+    def _readiness_checks(self) -> dict[str, Callable[[], str | None]]:
+        """What else keeps the sidecar from deciding: every circuit open; Redis, if asked."""
+        def breakers() -> str | None:
+            routing = self.routing
+            return readiness.breakers_reason(routing.learner.health,
+                                             routing.catalog.models.values(), self.clock.now())
+
+        checks = {readiness.BREAKERS: breakers}
+        fleet = self.fleet
+        if fleet is not None and self.cfg.fleet.unhealthy_without_redis:
+            def redis() -> str | None:
+                why = fleet.ledger.unavailable
+                return f"Redis is out of reach ({why})" if why else None
+
+            checks[readiness.REDIS] = redis
+        return checks
+
     def _provider_health(self) -> list[ProviderHealth]:
         """Detection and breaker state of every catalog provider, for the provider gauges."""
         now = self.clock.now()
@@ -272,7 +307,7 @@ class Sidecar:
             await self.server.stop(self.cfg.server.grace_period_s)
         if self.complete is not None:  # settles cancelled walks before the store closes
             await self.complete.aclose()
-        for task in (self._upkeep_task, self._cache_task):
+        for task in (self._upkeep_task, self._cache_task, self._ready_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

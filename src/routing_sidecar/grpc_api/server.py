@@ -82,6 +82,13 @@ class SidecarServer:
         log.info("serving", extra={"address": self.address, "tls": self.tls,
                                    "token_required": self.token_required})
 
+    async def set_serving(self, serving: bool) -> None:
+        """SERVING or NOT_SERVING for every health name (ignored once draining has begun)."""
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in HEALTH_NAMES:
+            await self.health.set(name, status)
+
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, then let in-flight RPCs finish within the grace period."""
         await self.health.enter_graceful_shutdown()
