@@ -76,6 +76,7 @@ class Sidecar:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         worker: int | None = None,
+        allow_insecure_remote: bool = False,
     ) -> None:
         if worker is not None:  # one of several processes on one port: its own admin, outbox
             admin = admin_listen if admin_listen is not None else cfg.admin_listen()
@@ -92,6 +93,7 @@ class Sidecar:
         self._rng = rng or random.Random()  # exploration draws; the core takes randomness here
         self._listen = listen or cfg.server.listen
         self._admin_listen = admin_listen  # overrides admin.listen ("" turns it off)
+        self._allow_insecure_remote = allow_insecure_remote  # or server.allow_insecure_remote
         self.admin: AdminServer | None = None
         self.store: Store | None = None
         self.server: SidecarServer | None = None
@@ -335,7 +337,9 @@ class Sidecar:
         """TLS and token of the gRPC port, files read; ConfigError if refused or unreadable."""
         source = self.config_path or "config"
         server = cfg.server
-        problem = remote_grpc_problem(self._listen, server)  # --listen may make it remote
+        # --listen may make it remote; --allow-insecure-remote may accept that.
+        problem = remote_grpc_problem(self._listen, server,
+                                      allow_insecure=self._allow_insecure_remote)
         if problem:
             raise ConfigError(source, [f"server.listen: {problem}"])
         credentials = None
@@ -453,6 +457,7 @@ def _execution(cfg: RouterConfig) -> Execution:
 async def serve(
     config_path: str, listen: str | None = None, admin_listen: str | None = None,
     *, worker: int | None = None, cfg: RouterConfig | None = None,
+    allow_insecure_remote: bool = False,
 ) -> int:
     """Run a sidecar until SIGTERM or SIGINT; SIGHUP reloads the config.
 
@@ -460,7 +465,8 @@ async def serve(
     the file already loaded by the caller.
     """
     sidecar = Sidecar(cfg or load_config(config_path), config_path=config_path, listen=listen,
-                      admin_listen=admin_listen, worker=worker)
+                      admin_listen=admin_listen, worker=worker,
+                      allow_insecure_remote=allow_insecure_remote)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

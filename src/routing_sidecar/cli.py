@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                    help='HOST:PORT of the admin port (/metrics, HTTP API, dashboard), or "" '
                         "for none (overrides admin.listen)")
     s.add_argument("--log-level", default="INFO")
+    s.add_argument("--allow-insecure-remote", action="store_true",
+                   help="serve a non-loopback --listen without TLS or a token (as "
+                        "server.allow_insecure_remote: a network trusted as it is)")
     s.add_argument("--debug", action="store_true",
                    help="a refused start prints its traceback before the one-line reason")
     s.add_argument("--workers", type=int, default=1,
@@ -272,6 +275,8 @@ def _supervise(args: argparse.Namespace) -> int:
         argv += ["--listen", args.listen]
     if args.admin_listen is not None:
         argv += ["--admin-listen", args.admin_listen]
+    if args.allow_insecure_remote:
+        argv.append("--allow-insecure-remote")
     return supervise(argv, args.workers, cfg.server.grace_period_s)
 
 
@@ -287,7 +292,8 @@ def _serve(args: argparse.Namespace) -> int:
         from routing_sidecar.app import serve  # noqa: PLC0415
 
         return asyncio.run(serve(args.config, args.listen, args.admin_listen,
-                                 worker=args.worker_index, cfg=cfg))
+                                 worker=args.worker_index, cfg=cfg,
+                                 allow_insecure_remote=args.allow_insecure_remote))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # every failure becomes one line; --debug shows the traceback

@@ -186,9 +186,15 @@ def is_local_listen(listen: str) -> bool:
     return listen.startswith("unix:") or is_loopback_host(listen.rpartition(":")[0])
 
 
-def remote_grpc_problem(listen: str, server: ServerConfig) -> str | None:
-    """Why a gRPC listen address is refused: remote with neither TLS nor a token; else None."""
-    if is_local_listen(listen) or server.tls or server.token_file or server.allow_insecure_remote:
+def remote_grpc_problem(listen: str, server: ServerConfig, *,
+                        allow_insecure: bool = False) -> str | None:
+    """Why a gRPC listen address is refused: remote with neither TLS nor a token; else None.
+
+    `allow_insecure`: serve --allow-insecure-remote, as server.allow_insecure_remote does.
+    """
+    if is_local_listen(listen) or server.tls or server.token_file:
+        return None
+    if allow_insecure or server.allow_insecure_remote:
         return None
     return (f"{listen} is not a loopback address or a Unix socket; set server.tls or "
             "server.token_file (or server.allow_insecure_remote: true on a trusted network)")

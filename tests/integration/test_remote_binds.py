@@ -195,6 +195,13 @@ async def test_a_listen_override_to_a_remote_address_is_refused_at_start(
         await car.start()
     assert info.value.problems[0].startswith("server.listen: 0.0.0.0:0 is not a loopback")
     assert car.store is None  # refused before the store was opened
+    opted_in = Sidecar(parse_config(yaml.safe_dump(raw)), listen="0.0.0.0:0",
+                       allow_insecure_remote=True)  # serve --allow-insecure-remote
+    await opted_in.start()
+    try:
+        assert opted_in.server is not None and not opted_in.server.token_required
+    finally:
+        await opted_in.stop()
     empty = tmp_path / "empty"
     empty.write_text("\n")
     for key, path, problem in [
