@@ -22,6 +22,7 @@ from routing_sidecar.config import (
     config_hash,
     is_loopback_host,
     load_config,
+    masked_dsn,
     remote_admin_problem,
     remote_grpc_problem,
 )
@@ -143,16 +144,14 @@ class Sidecar:
             raise OSError(f"admin.listen: cannot bind {admin.listen}: {taken}")
         tcfg = cfg.telemetry.model_copy(update={"admin_listen": admin.listen if admin else ""})
         tel = self.telemetry = telemetry.setup(tcfg)
-        raw_store = await open_store(cfg.store, clock=self.clock)
-        self.store = raw_store
+        settings = cfg.settings()
+        digest = config_hash(cfg)
+        raw_store = await self._open_store(cfg, digest)
         # What the services write through: a refused write turns health NOT_SERVING.
         store = cast(Store, WatchedStore(raw_store, self.readiness))
-        settings = cfg.settings()
-        ledger = await self._budgets(settings, store)
-        digest = config_hash(cfg)
-        await store.record_config(digest, cfg.model_dump_json(), self.clock.now())
+        ledger = await self._budgets(settings, raw_store)
         learner = Learner.of(settings)
-        learner.load({book: await store.load_learned(book) for book in LEARNED_BOOKS})
+        learner.load({book: await raw_store.load_learned(book) for book in LEARNED_BOOKS})
         limits = LabelLimits(await known_at_start(ledger, learner.health, self.clock.now()))
         self.routing = RoutingService(
             RoutingState.of(settings, digest), self.clock, ledger, store, learner,
@@ -202,6 +201,21 @@ class Sidecar:
         log.info("sidecar started", extra={
             "address": self.address, "config_hash": digest, "metrics": self.admin_address,
         })
+
+    async def _open_store(self, cfg: RouterConfig, digest: str) -> Store:
+        """Open the store and write this config's version; StorageError naming the store.
+
+        A store that cannot take that write refuses the start.
+        """
+        where = cfg.store.path or masked_dsn(cfg.store.url or "")
+        try:
+            self.store = await open_store(cfg.store, clock=self.clock)
+            await self.store.record_config(digest, cfg.model_dump_json(), self.clock.now())
+        except StorageError as exc:
+            if where in exc.message:
+                raise
+            raise StorageError(f"store {where}: {exc.message}") from exc
+        return self.store
 
     async def _budgets(self, settings: RouterSettings, store: Store) -> BudgetBook:
         """The embedded ledger rebuilt from the store, or in fleet mode the shared one."""

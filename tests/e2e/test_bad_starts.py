@@ -235,3 +235,24 @@ def test_admin_port_answers_only_once_grpc_serves(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_read_only_store_is_refused(tmp_path: Path) -> None:
+    # File modes do not stop root; the immutable attribute does (where the file system has it).
+    db = tmp_path / "routing.db"
+
+    async def make() -> None:
+        store = await SqliteStore.open(str(db), retention_days=1, clock=SystemClock())
+        await store.close()
+
+    asyncio.run(make())
+    if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        out = subprocess.run([str(BIN), "serve", *_serve(tmp_path)], capture_output=True,
+                             text=True, timeout=EXIT_TIMEOUT_S)
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=True)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert _not_log_records(out.stderr) == [
+        f"error: store {db}: write failed: attempt to write a readonly database"]
