@@ -116,6 +116,22 @@ async def test_the_right_token_routes_and_probes_need_none(token_car: Sidecar) -
         assert "routing_sidecar.v1.Router" in names
 
 
+async def test_the_cli_sends_the_token_over_a_plain_channel(
+    token_car: Sidecar, pki: dict[str, Path], capsys: pytest.CaptureFixture[str],
+) -> None:
+    route = ["route", "--target", _local(token_car), "--task-type", "fix_bug", "--json"]
+    try:
+        assert await asyncio.to_thread(cli.main, [*route, "--token-file", str(pki["token"])]) == 0
+        assert '"DECISION_STATUS_ROUTED"' in capsys.readouterr().out
+        auth.use_client_auth(auth.ClientAuth())
+        assert await asyncio.to_thread(cli.main, route) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: UNAUTHENTICATED: missing or wrong bearer token")
+        assert TOKEN not in err
+    finally:
+        auth.use_client_auth(auth.ClientAuth())
+
+
 async def test_tls_with_token_and_the_cli_flags(tmp_path: Path, pki: dict[str, Path]) -> None:
     tls = {"cert_file": str(pki["cert"]), "key_file": str(pki["key"])}
     car = await _started(_cfg(tmp_path, tls=tls, token_file=str(pki["token"])))
