@@ -10,29 +10,34 @@ import random
 import signal
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import cast
 from zoneinfo import ZoneInfo
 
-from routing_sidecar import logs, telemetry
+from routing_sidecar import logs, readiness, telemetry
 from routing_sidecar.config import (
     RESTART_ONLY,
     RouterConfig,
     config_hash,
     is_loopback_host,
     load_config,
+    masked_dsn,
     remote_admin_problem,
+    remote_grpc_problem,
 )
 from routing_sidecar.core.budget import Ledger
 from routing_sidecar.errors import ConfigError, StorageError
-from routing_sidecar.grpc_api import jsonwire
+from routing_sidecar.grpc_api import auth, jsonwire
+from routing_sidecar.grpc_api.auth import ServerSecurity
 from routing_sidecar.grpc_api.observe import Observer, ProviderHealth
-from routing_sidecar.grpc_api.server import SidecarServer
+from routing_sidecar.grpc_api.server import SidecarServer, bind_problem
 from routing_sidecar.grpc_api.servicer import RouterServicer
 from routing_sidecar.http_api.backend import Backend, Settings
 from routing_sidecar.http_api.server import AdminServer
 from routing_sidecar.ports import BudgetBook, Cache, Clock, SystemClock
 from routing_sidecar.providers.registry import ProviderRegistry
+from routing_sidecar.readiness import Readiness, WatchedStore
 from routing_sidecar.service.admin import Operator, PolicyEditor
 from routing_sidecar.service.budgets import LocalBudgets
 from routing_sidecar.service.cache import CacheService
@@ -53,6 +58,11 @@ from routing_sidecar.workers import worker_admin, worker_outbox
 
 log = logging.getLogger(__name__)
 
+# The telemetry flush at stop gets at least this long, even after a drain that used the grace.
+MIN_FLUSH_S = 0.5
+# How often readiness looks at the breakers and, while the store refuses writes, probes it.
+READINESS_INTERVAL_S = 0.5
+
 
 class Sidecar:
     """One running sidecar: its config, store, services and server."""
@@ -67,6 +77,7 @@ class Sidecar:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         worker: int | None = None,
+        allow_insecure_remote: bool = False,
     ) -> None:
         if worker is not None:  # one of several processes on one port: its own admin, outbox
             admin = admin_listen if admin_listen is not None else cfg.admin_listen()
@@ -83,12 +94,15 @@ class Sidecar:
         self._rng = rng or random.Random()  # exploration draws; the core takes randomness here
         self._listen = listen or cfg.server.listen
         self._admin_listen = admin_listen  # overrides admin.listen ("" turns it off)
+        self._allow_insecure_remote = allow_insecure_remote  # or server.allow_insecure_remote
         self.admin: AdminServer | None = None
         self.store: Store | None = None
         self.server: SidecarServer | None = None
         self.complete: CompleteService | None = None
         self._upkeep_task: asyncio.Task[None] | None = None
         self._cache_task: asyncio.Task[None] | None = None
+        self._ready_task: asyncio.Task[None] | None = None
+        self.readiness = Readiness()
         self.cache: CacheService | None = None
         # Fleet mode (fleet.redis_url): the shared books, the outbox and the sync loop.
         self.sidecar_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -110,19 +124,34 @@ class Sidecar:
         return self.admin.address if self.admin else None
 
     async def start(self) -> None:
-        """Open the store, rebuild the ledger from it, and start serving."""
+        """Open the store, rebuild the ledger from it, and start serving.
+
+        A failure on the way closes whatever was opened (store, gRPC port, tasks) before it
+        propagates, so a refused start leaves no thread or port behind and the process exits.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self._close(save_learned=False)
+            raise
+
+    async def _start(self) -> None:
         cfg = self.cfg
-        admin = self._admin_settings(cfg)  # first: a refused admin port opens nothing
+        security = self._grpc_security(cfg)  # first: a refused listen address opens nothing
+        admin = self._admin_settings(cfg)
+        taken = bind_problem(admin.listen, probe_only=True) if admin else None
+        if admin and taken:  # found now, not after the store is open and gRPC serves
+            raise OSError(f"admin.listen: cannot bind {admin.listen}: {taken}")
         tcfg = cfg.telemetry.model_copy(update={"admin_listen": admin.listen if admin else ""})
         tel = self.telemetry = telemetry.setup(tcfg)
-        store = await open_store(cfg.store, clock=self.clock)
-        self.store = store
         settings = cfg.settings()
-        ledger = await self._budgets(settings, store)
         digest = config_hash(cfg)
-        await store.record_config(digest, cfg.model_dump_json(), self.clock.now())
+        raw_store = await self._open_store(cfg, digest)
+        # What the services write through: a refused write turns health NOT_SERVING.
+        store = cast(Store, WatchedStore(raw_store, self.readiness))
+        ledger = await self._budgets(settings, raw_store)
         learner = Learner.of(settings)
-        learner.load({book: await store.load_learned(book) for book in LEARNED_BOOKS})
+        learner.load({book: await raw_store.load_learned(book) for book in LEARNED_BOOKS})
         limits = LabelLimits(await known_at_start(ledger, learner.health, self.clock.now()))
         self.routing = RoutingService(
             RoutingState.of(settings, digest), self.clock, ledger, store, learner,
@@ -146,7 +175,7 @@ class Sidecar:
         )
         self.observer.set_provider_health(self._provider_health)
         self.routing.alert_hook = self.outcomes.alert_hook = self.observer.budget_alert
-        self.cache = CacheService(await self._open_cache(store), self.clock,
+        self.cache = CacheService(await self._open_cache(raw_store), self.clock,
                                   lambda: self.routing.state.settings.cache, cfg.cache.backend)
         self.cache.on_lookup = self.observer.cache_lookup
         self.routing.cache = self.outcomes.cache = self.cache
@@ -160,14 +189,33 @@ class Sidecar:
         servicer = RouterServicer(self.routing, self.outcomes, store, self.clock, self.observer,
                                   complete=self.complete)
         self.server = SidecarServer(servicer, self._listen, cfg.server.max_request_bytes,
-                                    reuse_port=self.worker is not None)
+                                    reuse_port=self.worker is not None, security=security)
         await self._restore_admin_state(store)
         self._upkeep_task = asyncio.create_task(self.upkeep.run(), name="upkeep")
         await self.server.start()
+        await self.readiness.attach(self.server.set_serving)
+        self._ready_task = asyncio.create_task(readiness.watch(
+            self.readiness, probe_store=self._probe_store, checks=self._readiness_checks(),
+            interval_s=READINESS_INTERVAL_S), name="readiness")
         await self._start_admin(admin)
         log.info("sidecar started", extra={
             "address": self.address, "config_hash": digest, "metrics": self.admin_address,
         })
+
+    async def _open_store(self, cfg: RouterConfig, digest: str) -> Store:
+        """Open the store and write this config's version; StorageError naming the store.
+
+        A store that cannot take that write refuses the start.
+        """
+        where = cfg.store.path or masked_dsn(cfg.store.url or "")
+        try:
+            self.store = await open_store(cfg.store, clock=self.clock)
+            await self.store.record_config(digest, cfg.model_dump_json(), self.clock.now())
+        except StorageError as exc:
+            if where in exc.message:
+                raise
+            raise StorageError(f"store {where}: {exc.message}") from exc
+        return self.store
 
     async def _budgets(self, settings: RouterSettings, store: Store) -> BudgetBook:
         """The embedded ledger rebuilt from the store, or in fleet mode the shared one."""
@@ -221,6 +269,29 @@ class Sidecar:
             await local.close()
             raise
 
+    async def _probe_store(self) -> None:
+        """A harmless write (the running config's version, kept once) to see the store takes one."""
+        assert self.store is not None, "probed only once started"
+        await self.store.record_config(config_hash(self.cfg), self.cfg.model_dump_json(),
+                                       self.clock.now())
+
+    def _readiness_checks(self) -> dict[str, Callable[[], str | None]]:
+        """What else keeps the sidecar from deciding: every circuit open; Redis, if asked."""
+        def breakers() -> str | None:
+            routing = self.routing
+            return readiness.breakers_reason(routing.learner.health,
+                                             routing.catalog.models.values(), self.clock.now())
+
+        checks = {readiness.BREAKERS: breakers}
+        fleet = self.fleet
+        if fleet is not None and self.cfg.fleet.unhealthy_without_redis:
+            def redis() -> str | None:
+                why = fleet.ledger.unavailable
+                return f"Redis is out of reach ({why})" if why else None
+
+            checks[readiness.REDIS] = redis
+        return checks
+
     def _provider_health(self) -> list[ProviderHealth]:
         """Detection and breaker state of every catalog provider, for the provider gauges."""
         now = self.clock.now()
@@ -237,15 +308,22 @@ class Sidecar:
 
     async def stop(self) -> None:
         """Drain in-flight RPCs within the grace period, then flush and close the store."""
+        await self._close(save_learned=True)
+        log.info("sidecar stopped")
+
+    async def _close(self, *, save_learned: bool) -> None:
+        """Stop and close every part that was started, in order; safe on a half-done start."""
         if self._stopped:
             return
         self._stopped = True
+        # One grace period for the whole stop: the telemetry flush gets what the drain left.
+        deadline = asyncio.get_running_loop().time() + self.cfg.server.grace_period_s
         await self._stop_admin()
         if self.server is not None:
             await self.server.stop(self.cfg.server.grace_period_s)
         if self.complete is not None:  # settles cancelled walks before the store closes
             await self.complete.aclose()
-        for task in (self._upkeep_task, self._cache_task):
+        for task in (self._upkeep_task, self._cache_task, self._ready_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -259,14 +337,36 @@ class Sidecar:
         if self.outbox is not None:
             await self.outbox.close()
         if self.store is not None:
-            try:
-                await self.upkeep.save_learned()
-            except StorageError:  # closing must go on; the store keeps its older snapshot
-                log.exception("could not save learned state at shutdown")
+            if save_learned:
+                try:
+                    await self.upkeep.save_learned()
+                except StorageError:  # closing must go on; the store keeps its older snapshot
+                    log.exception("could not save learned state at shutdown")
             await self.store.close()
         if self.telemetry is not None:  # last: flushes the spans and metrics of the drain too
-            await asyncio.to_thread(self.telemetry.shutdown)
-        log.info("sidecar stopped")
+            left = deadline - asyncio.get_running_loop().time()
+            await self.telemetry.shutdown_within(max(left, MIN_FLUSH_S))
+
+    def _grpc_security(self, cfg: RouterConfig) -> ServerSecurity:
+        """TLS and token of the gRPC port, files read; ConfigError if refused or unreadable."""
+        source = self.config_path or "config"
+        server = cfg.server
+        # --listen may make it remote; --allow-insecure-remote may accept that.
+        problem = remote_grpc_problem(self._listen, server,
+                                      allow_insecure=self._allow_insecure_remote)
+        if problem:
+            raise ConfigError(source, [f"server.listen: {problem}"])
+        credentials = None
+        if server.tls is not None:
+            t = server.tls
+            credentials = auth.tls_credentials(
+                auth.read_pem(t.cert_file, "server.tls.cert_file", source, "CERTIFICATE"),
+                auth.read_pem(t.key_file, "server.tls.key_file", source, "PRIVATE KEY"),
+                auth.read_pem(t.client_ca_file, "server.tls.client_ca_file", source,
+                              "CERTIFICATE") if t.client_ca_file else None)
+        token = (auth.read_token(server.token_file, "server.token_file", source)
+                 if server.token_file else None)
+        return auth.ServerSecurity(credentials, token)
 
     # -- the admin port (http_api) ------------------------------------------------------
 
@@ -370,14 +470,17 @@ def _execution(cfg: RouterConfig) -> Execution:
 
 async def serve(
     config_path: str, listen: str | None = None, admin_listen: str | None = None,
-    *, worker: int | None = None,
+    *, worker: int | None = None, cfg: RouterConfig | None = None,
+    allow_insecure_remote: bool = False,
 ) -> int:
     """Run a sidecar until SIGTERM or SIGINT; SIGHUP reloads the config.
 
-    `worker` (serve --workers): this process is worker i of a set sharing one port.
+    `worker` (serve --workers): this process is worker i of a set sharing one port. `cfg`:
+    the file already loaded by the caller.
     """
-    sidecar = Sidecar(load_config(config_path), config_path=config_path, listen=listen,
-                      admin_listen=admin_listen, worker=worker)
+    sidecar = Sidecar(cfg or load_config(config_path), config_path=config_path, listen=listen,
+                      admin_listen=admin_listen, worker=worker,
+                      allow_insecure_remote=allow_insecure_remote)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

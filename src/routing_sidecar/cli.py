@@ -6,14 +6,15 @@ import argparse
 import asyncio
 import os
 import sys
+import traceback
 import uuid
 from typing import Any
 
 import grpc
 
 from routing_sidecar import logs
-from routing_sidecar.errors import ConfigError, InvalidArgument
-from routing_sidecar.grpc_api import client, complete_client
+from routing_sidecar.errors import ConfigError, InvalidArgument, RoutingError
+from routing_sidecar.grpc_api import auth, client, complete_client
 from routing_sidecar.workers import WORKER_FLAG, check_workers, supervise
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 
@@ -42,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
                    help='HOST:PORT of the admin port (/metrics, HTTP API, dashboard), or "" '
                         "for none (overrides admin.listen)")
     s.add_argument("--log-level", default="INFO")
+    s.add_argument("--allow-insecure-remote", action="store_true",
+                   help="serve a non-loopback --listen without TLS or a token (as "
+                        "server.allow_insecure_remote: a network trusted as it is)")
+    s.add_argument("--debug", action="store_true",
+                   help="a refused start prints its traceback before the one-line reason")
     s.add_argument("--workers", type=int, default=1,
                    help="server processes on one port (SO_REUSEPORT); more than one needs "
                         "fleet.redis_url and store.url")
@@ -85,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--service", default="", help='health name: "" (the server, default) or '
                    "routing_sidecar.v1.Router")
     h.add_argument("--timeout", type=_seconds, default=2.0, metavar="S")
+    for cmd in (r, b, rep, h):
+        _auth_args(cmd)
     fp = sub.add_parser("fake-provider", help="run the bundled fake LLM provider (OpenAI and "
                         "Anthropic wire formats, scripted by model name) until SIGTERM")
     fp.add_argument("--listen", default="127.0.0.1:9900", help="HOST:PORT")
@@ -111,6 +119,23 @@ def _complete_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     c.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                    help="the deadline of the whole call, retries and fallbacks included")
     c.add_argument("--json", action="store_true", help="one JSON object per event")
+    _auth_args(c)
+
+
+def _auth_args(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--token-file", help="send the bearer token in this file (the server's "
+                     "server.token_file)")
+    cmd.add_argument("--tls-ca", metavar="PEM", help="dial with TLS, trusting this CA (or the "
+                     "server's self-signed certificate)")
+
+
+def _client_auth(args: argparse.Namespace) -> None:
+    """Read --token-file and --tls-ca, if given, for every channel this command dials."""
+    token_file, ca_file = getattr(args, "token_file", None), getattr(args, "tls_ca", None)
+    if token_file or ca_file:
+        auth.use_client_auth(auth.ClientAuth(
+            token=auth.read_token(token_file, "--token-file", "cli") if token_file else None,
+            ca=auth.read_pem(ca_file, "--tls-ca", "cli", "CERTIFICATE") if ca_file else None))
 
 
 def _complete(args: argparse.Namespace) -> int:
@@ -164,7 +189,7 @@ def _health(target: str, service: str, timeout_s: float) -> int:
 
     name = service or '""'
     try:
-        with grpc.insecure_channel(target) as channel:
+        with auth.dial(target) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
     except grpc.RpcError as exc:
@@ -224,6 +249,7 @@ def _cache_parser(sub: Any) -> None:
         cmd.add_argument("--namespace", help='only this namespace ("" is the default one)')
         cmd.add_argument("--project", help="only entries of this project")
         cmd.add_argument("--json", action="store_true")
+        _auth_args(cmd)
     cs.add_argument("--hours", type=int, default=24, help="window of the hit counts")
     cp.add_argument("--all", action="store_true", help="purge every entry")
 
@@ -249,7 +275,46 @@ def _supervise(args: argparse.Namespace) -> int:
         argv += ["--listen", args.listen]
     if args.admin_listen is not None:
         argv += ["--admin-listen", args.admin_listen]
+    if args.allow_insecure_remote:
+        argv.append("--allow-insecure-remote")
     return supervise(argv, args.workers, cfg.server.grace_period_s)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Run the sidecar; a start that fails exits 1 (2: bad config) with one line on stderr."""
+    from routing_sidecar.config import load_config  # noqa: PLC0415
+
+    logs.configure(args.log_level)
+    try:
+        if args.workers > 1 and args.worker_index is None:
+            return _supervise(args)
+        cfg = load_config(args.config)  # before the server's imports: a bad file fails fast
+        from routing_sidecar.app import serve  # noqa: PLC0415
+
+        return asyncio.run(serve(args.config, args.listen, args.admin_listen,
+                                 worker=args.worker_index, cfg=cfg,
+                                 allow_insecure_remote=args.allow_insecure_remote))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # every failure becomes one line; --debug shows the traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {start_failure(exc)}", file=sys.stderr, flush=True)
+        return 2 if isinstance(exc, ConfigError) else 1
+
+
+def start_failure(exc: BaseException) -> str:
+    """One line saying what failed at start and where, without internals."""
+    if isinstance(exc, ConfigError):
+        return f"{exc.source}: invalid configuration: {'; '.join(exc.problems)}"
+    if isinstance(exc, RoutingError):
+        text = exc.message
+    elif isinstance(exc, OSError):
+        text = str(exc) if not exc.filename else (
+            f"{exc.filename}: {exc.strerror or exc}")
+    else:
+        text = f"cannot start ({type(exc).__name__}: {exc}); run with --debug for the traceback"
+    return " ".join(text.split())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,13 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
-            from routing_sidecar.app import serve  # noqa: PLC0415
-
-            logs.configure(args.log_level)
-            if args.workers > 1 and args.worker_index is None:
-                return _supervise(args)
-            return asyncio.run(serve(args.config, args.listen, args.admin_listen,
-                                     worker=args.worker_index))
+            return _serve(args)
+        _client_auth(args)
         if args.command == "health":
             return _health(args.target, args.service, args.timeout)
         if args.command == "validate":
@@ -284,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             return _complete(args)
         return _route(args)
     except ConfigError as exc:
-        print(exc.message, file=sys.stderr)
+        print(exc.message if exc.source != "cli" else f"error: {'; '.join(exc.problems)}",
+              file=sys.stderr)
         return 2
     except InvalidArgument as exc:
         print(f"error: {exc.message}", file=sys.stderr)

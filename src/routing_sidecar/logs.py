@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from contextvars import ContextVar
@@ -46,6 +47,35 @@ class ContextFilter(logging.Filter):
         return True
 
 
+# A URL's userinfo (scheme://anything@), and a bare user:password@host (the OTLP gRPC exporter
+# logs its endpoint as a netloc). A plain user@host without a scheme is left alone.
+_URL_CREDS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*://)[^\s/@'\"]*@")
+_NETLOC_CREDS = re.compile(r"(?<![\w.~%+\-])[\w.~%!$&*+\-]+:[^\s/@'\"]*@(?=[\w\[])")
+
+
+def redact_urls(text: str) -> str:
+    """`text` with the credentials of every URL or user:password@host taken out."""
+    return _NETLOC_CREDS.sub("", _URL_CREDS.sub(r"\1", text))
+
+
+class RedactFilter(logging.Filter):
+    """Strips URL credentials from every record's message and string fields, whoever logs it.
+
+    Libraries log URLs too (the OTLP exporter logs its endpoint on every failed export).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record in place (never drops it)."""
+        message = record.getMessage()
+        clean = redact_urls(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        for key, value in vars(record).items():
+            if key not in _STANDARD and isinstance(value, str):
+                setattr(record, key, redact_urls(value))
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line with the record's extra fields."""
 
@@ -60,7 +90,7 @@ class JsonFormatter(logging.Formatter):
         }
         out.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            out["exc"] = redact_urls(self.formatException(record.exc_info))
         return json.dumps(out, default=str)
 
 
@@ -69,7 +99,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Render the record as text."""
-        base = super().format(record)
+        base = redact_urls(super().format(record))  # the traceback too
         extras = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD)
         return f"{base} {extras}" if extras else base
 
@@ -80,6 +110,7 @@ def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
         json_lines = not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(ContextFilter())
+    handler.addFilter(RedactFilter())
     handler.setFormatter(
         JsonFormatter() if json_lines else TextFormatter("%(asctime)s %(levelname)s %(message)s")
     )

@@ -18,8 +18,11 @@ Nothing here logs a header value: the exporters get their headers from the envir
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -151,6 +154,32 @@ class Telemetry:
         """The sidecar's meter."""
         return self.meter_provider.get_meter(INSTRUMENTATION_NAME, __version__)
 
+    async def shutdown_within(self, timeout_s: float) -> bool:
+        """Flush and stop as `shutdown` does, waiting at most `timeout_s`; False if cut short.
+
+        The flush runs on a daemon thread: an unreachable collector, which the exporters retry
+        for up to their own timeout, cannot keep the process from exiting after the grace
+        period. Spans still pending then are lost, and a warning says so.
+        """
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def run() -> None:
+            try:
+                self.shutdown()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop closed after the timeout
+                    loop.call_soon_threadsafe(done.set)
+
+        threading.Thread(target=run, name="telemetry-shutdown", daemon=True).start()
+        try:
+            await asyncio.wait_for(done.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("telemetry flush cut short: the collector did not answer in time",
+                        extra={"waited_s": timeout_s})
+            return False
+        return True
+
     def shutdown(self) -> None:
         """Flush pending spans and metrics to their exporters, then stop (blocking)."""
         for stop in self._shutdowns:
@@ -184,7 +213,9 @@ def setup(cfg: TelemetryConfig) -> Telemetry:
         # No ratio configured: the SDK reads OTEL_TRACES_SAMPLER(_ARG), default parent-based.
         sampler = (ParentBased(TraceIdRatioBased(cfg.sample_ratio))
                    if cfg.sample_ratio is not None else None)
-        tracer_provider = TracerProvider(resource=resource, sampler=sampler)
+        # shutdown_on_exit off: stop() flushes once, bounded; no second flush at exit.
+        tracer_provider = TracerProvider(resource=resource, sampler=sampler,
+                                         shutdown_on_exit=False)
         tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
         shutdowns.append(tracer_provider.shutdown)
         if push_metrics():
@@ -195,7 +226,8 @@ def setup(cfg: TelemetryConfig) -> Telemetry:
             ))
     meter_provider: metrics.MeterProvider = metrics.NoOpMeterProvider()
     if readers:
-        sdk_meters = MeterProvider(metric_readers=readers, resource=resource)
+        sdk_meters = MeterProvider(metric_readers=readers, resource=resource,
+                                   shutdown_on_exit=False)
         shutdowns.append(sdk_meters.shutdown)
         meter_provider = sdk_meters
     log.info("telemetry configured", extra={

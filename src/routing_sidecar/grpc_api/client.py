@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 
 from routing_sidecar.errors import InvalidArgument
+from routing_sidecar.grpc_api import auth
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 
@@ -40,7 +40,7 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 
 def route(target: str, request: pb.RouteRequest, timeout_s: float = 5.0) -> pb.Decision:
     """Call Route on a running sidecar."""
-    with grpc.insecure_channel(target) as channel:
+    with auth.dial(target) as channel:
         stub = pb_grpc.RouterStub(channel)
         result: pb.Decision = stub.Route(request, timeout=timeout_s)
         return result
@@ -93,7 +93,7 @@ def render_decision(d: pb.Decision) -> str:
 
 def budgets(target: str, scopes: list[str], timeout_s: float = 5.0) -> pb.BudgetStatusList:
     """Call GetBudgetStatus on a running sidecar."""
-    with grpc.insecure_channel(target) as channel:
+    with auth.dial(target) as channel:
         result: pb.BudgetStatusList = pb_grpc.RouterStub(channel).GetBudgetStatus(
             pb.BudgetQuery(scopes=scopes), timeout=timeout_s
         )
@@ -104,7 +104,7 @@ def stats(
     target: str, hours: int, label_keys: list[str], timeout_s: float = 10.0
 ) -> pb.RoutingStats:
     """Call GetRoutingStats on a running sidecar."""
-    with grpc.insecure_channel(target) as channel:
+    with auth.dial(target) as channel:
         result: pb.RoutingStats = pb_grpc.RouterStub(channel).GetRoutingStats(
             pb.StatsQuery(hours=hours, label_keys=label_keys), timeout=timeout_s
         )
@@ -175,7 +175,7 @@ def _cache_query(namespace: str | None, project: str | None, hours: int = 0,
 def cache_stats(target: str, namespace: str | None, project: str | None, hours: int,
                 timeout_s: float = 10.0) -> pb.CacheStats:
     """Call GetCacheStats on a running sidecar."""
-    with grpc.insecure_channel(target) as channel:
+    with auth.dial(target) as channel:
         result: pb.CacheStats = pb_grpc.RouterStub(channel).GetCacheStats(
             _cache_query(namespace, project, hours), timeout=timeout_s)
         return result
@@ -184,7 +184,7 @@ def cache_stats(target: str, namespace: str | None, project: str | None, hours: 
 def purge_cache(target: str, namespace: str | None, project: str | None, everything: bool,
                 timeout_s: float = 30.0) -> pb.PurgeCacheResult:
     """Call PurgeCache on a running sidecar."""
-    with grpc.insecure_channel(target) as channel:
+    with auth.dial(target) as channel:
         result: pb.PurgeCacheResult = pb_grpc.RouterStub(channel).PurgeCache(
             _cache_query(namespace, project, everything=everything), timeout=timeout_s)
         return result

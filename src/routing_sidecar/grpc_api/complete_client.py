@@ -7,9 +7,9 @@ import sys
 from collections.abc import Iterator
 from typing import TextIO
 
-import grpc
 from google.protobuf import json_format
 
+from routing_sidecar.grpc_api import auth
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 
@@ -17,7 +17,7 @@ from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 def stream(target: str, request: pb.CompleteRequest, timeout_s: float
            ) -> Iterator[pb.CompleteEvent]:
     """Call Complete on a running sidecar; the events as they arrive (raises grpc.RpcError)."""
-    with grpc.insecure_channel(target) as channel:
+    with auth.dial(target) as channel:
         yield from pb_grpc.RouterStub(channel).Complete(request, timeout=timeout_s)
 
 
