@@ -376,7 +376,9 @@ class Sidecar:
         if not listen:
             return None
         source = self.config_path or "config"
-        problem = remote_admin_problem(listen, cfg.admin.token_file)
+        problem = remote_admin_problem(
+            listen, cfg.admin.token_file,
+            allow_insecure=self._allow_insecure_remote or cfg.server.allow_insecure_remote)
         if problem:
             raise ConfigError(source, [f"admin.listen: {problem}"])
         token = None

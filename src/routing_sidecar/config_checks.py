@@ -89,7 +89,8 @@ def _check_admin(cfg: RouterConfig) -> Iterator[str]:
         yield (f"admin.listen: {cfg.admin.listen!r} differs from telemetry.admin_listen "
                f"{cfg.telemetry.admin_listen!r} (its old name); set only admin.listen")
         return
-    problem = remote_admin_problem(cfg.admin_listen(), cfg.admin.token_file)
+    problem = remote_admin_problem(cfg.admin_listen(), cfg.admin.token_file,
+                                   allow_insecure=cfg.server.allow_insecure_remote)
     if problem:
         yield f"{'telemetry.admin_listen' if old and not new else 'admin.listen'}: {problem}"
 

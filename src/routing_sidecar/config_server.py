@@ -200,15 +200,21 @@ def remote_grpc_problem(listen: str, server: ServerConfig, *,
             "server.token_file (or server.allow_insecure_remote: true on a trusted network)")
 
 
-def remote_admin_problem(listen: str, token_file: str | None) -> str | None:
-    """Why an admin listen address is refused: remote without a token file; None when fine."""
-    if not listen or token_file:
+def remote_admin_problem(listen: str, token_file: str | None, *,
+                         allow_insecure: bool = False) -> str | None:
+    """Why an admin listen address is refused: remote without a token file; None when fine.
+
+    `allow_insecure` (server.allow_insecure_remote or serve --allow-insecure-remote): the
+    network is the boundary for the admin port as for gRPC.
+    """
+    if not listen or token_file or allow_insecure:
         return None
     host = listen.rpartition(":")[0]
     if is_loopback_host(host):
         return None
     return (f"{listen} is not a loopback address; set admin.token_file so that changes made "
-            "through the HTTP API need a bearer token")
+            "through the HTTP API need a bearer token (or server.allow_insecure_remote: true "
+            "on a trusted network)")
 
 
 class AdminConfig(_Strict):

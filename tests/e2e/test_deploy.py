@@ -475,3 +475,33 @@ def test_the_query_check_catches_broken_queries(
 ) -> None:
     found = promql_check.check(expr, exported, legend)
     assert any(problem in p for p in found), found
+
+
+def test_the_compose_command_starts_a_serving_sidecar(tmp_path: Path) -> None:
+    """The sidecar service's command, run as compose runs it, on ports of its own."""
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    command = list(compose["services"]["sidecar"]["command"])
+    assert arg_value(command, "--listen").startswith("0.0.0.0:")
+    assert arg_value(command, "--admin-listen").startswith("0.0.0.0:")
+    raw = yaml.safe_load((ROOT / arg_value(command, "--config")).read_text())
+    raw["store"] = {"path": str(tmp_path / "routing.db")}
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    grpc_port, admin_port = free_port(), free_port()
+    argv = [str(BIN / "routing-sidecar"), "serve", *command, "--config", str(config),
+            "--listen", f"0.0.0.0:{grpc_port}", "--admin-listen", f"0.0.0.0:{admin_port}"]
+    log = tmp_path / "sidecar.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=sink, stderr=sink)
+    try:
+        target = f"127.0.0.1:{grpc_port}"
+        ok = wait_healthy(target, proc)
+        assert ok.returncode == 0, log.read_text()
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/health", timeout=10) as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -67,6 +67,12 @@ def test_a_remote_admin_port_with_a_token_file_is_allowed() -> None:
     assert cfg.admin_listen() == "0.0.0.0:9464"
 
 
+def test_a_remote_admin_port_on_a_network_trusted_as_it_is_is_allowed() -> None:
+    cfg = load(shipped(admin={"listen": "0.0.0.0:9464"},
+                       server={"listen": "127.0.0.1:50051", "allow_insecure_remote": True}))
+    assert cfg.admin_listen() == "0.0.0.0:9464"
+
+
 def test_compose_replaces_one_policy_and_revalidates_everything() -> None:
     cfg = load(shipped(telemetry={"admin_listen": "127.0.0.1:0"}))
     edited = compose(cfg, {"code": {"models": ["glm-4.6"], "objective": "quality"}})
