@@ -10,9 +10,9 @@ import random
 import signal
 import socket
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo
 
 from routing_sidecar import logs, readiness, telemetry
@@ -28,13 +28,12 @@ from routing_sidecar.config import (
 )
 from routing_sidecar.core.budget import Ledger
 from routing_sidecar.errors import ConfigError, StorageError
-from routing_sidecar.grpc_api import auth, jsonwire
+from routing_sidecar.grpc_api import auth
 from routing_sidecar.grpc_api.auth import ServerSecurity
 from routing_sidecar.grpc_api.observe import Observer, ProviderHealth
 from routing_sidecar.grpc_api.server import SidecarServer, bind_problem
 from routing_sidecar.grpc_api.servicer import RouterServicer
 from routing_sidecar.http_api.backend import Backend, Settings
-from routing_sidecar.http_api.server import AdminServer
 from routing_sidecar.ports import BudgetBook, Cache, Clock, SystemClock
 from routing_sidecar.providers.registry import ProviderRegistry
 from routing_sidecar.readiness import Readiness, WatchedStore
@@ -55,6 +54,9 @@ from routing_sidecar.storage.outbox import Outbox
 from routing_sidecar.storage.redis import Fleet, open_fleet
 from routing_sidecar.storage.sqlite_cache import SqliteCache
 from routing_sidecar.workers import worker_admin, worker_outbox
+
+if TYPE_CHECKING:
+    from routing_sidecar.http_api.server import AdminServer
 
 log = logging.getLogger(__name__)
 
@@ -409,15 +411,18 @@ class Sidecar:
         """Serve the admin port; after gRPC serves, so /health never answers before it."""
         if settings is None or self.store is None or self.server is None:
             return
+        # aiohttp and the JSON wire load on a thread once gRPC serves: Routes are answered
+        # meanwhile, and the start to SERVING does not wait for the admin port's imports.
+        admin_server, serving = await asyncio.to_thread(_admin_modules)
         tel = self.telemetry or telemetry.disabled()
         health = self.server.health
         backend = Backend(
             self.routing, self.outcomes, self.store, self.clock, self.observer, self.policies,
-            self.operator, config=lambda: self.cfg, serving=lambda: jsonwire.serving(health),
+            self.operator, config=lambda: self.cfg, serving=lambda: serving(health),
             metrics=tel.metrics_text, metrics_content_type=telemetry.METRICS_CONTENT_TYPE,
             tracer=tel.tracer() if tel.tracing else None,
         )
-        admin = AdminServer(backend, settings, self.cfg.server.grace_period_s)
+        admin = admin_server(backend, settings, self.cfg.server.grace_period_s)
         await admin.start()
         self.admin = admin
 
@@ -468,6 +473,14 @@ def _execution(cfg: RouterConfig) -> Execution:
     """The provider clients and upstream ids of a config (keys read from env or files now)."""
     settings = cfg.execution_settings()
     return Execution(ProviderRegistry.from_settings(settings), settings)
+
+
+def _admin_modules() -> tuple[type[AdminServer], Callable[[Any], Awaitable[bool]]]:
+    """The admin HTTP server and the JSON wire's health reading, imported on first use."""
+    from routing_sidecar.grpc_api import jsonwire  # noqa: PLC0415
+    from routing_sidecar.http_api.server import AdminServer  # noqa: PLC0415
+
+    return AdminServer, jsonwire.serving
 
 
 async def serve(

@@ -148,8 +148,12 @@ def held_port() -> Iterator[int]:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory, held_port: int) -> dict[str, Result]:
     """Run every case, a few at a time (each is mostly interpreter start-up), to its exit."""
+    # Made here, before the threads: the factory's first call creates its base directory and
+    # is not safe to race.
+    dirs = {case.name: tmp_path_factory.mktemp(case.name) for case in CASES}
+
     def run(case: Case) -> tuple[str, Result]:
-        d = tmp_path_factory.mktemp(case.name)
+        d = dirs[case.name]
         argv = [str(BIN), "serve", *case.setup(d, held_port)]
         try:
             out = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
