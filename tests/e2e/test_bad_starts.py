@@ -260,3 +260,36 @@ def test_read_only_store_is_refused(tmp_path: Path) -> None:
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert _not_log_records(out.stderr) == [
         f"error: store {db}: write failed: attempt to write a readonly database"]
+
+
+def test_a_second_sidecar_on_the_same_store_is_refused(tmp_path: Path) -> None:
+    # Each sidecar holds its budget totals in memory: two on one file would each spend it all.
+    config = _serve(tmp_path)
+    first_port = free_port()
+    first = subprocess.Popen([str(BIN), "serve", *config, "--listen", f"127.0.0.1:{first_port}",
+                              "--admin-listen", ""],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + EXIT_TIMEOUT_S
+        with grpc.insecure_channel(f"127.0.0.1:{first_port}") as ch:
+            while True:
+                assert first.poll() is None and time.monotonic() < deadline
+                try:
+                    reply = health_pb2_grpc.HealthStub(ch).Check(
+                        health_pb2.HealthCheckRequest(), timeout=1)
+                    break
+                except grpc.RpcError:
+                    time.sleep(0.05)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        out = subprocess.run([str(BIN), "serve", *config, "--listen", f"127.0.0.1:{free_port()}",
+                              "--admin-listen", ""],
+                             capture_output=True, text=True, timeout=EXIT_TIMEOUT_S)
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        [line] = _not_log_records(out.stderr)
+        assert line == (f"error: {tmp_path / 'routing.db'}: in use by another sidecar "
+                        "(one sidecar per SQLite file; several share a PostgreSQL store, "
+                        "store.url)")
+        assert first.poll() is None  # the first one serves on
+    finally:
+        first.kill()
+        first.wait()

@@ -114,3 +114,12 @@ async def test_synchronous_is_configurable(db_path: Path, mode: str, value: int)
 
     assert await store.writer.run(read_pragma) == value
     await store.close()
+
+
+async def test_a_file_is_owned_by_one_store_at_a_time(store: SqliteStore, db_path: Path) -> None:
+    with pytest.raises(StorageError, match="in use by another sidecar"):
+        await SqliteStore.open(str(db_path), retention_days=30, clock=FixedClock())
+    await store.record_decision(decision_record(1))  # the owner is untouched
+    await store.close()
+    again = await SqliteStore.open(str(db_path), retention_days=30, clock=FixedClock())
+    await again.close()

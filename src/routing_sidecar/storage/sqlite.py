@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -157,6 +159,26 @@ class Checkpointer:
         await self._conn.close()
 
 
+def _take_ownership(path: str) -> int:
+    """Lock `path`.lock for this process's lifetime; StorageError if another store holds it.
+
+    One sidecar per file: each keeps its budget totals in memory, so two on one file would
+    each spend the whole budget. The lock goes with the process, kill -9 included.
+    """
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StorageError(
+            f"{path}: in use by another sidecar (one sidecar per SQLite file; several share "
+            "a PostgreSQL store, store.url)") from None
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 class SqliteStore:
     """LedgerStore and AuditLog on one SQLite file."""
 
@@ -169,6 +191,7 @@ class SqliteStore:
         self._retention_s = retention_days * DAY_S
         self._clock = clock
         self._closed = False
+        self._lock_fd: int | None = None  # the file's ownership lock (see _take_ownership)
 
     @classmethod
     async def open(cls, path: str, *, retention_days: int, clock: Clock,
@@ -181,6 +204,23 @@ class SqliteStore:
             raise StorageError(f"SQLite {sqlite3.sqlite_version} is too old; need 3.38 or later")
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            lock_fd = _take_ownership(path)
+        except OSError as exc:
+            raise StorageError(f"{path}: cannot open the store: {exc}") from exc
+        try:
+            store = await cls._open_owned(path, retention_days, clock, synchronous,
+                                          busy_timeout_ms, max_batch)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        store._lock_fd = lock_fd
+        return store
+
+    @classmethod
+    async def _open_owned(cls, path: str, retention_days: int, clock: Clock,
+                          synchronous: Synchronous, busy_timeout_ms: int,
+                          max_batch: int) -> SqliteStore:
+        try:
             read = await _connect(path, busy_timeout_ms)
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"{path}: cannot open the store: {exc}") from exc
@@ -215,6 +255,9 @@ class SqliteStore:
             await self.writer.close()
         finally:
             await self._read.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the lock
+                self._lock_fd = None
 
     # -- writes ----------------------------------------------------------------------------
 
