@@ -264,7 +264,9 @@ class Sidecar:
             return RedisCache(self.fleet.client, self.cfg.fleet.key_prefix)
         if isinstance(store, SqliteStore):
             return await SqliteCache.open(store)
-        local = await SqliteStore.open(cfg.path, retention_days=1, clock=self.clock)
+        # Sidecars on one machine may share this file: it holds no budget rows.
+        local = await SqliteStore.open(cfg.path, retention_days=1, clock=self.clock,
+                                       owned=False)
         try:
             return await SqliteCache.open(local, owns_store=True)
         except BaseException:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,3 +112,18 @@ def wait_healthy(target: str, proc: subprocess.Popen[bytes], timeout_s: float = 
         if out.returncode == 0 or time.monotonic() > deadline:
             return out
         time.sleep(0.2)
+
+
+def wait_admin(address: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """Wait until the admin port at `address` answers /health (it opens once gRPC serves)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, "the sidecar exited during start-up"
+        try:
+            with urllib.request.urlopen(f"http://{address}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"the admin port {address} never answered"
+        time.sleep(0.05)

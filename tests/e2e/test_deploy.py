@@ -41,6 +41,7 @@ from tests.e2e.deploy_files import (
     dockerfile_stages,
     manifests,
     run_cli,
+    wait_admin,
     wait_healthy,
     yaml_docs,
 )
@@ -400,6 +401,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
                                 stdout=sink, stderr=sink)
     try:
         assert wait_healthy(target, proc).returncode == 0, log.read_text()
+        wait_admin(admin, proc)
         with grpc.insecure_channel(target) as channel:
             _traffic(pb_grpc.RouterStub(channel))
         with urllib.request.urlopen(f"http://{admin}/metrics", timeout=10) as resp:
@@ -497,8 +499,7 @@ def test_the_compose_command_starts_a_serving_sidecar(tmp_path: Path) -> None:
         target = f"127.0.0.1:{grpc_port}"
         ok = wait_healthy(target, proc)
         assert ok.returncode == 0, log.read_text()
-        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/health", timeout=10) as r:
-            assert r.status == 200
+        wait_admin(f"127.0.0.1:{admin_port}", proc)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0, log.read_text()
     finally:

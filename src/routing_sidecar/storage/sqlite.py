@@ -196,22 +196,27 @@ class SqliteStore:
     @classmethod
     async def open(cls, path: str, *, retention_days: int, clock: Clock,
                    synchronous: Synchronous = "NORMAL", busy_timeout_ms: int = 5000,
-                   max_batch: int = 512) -> SqliteStore:
-        """Open (creating if needed) and migrate the file, and start the group-commit writer."""
+                   max_batch: int = 512, owned: bool = True) -> SqliteStore:
+        """Open (creating if needed) and migrate the file, and start the group-commit writer.
+
+        `owned`: this process alone may use the file (the audit store and its budget rows);
+        False for a file several processes may share, such as a local response cache.
+        """
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise StorageError(f"SQLite {sqlite3.sqlite_version} is too old; need 3.38 or later")
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            lock_fd = _take_ownership(path)
+            lock_fd = _take_ownership(path) if owned else None
         except OSError as exc:
             raise StorageError(f"{path}: cannot open the store: {exc}") from exc
         try:
             store = await cls._open_owned(path, retention_days, clock, synchronous,
                                           busy_timeout_ms, max_batch)
         except BaseException:
-            os.close(lock_fd)
+            if lock_fd is not None:
+                os.close(lock_fd)
             raise
         store._lock_fd = lock_fd
         return store
