@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Collection
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,6 +35,21 @@ LABEL_KEY_RE = re.compile(r"[A-Za-z0-9_.:/@+\-]{1,64}")
 class _Strict(BaseModel):
     # No inf or nan anywhere: every float field is finite (and bounded where it is declared).
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def url_with_scheme(v: str, schemes: Collection[str], kind: str, expected: str) -> str:
+    """`v` if it parses with a port that fits and one of `schemes`; ValueError otherwise.
+
+    The messages never quote the value: a URL may hold a password.
+    """
+    try:
+        parts = urlsplit(v)
+        _ = parts.port
+    except ValueError:
+        raise ValueError(f"not a valid {kind} URL (bad host or port)") from None
+    if parts.scheme not in schemes:
+        raise ValueError(f"expected {expected}")
+    return v
 
 
 def admin_listen_shape(v: str) -> str:

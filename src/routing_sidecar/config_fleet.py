@@ -8,6 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
+from routing_sidecar.config_base import url_with_scheme
+
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
 
@@ -51,14 +53,8 @@ class FleetConfig(BaseModel):
     def _url_shape(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        try:
-            parts = urlsplit(v)
-            _ = parts.port
-        except ValueError:
-            raise ValueError("not a valid redis:// URL (bad host or port)") from None
-        if parts.scheme not in _REDIS_SCHEMES:
-            raise ValueError("expected a redis://, rediss:// or unix:// URL")
-        return v
+        return url_with_scheme(v, _REDIS_SCHEMES, "redis://",
+                               "a redis://, rediss:// or unix:// URL")
 
     @field_serializer("redis_url")
     def _mask(self, v: str | None) -> str | None:

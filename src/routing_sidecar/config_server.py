@@ -24,6 +24,7 @@ from routing_sidecar.config_base import (
     _Strict,
     admin_listen_shape,
     is_loopback_host,
+    url_with_scheme,
 )
 
 
@@ -109,17 +110,10 @@ class StoreConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _dsn_shape(cls, v: str | None) -> str | None:
-        # Messages here never quote the value: it may hold the password.
         if v is None:
             return v
-        try:
-            parts = urlsplit(v)
-            _ = parts.port
-        except ValueError:
-            raise ValueError("not a valid postgresql:// URL (bad host or port)") from None
-        if parts.scheme not in _PG_SCHEMES:
-            raise ValueError("expected a postgresql:// or postgres:// URL")
-        return v
+        return url_with_scheme(v, _PG_SCHEMES, "postgresql://",
+                               "a postgresql:// or postgres:// URL")
 
     @model_validator(mode="after")
     def _one_backend(self) -> StoreConfig:
