@@ -380,3 +380,21 @@ async def test_the_32_million_dollar_outcome_is_refused_and_every_budget_untouch
         ack = await stub.ReportOutcome(pb.Outcome(decision_id=d.decision_id, success=True,
                                                   attempts=[attempt()]))
         assert not ack.duplicate and ack.actual_cost_micros == 2_500
+
+
+async def test_spend_reported_for_a_rejected_decision_is_charged(make_sidecar: Any) -> None:
+    # The router refused; the orchestrator called a model anyway. The money was spent, so the
+    # budgets count it (the attempt is off the decision's plan, which the audit row flags).
+    budgets = [{"scope": s, "period": "month", "limit_usd": 10}
+               for s in ("global", "provider:acme")]
+    car = await make_sidecar(budgets)
+    async with grpc.aio.insecure_channel(car.address) as ch:
+        stub = pb_grpc.RouterStub(ch)
+        d = await stub.Route(task(1, requires=pb.Requirements(capabilities=["teleportation"])))
+        assert d.status == pb.DECISION_STATUS_REJECTED
+        ack = await stub.ReportOutcome(pb.Outcome(
+            decision_id=d.decision_id, success=True, attempts=[attempt("cheap", cost_micros=70)]))
+        assert (ack.duplicate, ack.actual_cost_micros) == (False, 70)
+        got = {b.scope: b for b in (await stub.GetBudgetStatus(pb.BudgetQuery())).budgets}
+    assert {s: (got[s].spent_micros, got[s].reserved_micros) for s in got} == {
+        "global": (70, 0), "provider:acme": (70, 0)}
