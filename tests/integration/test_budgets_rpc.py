@@ -398,3 +398,14 @@ async def test_spend_reported_for_a_rejected_decision_is_charged(make_sidecar: A
         got = {b.scope: b for b in (await stub.GetBudgetStatus(pb.BudgetQuery())).budgets}
     assert {s: (got[s].spent_micros, got[s].reserved_micros) for s in got} == {
         "global": (70, 0), "provider:acme": (70, 0)}
+
+
+async def test_a_budget_query_names_scopes_as_requests_do(make_sidecar: Any) -> None:
+    # Label values are folded into budget scopes, so a query for project:ALPHA is alpha's.
+    car = await make_sidecar([{"scope": "project:alpha", "period": "month", "limit_usd": 10}])
+    async with grpc.aio.insecure_channel(car.address) as ch:
+        stub = pb_grpc.RouterStub(ch)
+        d = await stub.Route(task(1, labels={"project": "ALPHA"}))
+        asked = await stub.GetBudgetStatus(pb.BudgetQuery(scopes=["project:ALPHA"]))
+    assert [(b.scope, b.reserved_micros) for b in asked.budgets] == [
+        ("project:alpha", d.estimated_cost_micros)]

@@ -29,6 +29,7 @@ from routing_sidecar.grpc_api.status import streaming, unary
 from routing_sidecar.ports import AuditLog, CacheUsage, Clock
 from routing_sidecar.service.cache import CacheService
 from routing_sidecar.service.complete import CompleteService, Done, ready_batches
+from routing_sidecar.service.limits import fold_scope
 from routing_sidecar.service.outcomes import OutcomeService
 from routing_sidecar.service.routing import RoutingService
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
@@ -115,7 +116,9 @@ class RouterServicer(pb_grpc.RouterServicer):
         """Every budget scope (or the requested ones) in its current period."""
         for i, scope in enumerate(request.scopes):
             convert.check_scope(f"scopes[{i}]", scope)
-        statuses = await self._service.ledger.status(self._clock.now(), tuple(request.scopes))
+        casefold = self._service.state.settings.limits.casefold_scope_labels
+        scopes = tuple(fold_scope(s, casefold) for s in request.scopes)
+        statuses = await self._service.ledger.status(self._clock.now(), scopes)
         return convert_outcome.budget_list_to_pb(statuses)
 
     @unary

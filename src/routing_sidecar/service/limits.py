@@ -111,6 +111,14 @@ async def known_at_start(budgets: BudgetBook, health: HealthBook,
     return out
 
 
+def fold_scope(scope: str, casefold: bool) -> str:
+    """A queried scope named as requests name it: `project:ALPHA` is `project:alpha`."""
+    kind, sep, name = scope.partition(":")
+    if casefold and sep and kind in SCOPE_LABELS:
+        return f"{kind}:{name.lower()}"
+    return scope
+
+
 def fold_entries(entries: Iterable[LedgerEntry], casefold: bool) -> list[LedgerEntry]:
     """Persisted ledger rows with project:/worker: scopes folded as requests now name them.
 
