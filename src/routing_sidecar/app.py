@@ -64,6 +64,9 @@ log = logging.getLogger(__name__)
 MIN_FLUSH_S = 0.5
 # How often readiness looks at the breakers and, while the store refuses writes, probes it.
 READINESS_INTERVAL_S = 0.5
+# How often a sidecar on a shared store (PostgreSQL) takes up pauses and policy edits made
+# through another sidecar.
+ADMIN_FOLLOW_S = 2.0
 
 
 class Sidecar:
@@ -104,6 +107,7 @@ class Sidecar:
         self._upkeep_task: asyncio.Task[None] | None = None
         self._cache_task: asyncio.Task[None] | None = None
         self._ready_task: asyncio.Task[None] | None = None
+        self._follow_task: asyncio.Task[None] | None = None
         self.readiness = Readiness()
         self.cache: CacheService | None = None
         # Fleet mode (fleet.redis_url): the shared books, the outbox and the sync loop.
@@ -194,6 +198,9 @@ class Sidecar:
                                     reuse_port=self.worker is not None, security=security)
         await self._restore_admin_state(store)
         self._upkeep_task = asyncio.create_task(self.upkeep.run(), name="upkeep")
+        if cfg.store.url is not None:  # a store other sidecars share: their admin edits too
+            self._follow_task = asyncio.create_task(self._follow_admin_state(),
+                                                    name="admin-follow")
         await self.server.start()
         await self.readiness.attach(self.server.set_serving)
         self._ready_task = asyncio.create_task(readiness.watch(
@@ -327,7 +334,7 @@ class Sidecar:
             await self.server.stop(self.cfg.server.grace_period_s)
         if self.complete is not None:  # settles cancelled walks before the store closes
             await self.complete.aclose()
-        for task in (self._upkeep_task, self._cache_task, self._ready_task):
+        for task in (self._upkeep_task, self._cache_task, self._ready_task, self._follow_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -408,6 +415,19 @@ class Sidecar:
         edited = await self.policies.restore()
         if edited is not None:
             await self.apply_config(edited)
+
+    async def _follow_admin_state(self) -> None:
+        """Every ADMIN_FOLLOW_S: the pauses and policy edits other sidecars stored."""
+        while True:
+            await asyncio.sleep(ADMIN_FOLLOW_S)
+            try:
+                await self.operator.follow()
+                await self.policies.follow()
+            except StorageError as exc:
+                log.warning("could not read admin edits from the store; retrying",
+                            extra={"error": exc.message})
+            except Exception:  # the loop must go on: the next look tries again
+                log.exception("taking up admin edits from the store failed; retrying")
 
     async def _start_admin(self, settings: Settings | None) -> None:
         """Serve the admin port; after gRPC serves, so /health never answers before it."""

@@ -73,6 +73,30 @@ class PolicyEditor:
             self.latest.clear()
             return None
 
+    async def follow(self) -> RouterConfig | None:
+        """Apply edits other sidecars stored since this one last looked; the config, or None.
+
+        For sidecars sharing one store (PostgreSQL): an edit made through any of them reaches
+        the others at their next look.
+        """
+        async with self._lock:
+            seen = self.changes[-1].version if self.changes else 0
+            fresh = [c for c in await self._store.policy_changes() if c.version > seen]
+            if not fresh:
+                return None
+            for change in fresh:
+                self._note(change)
+            try:
+                cfg = self.with_overrides(self.file_cfg)
+            except ConfigError as exc:
+                log.error("policy edits from the store do not fit this config file; kept the "
+                          "running policies", extra={"problems": exc.problems})
+                return None
+            await self._apply(cfg)
+            log.info("policy edits taken from the store", extra={
+                "policies": sorted({c.policy for c in fresh})})
+            return cfg
+
     async def set(self, name: str, policy: object) -> tuple[PolicyChange, RouterConfig]:
         """Create or replace one policy; ConfigError (nothing stored) when the result is invalid."""
         async with self._lock:
@@ -129,6 +153,16 @@ class Operator:
         """Load the stored pauses into routing."""
         self.pauses = ModelPauses(await self._store.load_pauses())
         self._routing.set_paused(self.pauses.reasons())
+
+    async def follow(self) -> bool:
+        """Take up pauses other sidecars stored or lifted; True when routing changed."""
+        pauses = ModelPauses(await self._store.load_pauses())
+        if pauses.reasons() == self.pauses.reasons():
+            return False
+        self.pauses = pauses
+        self._routing.set_paused(pauses.reasons())
+        log.info("model pauses taken from the store", extra={"paused": sorted(pauses.paused)})
+        return True
 
     def _known(self, model: str) -> None:
         if model not in self._routing.catalog.models:
