@@ -11,24 +11,19 @@ import signal
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo
 
-from routing_sidecar import logs, readiness, telemetry
+from routing_sidecar import listeners, logs, readiness, telemetry
 from routing_sidecar.config import (
     RESTART_ONLY,
     RouterConfig,
     config_hash,
-    is_loopback_host,
     load_config,
     masked_dsn,
-    remote_admin_problem,
-    remote_grpc_problem,
 )
 from routing_sidecar.core.budget import Ledger
 from routing_sidecar.errors import ConfigError, StorageError
-from routing_sidecar.grpc_api import auth
 from routing_sidecar.grpc_api.auth import ServerSecurity
 from routing_sidecar.grpc_api.observe import Observer, ProviderHealth
 from routing_sidecar.grpc_api.server import SidecarServer, bind_problem
@@ -359,52 +354,17 @@ class Sidecar:
             await self.telemetry.shutdown_within(max(left, MIN_FLUSH_S))
 
     def _grpc_security(self, cfg: RouterConfig) -> ServerSecurity:
-        """TLS and token of the gRPC port, files read; ConfigError if refused or unreadable."""
-        source = self.config_path or "config"
-        server = cfg.server
-        # --listen may make it remote; --allow-insecure-remote may accept that.
-        problem = remote_grpc_problem(self._listen, server,
-                                      allow_insecure=self._allow_insecure_remote)
-        if problem:
-            raise ConfigError(source, [f"server.listen: {problem}"])
-        credentials = None
-        if server.tls is not None:
-            t = server.tls
-            credentials = auth.tls_credentials(
-                auth.read_pem(t.cert_file, "server.tls.cert_file", source, "CERTIFICATE"),
-                auth.read_pem(t.key_file, "server.tls.key_file", source, "PRIVATE KEY"),
-                auth.read_pem(t.client_ca_file, "server.tls.client_ca_file", source,
-                              "CERTIFICATE") if t.client_ca_file else None)
-        token = (auth.read_token(server.token_file, "server.token_file", source)
-                 if server.token_file else None)
-        return auth.ServerSecurity(credentials, token)
+        """TLS and token of the gRPC port (--listen may make it remote); ConfigError if refused."""
+        return listeners.grpc_security(cfg, self._listen, self.config_path or "config",
+                                       allow_insecure=self._allow_insecure_remote)
 
     # -- the admin port (http_api) ------------------------------------------------------
 
     def _admin_settings(self, cfg: RouterConfig) -> Settings | None:
         """The admin port's settings, its token read; None when off. ConfigError if refused."""
         listen = cfg.admin_listen() if self._admin_listen is None else self._admin_listen
-        if not listen:
-            return None
-        source = self.config_path or "config"
-        problem = remote_admin_problem(
-            listen, cfg.admin.token_file,
-            allow_insecure=self._allow_insecure_remote or cfg.server.allow_insecure_remote)
-        if problem:
-            raise ConfigError(source, [f"admin.listen: {problem}"])
-        token = None
-        if cfg.admin.token_file:
-            try:
-                token = Path(cfg.admin.token_file).read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                why = getattr(exc, "strerror", None) or "not UTF-8 text"
-                raise ConfigError(source, [f"admin.token_file: cannot read "
-                                           f"{cfg.admin.token_file}: {why}"]) from None
-            if not token:
-                raise ConfigError(source, [f"admin.token_file: {cfg.admin.token_file} is empty"])
-        a = cfg.admin
-        return Settings(listen, a.idle_timeout_s, a.read_timeout_s, a.max_request_bytes, token,
-                        remote=not is_loopback_host(listen.rpartition(":")[0]))
+        return listeners.admin_settings(cfg, listen, self.config_path or "config",
+                                        allow_insecure=self._allow_insecure_remote)
 
     async def _restore_admin_state(self, store: Store) -> None:
         """Paused models and policy edits made through the admin API, before anything routes."""
