@@ -26,7 +26,7 @@ from routing_sidecar.providers.base import (
     AttemptState,
     error_object,
     failure_from_error,
-    refused,
+    finish,
     stream_cut,
 )
 from routing_sidecar.providers.http import HttpProvider, StreamParser, load_json
@@ -78,10 +78,8 @@ def input_tokens_of(usage: Any) -> int | None:
     return int(usage["input_tokens"]) + sum(v for v in extra if isinstance(v, int))
 
 
-def _finish(provider: str, stop_reason: str | None, usage: Usage) -> StreamEnd:
-    if stop_reason in REFUSED_STOP:
-        raise refused(provider).with_usage(usage)
-    return StreamEnd(FINISH.get(stop_reason or "", FinishReason.OTHER), usage, stop_reason or "")
+def _finish(provider: str, raw: str | None, usage: Usage) -> StreamEnd:
+    return finish(provider, raw, usage, FINISH, REFUSED_STOP)
 
 
 class EventParser:

@@ -13,13 +13,21 @@ import logging
 import math
 import os
 import re
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Collection, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from routing_sidecar.calls import ProviderSettings, Secret, StreamEvent, TextDelta, Usage
+from routing_sidecar.calls import (
+    FinishReason,
+    ProviderSettings,
+    Secret,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
 from routing_sidecar.core import retry
 from routing_sidecar.domain import AttemptStatus
 from routing_sidecar.errors import ProviderError
@@ -154,6 +162,14 @@ def refused(provider: str) -> ProviderError:
     """The provider refused the content (a finish or stop reason saying so)."""
     return ProviderError(f"{provider}: the provider refused the request",
                          status=AttemptStatus.PERMANENT_ERROR, error_type="content_refused")
+
+
+def finish(provider: str, raw: str | None, usage: Usage, table: Mapping[str, FinishReason],
+           refusals: Collection[str]) -> StreamEnd:
+    """The end of an answer from the wire's finish (or stop) reason; refusals raise."""
+    if raw in refusals:
+        raise refused(provider).with_usage(usage)
+    return StreamEnd(table.get(raw or "", FinishReason.OTHER), usage, raw or "")
 
 
 def stream_cut(provider: str, what: str) -> ProviderError:

@@ -28,6 +28,7 @@ from routing_sidecar.providers.base import (
     AttemptState,
     error_object,
     failure_from_error,
+    finish,
     refused,
     stream_cut,
 )
@@ -93,9 +94,7 @@ def _count(value: Any) -> int | None:
 
 
 def _finish(provider: str, raw: str | None, usage: Usage) -> StreamEnd:
-    if raw in REFUSED_FINISH:
-        raise refused(provider).with_usage(usage)
-    return StreamEnd(FINISH.get(raw or "", FinishReason.OTHER), usage, raw or "")
+    return finish(provider, raw, usage, FINISH, REFUSED_FINISH)
 
 
 class ChunkParser:
