@@ -30,7 +30,8 @@ from routing_sidecar.calls import (
 from routing_sidecar.core.budget import Ledger
 from routing_sidecar.core.budget_rules import EntryKind, LedgerEntry
 from routing_sidecar.errors import ProviderError, StorageError
-from routing_sidecar.ports import (
+from routing_sidecar.providers import fake_script
+from routing_sidecar.records import (
     AttemptRecord,
     DecisionRecord,
     GradeRecord,
@@ -40,7 +41,6 @@ from routing_sidecar.ports import (
     PerformanceRecord,
     RoutingStats,
 )
-from routing_sidecar.providers import fake_script
 from routing_sidecar.service.budgets import LocalBudgets
 from routing_sidecar.service.learning import Learner
 from routing_sidecar.service.outcomes import OutcomeService

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from routing_sidecar import domain
-from routing_sidecar.ports import AttemptRecord, DecisionRecord, OutcomeRecord
+from routing_sidecar.records import AttemptRecord, DecisionRecord, OutcomeRecord
 
 T0 = 1_773_144_000.0  # 2026-03-10 12:00 UTC
 GPT5 = domain.ModelSpec("gpt-5", "openai", 3, 1_250_000, 10_000_000, 400_000, 60, 0.91)

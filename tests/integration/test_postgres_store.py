@@ -19,7 +19,7 @@ import yaml
 from routing_sidecar.app import Sidecar
 from routing_sidecar.config import StoreConfig, parse_config
 from routing_sidecar.errors import StorageError
-from routing_sidecar.ports import PerformanceRecord
+from routing_sidecar.records import PerformanceRecord
 from routing_sidecar.storage import Job, PostgresStore, Write
 from routing_sidecar.storage.postgres import SCHEMA_VERSION, Redactor
 from routing_sidecar.storage.postgres.migrations import LOCK_KEY, migrate

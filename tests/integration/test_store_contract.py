@@ -33,13 +33,11 @@ from routing_sidecar.core.budget import Ledger
 from routing_sidecar.core.budget_rules import EntryKind, LedgerEntry
 from routing_sidecar.domain import BudgetPeriod, BudgetRule
 from routing_sidecar.errors import StorageError
-from routing_sidecar.ports import (
-    ActivityBucket,
+from routing_sidecar.ports import ActivityBucket, PauseRecord, PolicyChange
+from routing_sidecar.records import (
     GradeRecord,
     OutcomeRecord,
-    PauseRecord,
     PerformanceRecord,
-    PolicyChange,
     stored_alternatives,
 )
 from routing_sidecar.storage import Job, Store, Write, open_store
@@ -179,7 +177,7 @@ async def test_close_commits_everything_already_queued(backend: Backend) -> None
 KILLER = textwrap.dedent("""
     import asyncio, json, sys
     from routing_sidecar.config import StoreConfig
-    from routing_sidecar.ports import SystemClock
+    from routing_sidecar.ports import (SystemClock)
     from routing_sidecar.storage import open_store
     from tests.store_records import decision_record
 

@@ -7,7 +7,7 @@ import dataclasses
 import orjson
 
 from routing_sidecar import domain
-from routing_sidecar.ports import (
+from routing_sidecar.records import (
     ALTERNATIVE_FIELDS,
     FALLBACK_FIELDS,
     DecisionRecord,

@@ -14,7 +14,7 @@ from routing_sidecar import logs, telemetry
 from routing_sidecar.config import TelemetryConfig, parse_config
 from routing_sidecar.errors import ConfigError
 from routing_sidecar.grpc_api.observe import parent_context, trace_ids_of
-from routing_sidecar.ports import DecisionRecord
+from routing_sidecar.records import DecisionRecord
 from tests.conftest import DEFAULT_CONFIG
 
 OTEL_VARS = ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_SERVICE_NAME",

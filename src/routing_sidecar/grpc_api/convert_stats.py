@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from routing_sidecar import ports
+from routing_sidecar import ports, records
 from routing_sidecar.core.health import Detection, HealthStats
 from routing_sidecar.grpc_api.convert import budget_to_pb, timestamp
 from routing_sidecar.grpc_api.convert_cache import usage_to_pb
@@ -13,7 +13,7 @@ from routing_sidecar.service.outcomes import OutcomeAck
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 
 
-def _provider(p: ports.ProviderCell) -> pb.ProviderStats:
+def _provider(p: records.ProviderCell) -> pb.ProviderStats:
     return pb.ProviderStats(
         provider=p.provider,
         decisions=p.decisions,
@@ -41,7 +41,7 @@ def _health(h: HealthStats, detection: Mapping[str, Detection]) -> pb.HealthRow:
 
 
 def stats_to_pb(
-    stats: ports.RoutingStats, until: float, report: LearnerReport | None = None,
+    stats: records.RoutingStats, until: float, report: LearnerReport | None = None,
     cache: Iterable[ports.CacheUsage] = (),
 ) -> pb.RoutingStats:
     """The dashboard matrix, per-provider totals, live health and learned quality."""

@@ -43,7 +43,8 @@ from opentelemetry.util.types import AttributeValue
 from routing_sidecar import domain
 from routing_sidecar.core.budget_rules import BudgetAlert
 from routing_sidecar.grpc_api.status import code_for
-from routing_sidecar.ports import AttemptRecord, Clock, DecisionRecord
+from routing_sidecar.ports import Clock
+from routing_sidecar.records import AttemptRecord, DecisionRecord
 from routing_sidecar.service.outcomes import OutcomeAck
 from routing_sidecar.service.routing import NO_TRACE, TraceIds
 

@@ -15,12 +15,8 @@ from routing_sidecar import domain
 from routing_sidecar.errors import StorageError
 from routing_sidecar.http_api import views as v
 from routing_sidecar.http_api.backend import Backend
-from routing_sidecar.ports import (
-    ActivityBucket,
-    AuditedDecision,
-    stored_alternatives,
-    stored_fallbacks,
-)
+from routing_sidecar.ports import ActivityBucket, AuditedDecision
+from routing_sidecar.records import stored_alternatives, stored_fallbacks
 
 HOUR_S = 3600.0
 MINUTE_S = 60.0

@@ -13,7 +13,7 @@ import logging
 
 from routing_sidecar.core.candidates import first_block
 from routing_sidecar.errors import BudgetUnavailable, StorageError
-from routing_sidecar.ports import DecisionRecord
+from routing_sidecar.records import DecisionRecord
 from routing_sidecar.service.attempt import Step
 from routing_sidecar.service.budgets import log_alerts
 from routing_sidecar.service.complete import CompleteService

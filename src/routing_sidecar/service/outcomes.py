@@ -19,11 +19,9 @@ from routing_sidecar.core.budget_rules import NO_CHANGE
 from routing_sidecar.core.catalog import Catalog
 from routing_sidecar.core.outcome_checks import DEFAULT_LIMITS, CheckedAttempt, check_outcome
 from routing_sidecar.errors import FailedPrecondition, NotFound, StorageError
-from routing_sidecar.ports import (
+from routing_sidecar.ports import AuditLog, BudgetBook, Clock
+from routing_sidecar.records import (
     AttemptRecord,
-    AuditLog,
-    BudgetBook,
-    Clock,
     DecisionRecord,
     GradeRecord,
     OutcomeRecord,

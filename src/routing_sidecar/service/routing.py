@@ -21,7 +21,8 @@ from routing_sidecar.core.catalog import Catalog
 from routing_sidecar.core.decide import decide
 from routing_sidecar.core.rules import resolve_policy
 from routing_sidecar.errors import BudgetUnavailable, InvalidArgument, StorageError, Unavailable
-from routing_sidecar.ports import AuditLog, BudgetBook, Clock, DecisionRecord
+from routing_sidecar.ports import AuditLog, BudgetBook, Clock
+from routing_sidecar.records import DecisionRecord
 from routing_sidecar.service.budgets import AlertHook, log_alerts
 from routing_sidecar.service.cache import CacheService, cached_selection, project_of
 from routing_sidecar.service.ev import EvWindow

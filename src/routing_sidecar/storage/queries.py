@@ -14,13 +14,12 @@ from typing import Any
 from routing_sidecar.domain import AttemptStatus
 from routing_sidecar.ports import (
     ActivityBucket,
-    AttemptRecord,
     AuditedDecision,
-    DecisionRecord,
     FallbackCell,
     PauseRecord,
     PolicyChange,
 )
+from routing_sidecar.records import AttemptRecord, DecisionRecord
 from routing_sidecar.storage.batching import Write
 from routing_sidecar.storage.rows import (
     DECISION_COLUMNS,

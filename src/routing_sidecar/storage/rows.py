@@ -12,7 +12,7 @@ from typing import Any
 
 from routing_sidecar.core.budget_rules import EntryKind, LedgerEntry
 from routing_sidecar.domain import BudgetPeriod, DecisionStatus, Objective, ReasonCode
-from routing_sidecar.ports import (
+from routing_sidecar.records import (
     AttemptRecord,
     DecisionRecord,
     GradeRecord,

@@ -24,17 +24,19 @@ from routing_sidecar.core.budget_rules import LedgerEntry
 from routing_sidecar.errors import StorageError
 from routing_sidecar.ports import (
     ActivityBucket,
-    AttemptRecord,
     AuditedDecision,
     Clock,
-    DecisionRecord,
     FallbackCell,
+    PauseRecord,
+    PolicyChange,
+)
+from routing_sidecar.records import (
+    AttemptRecord,
+    DecisionRecord,
     GradeRecord,
     LedgerTotal,
     OutcomeRecord,
-    PauseRecord,
     PerformanceRecord,
-    PolicyChange,
     RoutingStats,
 )
 from routing_sidecar.storage import queries

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from routing_sidecar.ports import RoutingStats
+from routing_sidecar.records import RoutingStats
 from routing_sidecar.storage.rows import assemble_stats
 
 Rows = Callable[[str, Sequence[object]], Awaitable[list[Any]]]
