@@ -13,7 +13,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from routing_sidecar import logs, telemetry
 from routing_sidecar.config import TelemetryConfig, parse_config
 from routing_sidecar.errors import ConfigError
-from routing_sidecar.grpc_api.observe import parent_context, trace_ids_of
+from routing_sidecar.grpc_api.spans import parent_context, trace_ids_of
 from routing_sidecar.records import DecisionRecord
 from tests.conftest import DEFAULT_CONFIG
 
