@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -48,6 +47,7 @@ from routing_sidecar.storage import SqliteStore, Store, open_store
 from routing_sidecar.storage.outbox import Outbox
 from routing_sidecar.storage.redis import Fleet, open_fleet
 from routing_sidecar.storage.sqlite_cache import SqliteCache
+from routing_sidecar.waiting import stop_task
 from routing_sidecar.workers import worker_admin, worker_outbox
 
 if TYPE_CHECKING:
@@ -330,10 +330,7 @@ class Sidecar:
         if self.complete is not None:  # settles cancelled walks before the store closes
             await self.complete.aclose()
         for task in (self._upkeep_task, self._cache_task, self._ready_task, self._follow_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await stop_task(task)
         if self.cache is not None:  # before the store (its counts go through it) and the fleet
             await self.cache.close()
         if self.fleet_sync is not None:

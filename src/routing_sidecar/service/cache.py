@@ -26,8 +26,8 @@ from routing_sidecar.ports import (
     PendingStore,
     SweepResult,
 )
-from routing_sidecar.service.waiting import wake_or_timeout
 from routing_sidecar.settings import CacheSettings
+from routing_sidecar.waiting import wake_or_timeout
 
 log = logging.getLogger(__name__)
 HOUR_S = 3600.0

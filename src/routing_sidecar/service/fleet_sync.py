@@ -18,7 +18,7 @@ from routing_sidecar.errors import BudgetUnavailable
 from routing_sidecar.ports import Clock, SharedHealth, SharedQuality
 from routing_sidecar.service.fleet_budgets import FleetBudgets
 from routing_sidecar.service.learning import Learner
-from routing_sidecar.service.waiting import wake_or_timeout
+from routing_sidecar.waiting import stop_task, wake_or_timeout
 
 log = logging.getLogger(__name__)
 PULLED_TYPES = 256  # the most recently updated task types refreshed from the fleet each round
@@ -115,10 +115,7 @@ class FleetSync:
 
     async def stop(self) -> None:
         """Stop the loop and the breaker channel; one last push of what was learned."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         with contextlib.suppress(Exception):
             await self.publish_breakers()
             await self._quality.push(self._learner.shared or [])

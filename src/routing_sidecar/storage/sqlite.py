@@ -7,7 +7,6 @@ reads use a second, read-only connection, which WAL lets run beside the writer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import os
@@ -60,6 +59,7 @@ from routing_sidecar.storage.rows import (
 )
 from routing_sidecar.storage.stats import routing_stats
 from routing_sidecar.storage.writer import GroupWriter, Job, Once, Write
+from routing_sidecar.waiting import stop_task
 
 Synchronous = Literal["NORMAL", "FULL"]
 MIN_SQLITE = (3, 38)  # STRICT tables (3.37) and built-in JSON functions (3.38)
@@ -155,9 +155,7 @@ class Checkpointer:
 
     async def close(self) -> None:
         """Stop checkpointing and close the connection."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await stop_task(self._task)
         await self._conn.close()
 
 

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from routing_sidecar.core.health import BreakerChange
+from routing_sidecar.waiting import stop_task
 
 log = logging.getLogger(__name__)
 Apply = Callable[[BreakerChange], None]
@@ -97,10 +98,7 @@ class SharedBreakers:
 
     async def stop(self) -> None:
         """Unsubscribe and stop listening."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         if self._pubsub is not None:
             with contextlib.suppress(RedisError):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
