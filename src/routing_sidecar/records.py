@@ -80,16 +80,12 @@ _CHOSEN = (domain.Rejection.CHOSEN.value,
            *(c for c, r in reasons.REJECTION_OF.items() if r is domain.Rejection.CHOSEN))
 
 
-def _figures(a: domain.Alternative) -> reasons.Figures:
-    return reasons.Figures(a.tier, a.score, a.net_value_micros)
-
-
 def _alternative_rows(sel: domain.Selection) -> list[list[Any]]:
-    top = _figures(sel.chosen) if sel.chosen else None
+    top = sel.chosen  # an Alternative is the Figures its sentences quote
     out = []
     why: str | None = None
     for a in sel.alternatives:
-        code = reasons.alternative_code(a.rejection, a.reason, _figures(a), top, why)
+        code = reasons.alternative_code(a.rejection, a.reason, a, top, why)
         if code is not None:
             why = reasons.reserved_why(*code, why)
         row: list[Any] = [a.model, a.provider, a.tier, a.score, a.estimated_cost_micros,
@@ -157,8 +153,8 @@ def _read_rows(text: str, fields: tuple[str, ...]) -> list[dict[str, Any]]:
 _INDEX = ""
 
 
-def _stored_figures(a: dict[str, Any]) -> reasons.Figures:
-    return reasons.Figures(a["tier"], a["score"], a["net_value_micros"])
+def _stored_figures(a: dict[str, Any]) -> reasons.StoredFigures:
+    return reasons.StoredFigures(a["tier"], a["score"], a["net_value_micros"])
 
 
 def _alternatives(text: str) -> list[dict[str, Any]]:
@@ -189,9 +185,17 @@ def stored_fallbacks(record: DecisionRecord) -> list[dict[str, Any]]:
     rows = _read_rows(record.fallbacks_json, FALLBACK_FIELDS)
     if all(_INDEX not in f for f in rows):
         return rows
-    alts = _read_rows(record.alternatives_json, ALTERNATIVE_FIELDS)
-    return [{k: alts[f[_INDEX]][k] for k in FALLBACK_FIELDS} if _INDEX in f else f
-            for f in rows]
+    alts = orjson.loads(record.alternatives_json)  # arrays: indexes are only written beside them
+    return [_repeated(alts[f[_INDEX]]) if _INDEX in f else f for f in rows]
+
+
+_FROM_ALTERNATIVE = tuple(ALTERNATIVE_FIELDS.index(f) for f in FALLBACK_FIELDS)
+
+
+def _repeated(alt: list[Any]) -> dict[str, Any]:
+    """The fallback an alternative's array repeats."""
+    return {f: alt[i] if i < len(alt) else None
+            for f, i in zip(FALLBACK_FIELDS, _FROM_ALTERNATIVE, strict=True)}
 
 
 def stored_reason(record: DecisionRecord) -> str:
@@ -201,12 +205,17 @@ def stored_reason(record: DecisionRecord) -> str:
     stored = orjson.loads(record.reason[len(MARK):])
     if isinstance(stored, str):
         return stored
-    chosen = next(a for a in _alternatives(record.alternatives_json)
-                  if a["rejection"] == domain.Rejection.CHOSEN)
-    routed = reasons.Routed(chosen["model"], chosen["provider"], chosen["tier"],
-                            record.task_type, record.policy, record.objective.value,
-                            chosen["score"], chosen["estimated_cost_micros"])
+    # A coded sentence is only written beside arrays whose chosen one is coded too.
+    alts = orjson.loads(record.alternatives_json)
+    c = dict(zip(ALTERNATIVE_FIELDS, next(a for a in alts if a[_REJECTION] in _CHOSEN),
+                 strict=False))
+    routed = reasons.Routed(c["model"], c["provider"], c["tier"], record.task_type,
+                            record.policy, record.objective.value, c["score"],
+                            c["estimated_cost_micros"])
     return reasons.routed_reason(stored[0], stored[1:], routed)
+
+
+_REJECTION = ALTERNATIVE_FIELDS.index("rejection")
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,7 @@ as written. Codes are stored: never renumber one, only append.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 from routing_sidecar.domain import MICROS_PER_USD, Rejection
 
@@ -75,9 +74,24 @@ def tally(reserved: int, filtered: int) -> str:
     return f"; {', '.join(parts)}" if parts else ""
 
 
-@dataclass(frozen=True, slots=True)
-class Figures:
+class Figures(Protocol):
     """What the audit row holds of one alternative that its sentence may quote."""
+
+    @property
+    def tier(self) -> int:
+        """The model's tier."""
+
+    @property
+    def score(self) -> float:
+        """Its score under the decision's objective."""
+
+    @property
+    def net_value_micros(self) -> int | None:
+        """Its expected net value, when the task carried a value."""
+
+
+class StoredFigures(NamedTuple):
+    """Figures read back from a row (a `domain.Alternative` is Figures as it stands)."""
 
     tier: int
     score: float
@@ -131,34 +145,51 @@ def alternative_reason(code: int, args: Sequence[Any], own: Figures, top: Figure
     return net_against(own.net_value_micros, top.net_value_micros)
 
 
-def _candidates(rejection: Rejection, reason: str, own: Figures) -> list[tuple[int, list[Any]]]:
-    """The codes (with figures) that may have written this sentence; checked by the caller."""
-    if rejection is Rejection.CHOSEN:
-        return [(c, []) for c in _CHOSEN]
-    if rejection is Rejection.FALLBACK:
-        n = reason[len("fallback "):reason.find(":")]
-        return [(c, [int(n)]) for c in (FALLBACK_FRESH, FALLBACK_SAME)] if n.isdigit() else []
-    if rejection is Rejection.OUTSCORED:
-        return [(BELOW, []), (TIES, []), (NET_AGAINST, [])]
-    if rejection is Rejection.TIER_RESERVED:
-        return [(TIER_RESERVED, [reason[len(tier_reserved(own.tier, "")):]])]
-    if rejection is Rejection.CAPABILITY:
-        return [(LACKS, [reason[len(lacks("")):]])]
-    return []
+_CHOSEN_CODE = {chosen(*flags): code for code, flags in _CHOSEN.items()}
+_FRESH, _SAME = fallback(0, True)[len("fallback 0"):], fallback(0, False)[len("fallback 0"):]
+_LACKS = lacks("")
+_NO_FIGURES: list[Any] = []
 
 
 def alternative_code(rejection: Rejection, reason: str, own: Figures, top: Figures | None,
                      earlier_why: str | None = None) -> tuple[int, list[Any]] | None:
-    """The code and figures that rebuild this sentence exactly, or None to store it as is."""
-    for code, args in _candidates(rejection, reason, own):
-        try:
-            if alternative_reason(code, args, own, top) == reason:
-                if code == TIER_RESERVED and args == [earlier_why]:
-                    return TIER_RESERVED_AGAIN, []
-                return code, args
-        except (ValueError, IndexError):
-            continue
+    """The code and figures that rebuild this sentence exactly, or None to store it as is.
+
+    Each branch recognises the one code `core/decide.py` would have written and checks it
+    against the very function `alternative_reason` rebuilds it with (runs on every Route).
+    """
+    if rejection is Rejection.CHOSEN:
+        code = _CHOSEN_CODE.get(reason)
+        return None if code is None else (code, _NO_FIGURES)
+    if rejection is Rejection.FALLBACK:
+        fresh = reason.endswith(_FRESH)
+        n = reason[len("fallback "):-len(_FRESH if fresh else _SAME)]
+        if n.isdigit() and fallback(int(n), fresh) == reason:
+            return FALLBACK_FRESH if fresh else FALLBACK_SAME, [int(n)]
+        return None
+    if rejection is Rejection.OUTSCORED:
+        return _outscored(reason, own, top)
+    if rejection is Rejection.TIER_RESERVED:
+        head = tier_reserved(own.tier, "")
+        if not reason.startswith(head):
+            return None
+        why = reason[len(head):]
+        return (TIER_RESERVED_AGAIN, _NO_FIGURES) if why == earlier_why else (TIER_RESERVED, [why])
+    if rejection is Rejection.CAPABILITY and reason.startswith(_LACKS):
+        return LACKS, [reason[len(_LACKS):]]
     return None
+
+
+def _outscored(reason: str, own: Figures, top: Figures | None) -> tuple[int, list[Any]] | None:
+    if top is not None and reason.startswith("expected net"):
+        if own.net_value_micros is None or top.net_value_micros is None:
+            return None
+        code, text = NET_AGAINST, net_against(own.net_value_micros, top.net_value_micros)
+    elif top is not None and own.score < top.score:
+        code, text = BELOW, below(own.score, top.score)
+    else:
+        code, text = TIES, ties(own.score)
+    return (code, _NO_FIGURES) if text == reason else None
 
 
 def reserved_why(code: int, args: Sequence[Any], earlier_why: str | None) -> str | None:
@@ -168,8 +199,7 @@ def reserved_why(code: int, args: Sequence[Any], earlier_why: str | None) -> str
     return earlier_why
 
 
-@dataclass(frozen=True, slots=True)
-class Routed:
+class Routed(NamedTuple):
     """What the audit row holds that a routed decision's sentence quotes."""
 
     model: str
