@@ -73,6 +73,8 @@ FALLBACK_FIELDS = ("model", "provider", "tier", "estimated_cost_micros", "slot_i
 # reason's; a fallback that repeats an alternative is that alternative's index; a decision's
 # sentence is MARK + JSON: [code, figures...], or the sentence itself as a JSON string.
 MARK = "\x1f"
+_REJECTION = ALTERNATIVE_FIELDS.index("rejection")
+_INDEX = ""  # the key of a read fallback row that is an alternative's index, until filled in
 _COUNTED = frozenset({domain.Rejection.CHOSEN, domain.Rejection.FALLBACK,
                       domain.Rejection.OUTSCORED})
 # The chosen alternative's rejection as either form of a row spells it.
@@ -127,9 +129,11 @@ def _counts(rejections: list[domain.Rejection]) -> tuple[int, int]:
 
 
 def _stored_reason(sel: domain.Selection, task_type: str) -> str:
-    if sel.chosen is not None and sel.status is domain.DecisionStatus.ROUTED:
+    chosen = sel.chosen
+    if (chosen is not None and sel.status is domain.DecisionStatus.ROUTED
+            and any(a is chosen for a in sel.alternatives)):
         code = reasons.routed_code(sel.reason,
-                                   _routed(sel.chosen, task_type, sel.policy, sel.objective),
+                                   _routed(chosen, task_type, sel.policy, sel.objective),
                                    *_counts([a.rejection for a in sel.alternatives]))
         if code is not None:
             return MARK + orjson.dumps([code[0], *code[1]]).decode()
@@ -148,9 +152,6 @@ def _read_rows(text: str, fields: tuple[str, ...]) -> list[dict[str, Any]]:
         else:
             out.append({f: row[i] if i < len(row) else None for i, f in enumerate(fields)})
     return out
-
-
-_INDEX = ""
 
 
 def _stored_figures(a: dict[str, Any]) -> reasons.StoredFigures:
@@ -205,7 +206,7 @@ def stored_reason(record: DecisionRecord) -> str:
     stored = orjson.loads(record.reason[len(MARK):])
     if isinstance(stored, str):
         return stored
-    # A coded sentence is only written beside arrays whose chosen one is coded too.
+    # Coded only when the chosen is among the alternatives (arrays), coded or as written.
     alts = orjson.loads(record.alternatives_json)
     c = dict(zip(ALTERNATIVE_FIELDS, next(a for a in alts if a[_REJECTION] in _CHOSEN),
                  strict=False))
@@ -214,8 +215,6 @@ def stored_reason(record: DecisionRecord) -> str:
                             c["estimated_cost_micros"])
     return reasons.routed_reason(stored[0], stored[1:], routed)
 
-
-_REJECTION = ALTERNATIVE_FIELDS.index("rejection")
 
 
 @dataclass(frozen=True, slots=True)

@@ -217,9 +217,9 @@ CREATE TABLE IF NOT EXISTS cache_usage (
 """
 
 # Bytes on disk per decision: the ledger's three indexes held a quarter of what a decision
-# cost, and no query needs them: every ledger query reads the table whole (the restore at
-# start, the totals, the prune's list of closed reservations), so none gets slower. No query
-# looks decisions up by task either.
+# cost, and no query needs them: every ledger query reads the table whole anyway (the restore
+# at start, the totals, the prune's list of closed reservations). No query looks decisions
+# up by task either.
 _V7 = """
 DROP INDEX IF EXISTS ledger_by_bucket;
 DROP INDEX IF EXISTS ledger_by_reservation;
