@@ -49,3 +49,16 @@ def attempt(decision_id: str, index: int, model: domain.ModelSpec = GPT5,
 
 def outcome(decision_id: str, cost: int = 900) -> OutcomeRecord:
     return OutcomeRecord(decision_id, True, 0.9, cost, T0 + 10)
+
+
+# A row of the previous build (schema 6), as a bench store held it: sentences in full.
+OLD_ALTERNATIVES = (
+    '[["gpt-5-codex","openai",2,0.0,35000,"tier_reserved","tier 2 reserved: no ev given and '
+    'priority 60 < 95",0.85],["claude-haiku-4-5","anthropic",1,0.7361,22000,"fallback",'
+    '"fallback 1: different provider",0.72],["minimax-m2","minimax",1,0.765,6000,"chosen",'
+    '"chosen: best score",0.7],["glm-4.6","zhipu",1,0.7149,11600,"fallback",'
+    '"fallback 2: different provider",0.71],["llama-3.1-8b-local","local",1,0.7225,0,'
+    '"outscored","score 0.7225 below chosen 0.765",0.55]]')
+OLD_FALLBACKS = '[["claude-haiku-4-5","anthropic",1,22000],["glm-4.6","zhipu",1,11600]]'
+OLD_REASON = ("minimax-m2 (minimax, tier 1) for fix_bug under policy code, objective balanced: "
+              "best score 0.765 at est. $0.0060; 1 higher-tier model reserved.")

@@ -14,6 +14,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from routing_sidecar.app import Sidecar
 from routing_sidecar.config import parse_config
+from routing_sidecar.storage.rows import DECISION_COLUMNS, decision_from_row
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 
@@ -297,12 +298,15 @@ async def test_decision_is_audited_before_it_is_answered(
         d = await pb_grpc.RouterStub(ch).Route(task(1, labels={"project": "alpha"}))
     db = sqlite3.connect(tmp_path / "routing.db")
     try:
-        row = db.execute("select task_id, chosen_model, policy, reason from "
+        row = db.execute(f"select {', '.join(DECISION_COLUMNS)} from "
                          "model_routing_decisions where decision_id = ?",
                          (d.decision_id,)).fetchone()
     finally:
         db.close()
-    assert row == ("t1", "cheap", "only_cheap", d.reason)
+    # Read from the file by a connection of its own, decoded as the store decodes it.
+    rec = decision_from_row(row)
+    assert (rec.task_id, rec.chosen_model, rec.policy, rec.reason) == (
+        "t1", "cheap", "only_cheap", d.reason)
 
 
 async def test_each_attempt_is_charged_to_its_own_model_and_provider(make_sidecar: Any) -> None:

@@ -278,6 +278,26 @@ async def test_matrix_shows_decisions_cost_and_fallback_rate_as_grpc_stats_do(
     assert bad.status_code == 400 and bad.json()["error"]["field"] == "by"
 
 
+@pytest.mark.parametrize("extra", [
+    {}, {"taskType": "check_links", "priority": 10}, {"priority": 99},
+    {"requires": {"capabilities": ["long_context"]}}, {"valueMicros": "50000"},
+    {"requires": {"minQuality": 0.8}}, {"excludeModels": ["minimax-m2"]},
+])
+async def test_a_decision_reads_back_with_the_words_it_was_answered_with(
+    http: httpx.AsyncClient, extra: dict[str, Any]
+) -> None:
+    # The store keeps common sentences as codes; what it shows must be what Route answered.
+    made = (await http.post("/route", json=route_body("words", **extra))).json()
+    one = (await http.get(f"/api/routing/decisions/{made['decisionId']}")).json()
+    assert one["reason"] == made["reason"]
+    assert [(a["model"], a["rejection"], a["reason"]) for a in one["alternatives"]] == [
+        (a["model"], a["rejection"], a["reason"]) for a in made["alternatives"]]
+    assert [(f["model"], f["provider"]) for f in one["fallbacks"]] == [
+        (f["model"], f["provider"]) for f in made.get("fallbacks", [])]
+    listed = (await http.get("/api/routing/decisions", params={"limit": 1})).json()
+    assert listed["decisions"][0]["reason"] == made["reason"]
+
+
 async def test_decisions_list_and_one_decision_with_its_attempts(
     http: httpx.AsyncClient
 ) -> None:

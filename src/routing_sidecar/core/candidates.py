@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
 
+from routing_sidecar.core import reasons
 from routing_sidecar.core.view import BudgetLine, DecisionView, Exploration, QualitySignal
 from routing_sidecar.domain import (
-    MICROS_PER_USD,
     Alternative,
     ModelSpec,
     Rejection,
@@ -66,7 +66,7 @@ def capable(task: Task, c: Cand, tokens: int, view: DecisionView) -> Verdict:
         return Rejection.EXCLUDED, f"paused: {paused}"
     if req.capabilities and not req.capabilities <= m.capabilities:
         missing = ", ".join(sorted(req.capabilities - m.capabilities))
-        return Rejection.CAPABILITY, f"lacks capability: {missing}"
+        return Rejection.CAPABILITY, reasons.lacks(missing)
     if m.tier < req.min_tier:
         return Rejection.MIN_TIER, f"tier {m.tier} below required tier {req.min_tier}"
     if tokens > m.context_window:
@@ -153,24 +153,3 @@ def alternatives(cands: Sequence[Cand], annotate: bool) -> tuple[Alternative, ..
 
 
 _RANKED = frozenset({Rejection.CHOSEN, Rejection.FALLBACK, Rejection.OUTSCORED, Rejection.BUDGET})
-
-
-def tally(reserved: int, filtered: int) -> str:
-    """'; 2 higher-tier models reserved, 1 filtered' (empty when nothing fell)."""
-    parts = []
-    if reserved:
-        parts.append(f"{reserved} higher-tier model{'s' * (reserved != 1)} reserved")
-    if filtered:
-        parts.append(f"{filtered} filtered")
-    return f"; {', '.join(parts)}" if parts else ""
-
-
-def usd(micros: int | float) -> str:
-    """Micro-USD as dollars for reasons: '$0.0123'."""
-    return f"${micros / MICROS_PER_USD:.4f}"
-
-
-def signed_usd(micros: int) -> str:
-    """'+$0.0410' or '-$0.0020'."""
-    sign = "-" if micros < 0 else "+"
-    return f"{sign}${abs(micros) / MICROS_PER_USD:.4f}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from routing_sidecar.core import reasons
 from routing_sidecar.core.candidates import (
     Cand,
     Level,
@@ -25,12 +26,10 @@ from routing_sidecar.core.candidates import (
     capable,
     first_block,
     qualify,
-    signed_usd,
     slotted,
-    tally,
-    usd,
 )
 from routing_sidecar.core.catalog import Catalog
+from routing_sidecar.core.reasons import signed_usd, usd
 from routing_sidecar.core.rules import (
     is_critical,
     reservation_reason,
@@ -167,7 +166,7 @@ def _reserve_tiers(
     why = reservation_reason(task, tiers, ev_threshold)
     for c in alive:
         if c.model.tier > ceiling:
-            c.drop((Rejection.TIER_RESERVED, f"tier {c.model.tier} reserved: {why}"))
+            c.drop((Rejection.TIER_RESERVED, reasons.tier_reserved(c.model.tier, why)))
     return kept, len(alive) - len(kept)
 
 
@@ -275,23 +274,19 @@ def _mark(f: _Frame, cands: Sequence[Cand], top: Cand, chain: Sequence[tuple[Can
           explored: bool) -> None:
     """Give the chosen, the fallbacks and the outscored survivors their rejection and why."""
     value = f.task.value_micros is not None
-    why = "highest expected net value" if value else "best score"
-    top.rejection, top.reason = Rejection.CHOSEN, f"chosen: {why}" + " (exploring)" * explored
+    top.rejection, top.reason = Rejection.CHOSEN, reasons.chosen(value, explored)
     for n, (c, fresh) in enumerate(chain, 1):
-        how = "different provider" if fresh else "next best, no other provider left"
-        c.rejection, c.reason = Rejection.FALLBACK, f"fallback {n}: {how}"
+        c.rejection, c.reason = Rejection.FALLBACK, reasons.fallback(n, fresh)
     for c in cands:
         if c.rejection is not None:
             continue
         c.rejection = Rejection.OUTSCORED
         if value:
-            c.reason = (f"expected net {signed_usd(c.net or 0)} against chosen "
-                        f"{signed_usd(top.net or 0)}")
+            c.reason = reasons.net_against(c.net or 0, top.net or 0)
         elif c.score < top.score:
-            c.reason = f"score {c.score:.4g} below chosen {top.score:.4g}"
+            c.reason = reasons.below(c.score, top.score)
         else:
-            c.reason = (f"score {c.score:.4g} ties chosen; lost on estimate, slot utilisation "
-                        "or policy order")
+            c.reason = reasons.ties(c.score)
 
 
 def _reason(f: _Frame, top: Cand, fitting: Sequence[Cand], level: Level, explored: bool,
@@ -299,7 +294,7 @@ def _reason(f: _Frame, top: Cand, fitting: Sequence[Cand], level: Level, explore
     """The sentence a person reads: what was chosen, on what grounds, what fell."""
     m = top.model
     head = f"{m.name} ({m.provider}, tier {m.tier}) for {f.where}"
-    rest = tally(reserved, filtered)
+    rest = reasons.tally(reserved, filtered)
     if f.floor is not None and level is Level.BELOW:
         return (f"{head}: no capable model's estimate meets floor {f.floor:.2f}, so the best "
                 f"estimate runs ({top.quality:.2f}) at est. {usd(top.cost)}{rest}.")
@@ -315,8 +310,9 @@ def _reason(f: _Frame, top: Cand, fitting: Sequence[Cand], level: Level, explore
                    f"{runner.model.name} at {usd(top.cost)} vs {usd(runner.cost)}")
         text = f"{head}, value {usd(value)}: {why}{' (exploring)' * explored}{rest}."
     else:
-        text = (f"{head}, objective {f.objective}: best score {top.score:.4g} at est. "
-                f"{usd(top.cost)}{rest}.")
+        text = reasons.routed(reasons.Routed(
+            m.name, m.provider, m.tier, f.task.task_type, f.policy.name, f.objective,
+            top.score, top.cost), reserved, filtered)
     if f.floor is not None and level is Level.ESTIMATED:
         text += (" No model proven above the quality floor is available, so the choice rests "
                  "on estimated quality alone.")

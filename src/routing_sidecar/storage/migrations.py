@@ -216,7 +216,18 @@ CREATE TABLE IF NOT EXISTS cache_usage (
 ) STRICT;
 """
 
-MIGRATIONS: tuple[str | AddColumn, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+# Bytes on disk per decision: the ledger's three indexes held a quarter of what a decision
+# cost, and no query needs them: every ledger query reads the table whole anyway (the restore
+# at start, the totals, the prune's list of closed reservations). No query looks decisions
+# up by task either.
+_V7 = """
+DROP INDEX IF EXISTS ledger_by_bucket;
+DROP INDEX IF EXISTS ledger_by_reservation;
+DROP INDEX IF EXISTS ledger_by_period_end;
+DROP INDEX IF EXISTS decisions_by_task;
+"""
+
+MIGRATIONS: tuple[str | AddColumn, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

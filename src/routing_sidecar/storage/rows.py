@@ -7,12 +7,13 @@ only the placeholders differ between dialects (`?` in SQLite, `$n` in PostgreSQL
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 from routing_sidecar.core.budget_rules import EntryKind, LedgerEntry
 from routing_sidecar.domain import BudgetPeriod, DecisionStatus, Objective, ReasonCode
 from routing_sidecar.records import (
+    MARK,
     AttemptRecord,
     DecisionRecord,
     GradeRecord,
@@ -23,6 +24,7 @@ from routing_sidecar.records import (
     PerformanceRecord,
     ProviderCell,
     RoutingStats,
+    stored_reason,
 )
 
 Marks = Callable[[int], str]  # 0-based parameter index -> placeholder
@@ -87,7 +89,11 @@ def decision_from_row(row: Sequence[Any]) -> DecisionRecord:
     d = dict(zip(DECISION_COLUMNS, row, strict=True))
     d.update(status=DecisionStatus(d["status"]), reason_code=ReasonCode(d["reason_code"]),
              objective=Objective(d["objective"]), dry_run=bool(d["dry_run"]))
-    return DecisionRecord(**d)
+    record = DecisionRecord(**d)
+    if not record.reason.startswith(MARK):
+        return record
+    # A sentence stored as a code reads back as the text the decision answered with.
+    return replace(record, reason=stored_reason(record))
 
 
 def outcome_from_row(row: Sequence[Any]) -> OutcomeRecord:
