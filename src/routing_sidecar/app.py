@@ -468,12 +468,12 @@ def _admin_modules() -> tuple[type[AdminServer], Callable[[Any], Awaitable[bool]
 async def serve(
     config_path: str, listen: str | None = None, admin_listen: str | None = None,
     *, worker: int | None = None, cfg: RouterConfig | None = None,
-    allow_insecure_remote: bool = False,
+    allow_insecure_remote: bool = False, on_started: Callable[[], None] | None = None,
 ) -> int:
     """Run a sidecar until SIGTERM or SIGINT; SIGHUP reloads the config.
 
     `worker` (serve --workers): this process is worker i of a set sharing one port. `cfg`:
-    the file already loaded by the caller.
+    the file already loaded by the caller. `on_started` is called once the start is done.
     """
     sidecar = Sidecar(cfg or load_config(config_path), config_path=config_path, listen=listen,
                       admin_listen=admin_listen, worker=worker,
@@ -491,6 +491,8 @@ async def serve(
 
     loop.add_signal_handler(signal.SIGHUP, _reload)
     await sidecar.start()
+    if on_started is not None:
+        on_started()
     await stop.wait()
     log.info("shutting down")
     await sidecar.stop()
