@@ -144,7 +144,9 @@ class Sidecar:
         if admin and taken:  # found now, not after the store is open and gRPC serves
             raise OSError(f"admin.listen: cannot bind {admin.listen}: {taken}")
         tcfg = cfg.telemetry.model_copy(update={"admin_listen": admin.listen if admin else ""})
-        tel = self.telemetry = telemetry.setup(tcfg)
+        # Tracing off, the metric pipeline (the SDK, prometheus_client) loads once gRPC
+        # serves: what the first Routes measure meanwhile is held until then.
+        tel = self.telemetry = telemetry.setup(tcfg, defer=True)
         settings = cfg.settings()
         digest = config_hash(cfg)
         raw_store = await self._open_store(cfg, digest)
@@ -201,6 +203,7 @@ class Sidecar:
         self._ready_task = asyncio.create_task(readiness.watch(
             self.readiness, probe_store=self._probe_store, checks=self._readiness_checks(),
             interval_s=READINESS_INTERVAL_S), name="readiness")
+        await tel.ready()
         await self._start_admin(admin)
         log.info("sidecar started", extra={
             "address": self.address, "config_hash": digest, "metrics": self.admin_address,
@@ -398,7 +401,7 @@ class Sidecar:
         backend = Backend(
             self.routing, self.outcomes, self.store, self.clock, self.observer, self.policies,
             self.operator, config=lambda: self.cfg, serving=lambda: serving(health),
-            metrics=tel.metrics_text, metrics_content_type=telemetry.METRICS_CONTENT_TYPE,
+            metrics=tel.metrics_text, metrics_content_type=telemetry.metrics_content_type(),
             tracer=tel.tracer() if tel.tracing else None,
         )
         admin = admin_server(backend, settings, self.cfg.server.grace_period_s)
@@ -465,12 +468,12 @@ def _admin_modules() -> tuple[type[AdminServer], Callable[[Any], Awaitable[bool]
 async def serve(
     config_path: str, listen: str | None = None, admin_listen: str | None = None,
     *, worker: int | None = None, cfg: RouterConfig | None = None,
-    allow_insecure_remote: bool = False,
+    allow_insecure_remote: bool = False, on_started: Callable[[], None] | None = None,
 ) -> int:
     """Run a sidecar until SIGTERM or SIGINT; SIGHUP reloads the config.
 
     `worker` (serve --workers): this process is worker i of a set sharing one port. `cfg`:
-    the file already loaded by the caller.
+    the file already loaded by the caller. `on_started` is called once the start is done.
     """
     sidecar = Sidecar(cfg or load_config(config_path), config_path=config_path, listen=listen,
                       admin_listen=admin_listen, worker=worker,
@@ -488,6 +491,8 @@ async def serve(
 
     loop.add_signal_handler(signal.SIGHUP, _reload)
     await sidecar.start()
+    if on_started is not None:
+        on_started()
     await stop.wait()
     log.info("shutting down")
     await sidecar.stop()

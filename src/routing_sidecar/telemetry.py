@@ -12,6 +12,11 @@ resource attributes, batch and export intervals). This module only picks which e
   whatever the exporter; the admin HTTP server (http_api) serves `Telemetry.metrics_text()`
   at /metrics, so prometheus_client stays in this module.
 
+`setup(..., defer=True)` with tracing off builds no SDK part at all yet: the meter it hands
+out holds measurements (pending_meter.py) until `Telemetry.ready()` has loaded the SDK and
+prometheus_client on a thread and made the real instruments. The sidecar awaits it once
+gRPC serves, so the first Routes are answered meanwhile, and counted.
+
 `Telemetry.shutdown()` flushes pending spans and metrics; the sidecar calls it last on stop.
 Nothing here logs a header value: the exporters get their headers from the environment.
 """
@@ -25,27 +30,23 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import metrics, trace
 from opentelemetry.environment_variables import OTEL_METRICS_EXPORTER, OTEL_TRACES_EXPORTER
 from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    ConsoleMetricExporter,
-    MetricExporter,
-    MetricReader,
-    PeriodicExportingMetricReader,
-)
-from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from routing_sidecar import __version__
 from routing_sidecar.config import TelemetryConfig
+from routing_sidecar.pending_meter import PendingMeter
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,6 @@ DEFAULT_SERVICE_NAME = "routing-sidecar"
 INSTRUMENTATION_NAME = "routing_sidecar"
 
 Exporter = Literal["otlp_grpc", "otlp_http", "console", "none"]
-# The media type of `Telemetry.metrics_text()`.
-METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 def exporter_kind(cfg: TelemetryConfig) -> Exporter:
@@ -86,12 +85,15 @@ def build_resource(cfg: TelemetryConfig) -> Resource:
     service.name: the config's, else OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES', else
     routing-sidecar.
     """
+    from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION  # noqa: PLC0415
+    from opentelemetry.sdk.resources import Resource as SdkResource  # noqa: PLC0415
+
     attributes: dict[str, str] = {SERVICE_VERSION: __version__}
     if cfg.service_name:
         attributes[SERVICE_NAME] = cfg.service_name
-    resource = Resource.create(attributes)
+    resource = SdkResource.create(attributes)
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
-        resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+        resource = resource.merge(SdkResource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
     return resource
 
 
@@ -121,6 +123,9 @@ def _exporters(kind: Exporter, cfg: TelemetryConfig) -> tuple[SpanExporter, Metr
 
         return (HttpSpanExporter(endpoint=_http_endpoint(cfg.endpoint, "v1/traces")),
                 HttpMetricExporter(endpoint=_http_endpoint(cfg.endpoint, "v1/metrics")))
+    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter  # noqa: PLC0415
+
     return ConsoleSpanExporter(), ConsoleMetricExporter()
 
 
@@ -135,6 +140,10 @@ class Telemetry:
     # The Prometheus registry /metrics renders; None when the admin port is off.
     registry: CollectorRegistry | None = None
     _shutdowns: list[Callable[[], object]] = field(default_factory=list)
+    # setup(defer=True): the config whose metric pipeline ready() builds, and the meter that
+    # holds what is measured until then.
+    _deferred: TelemetryConfig | None = None
+    _pending: PendingMeter | None = None
 
     @property
     def tracing(self) -> bool:
@@ -143,7 +152,11 @@ class Telemetry:
 
     def metrics_text(self) -> bytes:
         """Every metric in the Prometheus text format (blocking: collects the meters)."""
-        return generate_latest(self.registry) if self.registry is not None else b""
+        if self.registry is None:
+            return b""
+        from prometheus_client import generate_latest  # noqa: PLC0415 - loaded by ready()
+
+        return generate_latest(self.registry)
 
     def tracer(self) -> trace.Tracer:
         """The sidecar's tracer (a no-op one when tracing is off)."""
@@ -151,8 +164,25 @@ class Telemetry:
         return provider.get_tracer(INSTRUMENTATION_NAME, __version__)
 
     def meter(self) -> metrics.Meter:
-        """The sidecar's meter."""
+        """The sidecar's meter (until ready(), one that holds what it measures)."""
+        if self._deferred is not None:
+            if self._pending is None:
+                self._pending = PendingMeter(INSTRUMENTATION_NAME, __version__)
+            return self._pending
         return self.meter_provider.get_meter(INSTRUMENTATION_NAME, __version__)
+
+    async def ready(self) -> None:
+        """Build a deferred metric pipeline (on a thread) and hand it what was measured."""
+        cfg = self._deferred
+        if cfg is None:
+            return
+        registry, provider, resource = await asyncio.to_thread(_prometheus_pipeline, cfg)
+        self.registry, self.meter_provider = registry, provider
+        self._shutdowns.append(provider.shutdown)
+        self._deferred = None
+        if self._pending is not None:  # on the loop, so no measurement lands in between
+            self._pending.attach(provider.get_meter(INSTRUMENTATION_NAME, __version__))
+        _log_configured(self.exporter, cfg, resource)
 
     async def shutdown_within(self, timeout_s: float) -> bool:
         """Flush and stop as `shutdown` does, waiting at most `timeout_s`; False if cut short.
@@ -190,51 +220,104 @@ class Telemetry:
         self._shutdowns.clear()
 
 
+# The resource attribute (semantic conventions' service.name), without importing the SDK.
+SERVICE_NAME_KEY = "service.name"
+
+
+def metrics_content_type() -> str:
+    """The media type of `Telemetry.metrics_text()`."""
+    from prometheus_client import CONTENT_TYPE_LATEST  # noqa: PLC0415
+
+    return str(CONTENT_TYPE_LATEST)
+
+
 def disabled() -> Telemetry:
     """No spans, no metrics, no Prometheus registry."""
     return Telemetry("none", metrics.NoOpMeterProvider())
 
 
-def setup(cfg: TelemetryConfig) -> Telemetry:
-    """Build the providers, exporters and admin port the config and OTEL_* variables ask for."""
+def setup(cfg: TelemetryConfig, *, defer: bool = False) -> Telemetry:
+    """Build the providers, exporters and admin port the config and OTEL_* variables ask for.
+
+    `defer`: with tracing off, leave the metric pipeline (the SDK and prometheus_client) to
+    `Telemetry.ready()`, which the caller must await.
+    """
     kind = exporter_kind(cfg)
+    if kind == "none" and not cfg.admin_listen:  # nothing to record to: no SDK at all
+        _log_configured(kind, cfg, None)
+        return disabled()
+    if kind == "none" and defer:
+        return Telemetry(kind, metrics.NoOpMeterProvider(), _deferred=cfg)
+    if kind == "none":
+        registry, sdk_meters, resource = _prometheus_pipeline(cfg)
+        _log_configured(kind, cfg, resource)
+        return Telemetry(kind, sdk_meters, None, registry, [sdk_meters.shutdown])
+    return _traced(kind, cfg)
+
+
+def _prometheus_pipeline(
+    cfg: TelemetryConfig,
+) -> tuple[CollectorRegistry, SdkMeterProvider, Resource]:
+    """A meter provider whose only reader is a Prometheus registry of its own (tracing off)."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
+    from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    registry = CollectorRegistry()  # one per sidecar, so several can share a process
+    resource = build_resource(cfg)
+    provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)],
+                             resource=resource, shutdown_on_exit=False)
+    return registry, provider, resource
+
+
+def _traced(kind: Exporter, cfg: TelemetryConfig) -> Telemetry:
+    """Tracing on: tracer and meter providers, built now (the first RPC's span needs them)."""
+    from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader  # noqa: PLC0415
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased  # noqa: PLC0415
+
     resource = build_resource(cfg)
     readers: list[MetricReader] = []
     registry = None
     if cfg.admin_listen:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
+        from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
         registry = CollectorRegistry()  # one per sidecar, so several can share a process
         readers.append(PrometheusMetricReader(registry=registry))
-    shutdowns: list[Callable[[], object]] = []
-    tracer_provider: TracerProvider | None = None
-    if kind != "none":
-        span_exporter, metric_exporter = _exporters(kind, cfg)
-        # No ratio configured: the SDK reads OTEL_TRACES_SAMPLER(_ARG), default parent-based.
-        sampler = (ParentBased(TraceIdRatioBased(cfg.sample_ratio))
-                   if cfg.sample_ratio is not None else None)
-        # shutdown_on_exit off: stop() flushes once, bounded; no second flush at exit.
-        tracer_provider = TracerProvider(resource=resource, sampler=sampler,
-                                         shutdown_on_exit=False)
-        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
-        shutdowns.append(tracer_provider.shutdown)
-        if push_metrics():
-            interval = cfg.metric_export_interval_s
-            readers.append(PeriodicExportingMetricReader(
-                metric_exporter,
-                export_interval_millis=interval * 1000 if interval is not None else None,
-            ))
+    span_exporter, metric_exporter = _exporters(kind, cfg)
+    # No ratio configured: the SDK reads OTEL_TRACES_SAMPLER(_ARG), default parent-based.
+    sampler = (ParentBased(TraceIdRatioBased(cfg.sample_ratio))
+               if cfg.sample_ratio is not None else None)
+    # shutdown_on_exit off: stop() flushes once, bounded; no second flush at exit.
+    tracer_provider = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False)
+    tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    shutdowns: list[Callable[[], object]] = [tracer_provider.shutdown]
+    if push_metrics():
+        interval = cfg.metric_export_interval_s
+        readers.append(PeriodicExportingMetricReader(
+            metric_exporter,
+            export_interval_millis=interval * 1000 if interval is not None else None,
+        ))
     meter_provider: metrics.MeterProvider = metrics.NoOpMeterProvider()
     if readers:
         sdk_meters = MeterProvider(metric_readers=readers, resource=resource,
                                    shutdown_on_exit=False)
         shutdowns.append(sdk_meters.shutdown)
         meter_provider = sdk_meters
-    log.info("telemetry configured", extra={
-        "exporter": kind, "endpoint": _redacted(cfg.endpoint), "prometheus": registry is not None,
-        "service_name": resource.attributes.get(SERVICE_NAME),
-    })
+    _log_configured(kind, cfg, resource, prometheus=registry is not None)
     return Telemetry(kind, meter_provider, tracer_provider, registry, shutdowns)
+
+
+def _log_configured(kind: Exporter, cfg: TelemetryConfig, resource: Resource | None, *,
+                    prometheus: bool = True) -> None:
+    log.info("telemetry configured", extra={
+        "exporter": kind, "endpoint": _redacted(cfg.endpoint),
+        "prometheus": prometheus and resource is not None,
+        "service_name": resource.attributes.get(SERVICE_NAME_KEY) if resource else None,
+    })
 
 
 def _redacted(url: str | None) -> str | None:

@@ -11,10 +11,12 @@ import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiosqlite
 import pytest
 
 from routing_sidecar.errors import StorageError
-from routing_sidecar.storage import SCHEMA_VERSION, SqliteStore
+from routing_sidecar.storage import SCHEMA_VERSION, SqliteStore, migrations
+from routing_sidecar.storage.migrations import MIGRATIONS
 from routing_sidecar.storage.sqlite import CHECKPOINT_EVERY_S, WAL_SIZE_LIMIT_BYTES
 from tests.store_records import FixedClock, decision_record
 
@@ -66,6 +68,41 @@ async def test_migrations_apply_on_a_new_file_and_are_a_no_op_on_reopen(db_path:
     assert await third.get_decision("d1") is not None
     await third.close()
     assert peek(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+async def test_a_new_file_gets_the_schema_that_script_by_script_migration_builds(
+    tmp_path: Path,
+) -> None:
+    # A new file takes every script in one transaction; a file at version 1 takes the rest
+    # one by one (the AddColumn step checking its table first): the schemas are the same.
+    fresh, stepped = tmp_path / "fresh.db", tmp_path / "stepped.db"
+    with sqlite3.connect(stepped) as conn:
+        conn.executescript(f"{MIGRATIONS[0]}\nPRAGMA user_version = 1;")
+    for path in (fresh, stepped):
+        store = await SqliteStore.open(str(path), retention_days=30, clock=FixedClock())
+        await store.record_decision(decision_record(1))
+        await store.close()
+        assert peek(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    schema = "SELECT type, name, sql FROM sqlite_master ORDER BY name"
+    assert peek(fresh, schema) == peek(stepped, schema)
+    assert "off_plan" in str(peek(fresh, "PRAGMA table_info(model_selections)"))
+
+
+async def test_a_schema_another_process_created_first_is_kept_as_it_is(db_path: Path) -> None:
+    # Two processes opening one new shared file: the second one's single transaction finds
+    # the column its AddColumn step adds already there, keeps nothing and says so.
+    store = await SqliteStore.open(str(db_path), retention_days=30, clock=FixedClock())
+    await store.record_decision(decision_record(1))
+    await store.close()
+    schema = peek(db_path, "SELECT sql FROM sqlite_master ORDER BY name")
+    conn = await aiosqlite.connect(db_path, isolation_level=None)
+    try:
+        assert not await migrations._create_schema(conn)
+        assert await migrations.migrate(conn) == SCHEMA_VERSION
+    finally:
+        await conn.close()
+    assert peek(db_path, "SELECT sql FROM sqlite_master ORDER BY name") == schema
+    assert peek(db_path, "SELECT count(*) FROM model_routing_decisions") == [(1,)]
 
 
 async def test_a_file_from_a_newer_build_is_refused(db_path: Path) -> None:

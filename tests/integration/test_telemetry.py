@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import pytest
 import yaml
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -284,6 +288,53 @@ async def test_metrics_endpoint_counts_decisions_spend_and_tokens(
     again = await asyncio.to_thread(scrape, sidecar.admin_address)
     assert total(again["routing_spend_usd_total"]) == pytest.approx(0.0035)
     assert "hunter2" not in json.dumps(again)
+
+
+async def test_a_route_answered_before_the_metrics_pipeline_loads_is_counted(
+    cfg: RouterConfig,
+) -> None:
+    # Tracing off, the metric pipeline loads on the loop's default executor once gRPC serves.
+    # Its only thread held busy, the sidecar serves a Route before the pipeline exists.
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+    release = threading.Event()
+    held = loop.run_in_executor(None, release.wait)
+    sidecar = Sidecar(cfg)
+    starting = asyncio.create_task(sidecar.start())
+    try:
+        while sidecar.server is None or not await _serving(sidecar.address):
+            assert not starting.done()
+            await asyncio.sleep(0.01)
+        async with grpc.aio.insecure_channel(sidecar.address) as ch:
+            d = await pb_grpc.RouterStub(ch).Route(route_request("early", project="alpha"))
+        assert not starting.done() and sidecar.admin_address is None  # still loading
+        release.set()
+        await held
+        await starting
+        assert sidecar.admin_address
+        with ThreadPoolExecutor(max_workers=1) as scraper:  # /metrics collects on that one
+            m = await loop.run_in_executor(scraper, scrape, sidecar.admin_address)
+    finally:
+        release.set()
+        if not starting.done():
+            starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        await sidecar.stop()
+    routed = {"model": d.model, "provider": d.provider, "policy": "code", "status": "routed"}
+    assert total(m["routing_decisions_total"], **routed) == 1
+    assert total(m["routing_decision_duration_seconds_count"], **routed) == 1
+    assert total(m["routing_decision_duration_seconds_sum"], **routed) > 0
+
+
+async def _serving(address: str) -> bool:
+    async with grpc.aio.insecure_channel(address) as ch:
+        try:
+            reply = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1)
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 async def test_provider_health_hook_feeds_the_gauges(

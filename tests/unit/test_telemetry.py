@@ -205,3 +205,35 @@ def test_metrics_push_can_be_turned_off_by_env(
     else:
         monkeypatch.setenv("OTEL_METRICS_EXPORTER", value)
     assert telemetry.push_metrics() is push
+
+
+def test_a_pending_meter_hands_on_what_it_held_and_then_steps_aside() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from routing_sidecar.pending_meter import PendingMeter
+
+    pending = PendingMeter("test")
+    counter = pending.create_counter("early.count")
+    histogram = pending.create_histogram("early.time", "s",
+                                         explicit_bucket_boundaries_advisory=(0.5, 1.0))
+    labels = {"model": "m1"}
+    counter.add(2, labels)
+    labels["model"] = "m2"  # the caller reuses its dict: what was held keeps its own copy
+    histogram.record(0.7, {"model": "m1"})
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    pending.attach(provider.get_meter("test"))
+    counter.add(3, {"model": "m1"})
+    late = pending.create_counter("late.count")
+    late.add(1)
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = {m.name: m.data.data_points
+              for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert [(dict(p.attributes), p.value) for p in points["early.count"]] == [({"model": "m1"}, 5)]
+    (timed,) = points["early.time"]
+    assert timed.count == 1 and timed.explicit_bounds == (0.5, 1.0)
+    assert [p.value for p in points["late.count"]] == [1]
+    assert counter.add.__self__ is not counter  # the real instrument's own method now
+    provider.shutdown()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from google.protobuf import json_format
-
 from routing_sidecar.errors import InvalidArgument
 from routing_sidecar.grpc_api import auth
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
@@ -46,10 +44,13 @@ def route(target: str, request: pb.RouteRequest, timeout_s: float = 5.0) -> pb.D
         return result
 
 
-def to_json(message: Any) -> str:
+def to_json(message: Any, indent: int | None = 2) -> str:
     """Render a message as JSON with proto field names."""
+    # Imported here: `serve` imports this module (through the CLI) and never renders JSON.
+    from google.protobuf import json_format  # noqa: PLC0415
+
     return json.dumps(
-        json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2
+        json_format.MessageToDict(message, preserving_proto_field_name=True), indent=indent
     )
 
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from typing import TextIO
 
-from google.protobuf import json_format
-
-from routing_sidecar.grpc_api import auth
+from routing_sidecar.grpc_api import auth, client
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 
@@ -61,7 +58,7 @@ def print_events(events: Iterator[pb.CompleteEvent], out: TextIO = sys.stdout, *
     for event in events:
         kind = event.WhichOneof("event")
         if json_lines:
-            line = json.dumps(json_format.MessageToDict(event, preserving_proto_field_name=True))
+            line = client.to_json(event, indent=None)
             print(line, file=out, flush=True)
         elif kind == "decision":
             d = event.decision

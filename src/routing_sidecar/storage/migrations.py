@@ -9,6 +9,7 @@ slip into a micro-USD column.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 
 import aiosqlite
@@ -128,6 +129,10 @@ class AddColumn:
         rows = await conn.execute_fetchall(f"PRAGMA table_info({self.table})")
         if any(r[1] == self.column for r in rows):
             return ""
+        return self.unconditional()
+
+    def unconditional(self) -> str:
+        """The ALTER TABLE statement, for a table known to lack the column."""
         return f"ALTER TABLE {self.table} ADD COLUMN {self.column} {self.declaration};"
 
 
@@ -238,12 +243,23 @@ async def schema_version(conn: aiosqlite.Connection) -> int:
 
 
 async def migrate(conn: aiosqlite.Connection) -> int:
-    """Apply every pending script, each in its own transaction; return the version reached."""
-    version = await schema_version(conn)
+    """Apply every pending script, each in its own transaction; return the version reached.
+
+    A new, empty file gets the whole schema in one transaction instead: one commit (and one
+    WAL sync) rather than one per script, which is most of a first start's store opening.
+    """
+    rows = list(await conn.execute_fetchall(
+        "SELECT (SELECT user_version FROM pragma_user_version),"
+        " (SELECT count(*) FROM sqlite_master)"))
+    version, objects = int(rows[0][0]), int(rows[0][1])
     if version > SCHEMA_VERSION:
         raise StorageError(
             f"database schema version {version} is newer than this build's {SCHEMA_VERSION}"
         )
+    if version == 0 and objects == 0:
+        if await _create_schema(conn):
+            return SCHEMA_VERSION
+        version = await schema_version(conn)  # another process created the schema meanwhile
     for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
         script = step if isinstance(step, str) else await step.sql(conn)
         try:
@@ -254,3 +270,24 @@ async def migrate(conn: aiosqlite.Connection) -> int:
             await conn.rollback()
             raise
     return SCHEMA_VERSION
+
+
+async def _create_schema(conn: aiosqlite.Connection) -> bool:
+    """Every script on an empty file in one transaction; False if another process was first.
+
+    The same statements in the same order as one script at a time. A process that created
+    the schema first (a shared file, such as a local response cache) makes the column
+    added by an AddColumn step a duplicate here: nothing is kept, and the caller goes on
+    step by step from the version the file now has.
+    """
+    script = "\n".join(step if isinstance(step, str) else step.unconditional()
+                       for step in MIGRATIONS)
+    try:
+        await conn.executescript(
+            f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+    except sqlite3.OperationalError as exc:
+        await conn.rollback()
+        if "duplicate column" not in str(exc):
+            raise
+        return False
+    return True
