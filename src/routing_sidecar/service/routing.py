@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-import uuid
+import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -33,8 +34,14 @@ from routing_sidecar.settings import RouterSettings
 
 
 def new_decision_id() -> str:
-    """A random, unguessable decision id."""
-    return uuid.uuid4().hex
+    """An unguessable decision id (80 random bits) that sorts in the order ids were made.
+
+    32 hex digits, as before: the milliseconds since the epoch, then the random part
+    (the layout of a UUIDv7). Ids made one after another land at the end of every index
+    keyed by them (the audit table's primary key, outcomes, grades) instead of at random
+    places in it, so a commit touches the same few pages and those pages fill up.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
 def check_task(task: domain.Task, catalog: Catalog) -> None:
