@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.latency import cache, execute, report
+from bench.latency import cache, execute, phases, report
 from bench.latency.core import run_core
 from bench.latency.footprint import REST_S, measure_footprint
 from bench.latency.rpc import Target, measure
@@ -63,6 +63,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="skip the execute-mode phase (bench/latency/execute.py)")
     p.add_argument("--no-cache", action="store_true",
                    help="skip the response cache phase (bench/latency/cache.py)")
+    p.add_argument("--phase-calls", type=int,
+                   help="Routes timed step by step (default 5000, quick 2000)")
+    p.add_argument("--no-phases", action="store_true",
+                   help="skip timing a Route's steps in one process (bench/latency/phases.py)")
     args = p.parse_args(argv)
     args.requests = args.requests or (250 if args.quick else 750)
     args.rounds = args.rounds or (2 if args.quick else 6)
@@ -71,7 +75,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.footprint = args.footprint or ((1_000, 3_000) if args.quick else (5_000, 20_000))
     args.core_calls = args.core_calls or (5_000 if args.quick else 20_000)
     args.warmup = 100 if args.quick else 200
-    args.startup_repeats = 3
+    args.phase_calls = args.phase_calls or (2_000 if args.quick else 5_000)
+    # A start is short and the machine's noise is not: the median of a few more.
+    args.startup_repeats = 3 if args.quick else 9
     return args
 
 
@@ -190,6 +196,10 @@ def measure_all(args: argparse.Namespace, argv: Sequence[str]) -> tuple[str, str
     res.duration_s = time.perf_counter() - t0
     page = report.markdown(res)
     res_text = [report.console(res)]
+    if not args.no_phases:  # the server's own work per Route, step by step, in one process
+        timed = phases.run(args.phase_calls, res.command)
+        res_text.append(phases.console(timed))
+        page = phases.splice(page, phases.markdown(timed))
     if not args.no_execute:  # Complete vs the provider called directly, in the same run
         executed = execute.run(args.quick, res.command)
         res_text.append(execute.console(executed))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.latency import execute, headline
+from bench.latency import execute, headline, phases
 from bench.procs import REPO
 
 FIGURES = [
@@ -26,7 +26,7 @@ FIGURES = [
     "cold start to SERVING (vs no-op server start)",
 ]
 TINY = ["--quick", "--no-execute", "--no-cache", "--requests", "60", "--rounds", "2",
-        "--stream-requests", "150", "--footprint", "200", "400", "--core-calls", "500"]
+        "--stream-requests", "150", "--footprint", "200", "400", "--core-calls", "500", "--phase-calls", "200"]
 NUMBER = r"(\d+(?:\.\d+)?)"
 
 
@@ -109,6 +109,21 @@ def test_the_footprint_and_tracing_rows_say_what_they_saw(tiny_run: tuple[str, s
     assert per > 0 and 0 < wal_end <= wal_max
     spans = re.search(r"(\d+) spans received", rows[FIGURES[3]][1])
     assert spans and int(spans.group(1)) > 0, rows[FIGURES[3]]
+
+
+def test_the_steps_of_a_route_are_timed_and_add_up(tiny_run: tuple[str, str]) -> None:
+    _stdout, page = tiny_run
+    rows = table_after(page, phases.SECTION)
+    assert rows[0] == ["step", "µs", "share", "what"]
+    steps = {r[0]: float(r[1]) for r in rows[1:] if not r[0].startswith("**")}
+    assert list(steps) == [name for name, _ in phases.STEPS]
+    assert all(us > 0 for us in steps.values())
+    total = next(r for r in rows if r[0] == "**sum**")[1].strip("*")
+    assert float(total) == pytest.approx(sum(steps.values()), abs=0.2)
+    inner = {r[0]: float(r[1]) for r in table_after(page, "Timed inside those steps")[1:]}
+    assert inner["commit > SQLite transaction"] > 0
+    # A call timed inside a step takes less than the step it is part of.
+    assert inner["begin > view and core decide()"] < steps["decide and reserve"] * 1.5
 
 
 def test_bench_run_is_the_same_command() -> None:
