@@ -26,7 +26,8 @@ FIGURES = [
     "cold start to SERVING (vs no-op server start)",
 ]
 TINY = ["--quick", "--no-execute", "--no-cache", "--requests", "60", "--rounds", "2",
-        "--stream-requests", "150", "--footprint", "200", "400", "--core-calls", "500", "--phase-calls", "200"]
+        "--stream-requests", "150", "--footprint", "200", "400", "--core-calls", "500",
+        "--phase-calls", "200"]
 NUMBER = r"(\d+(?:\.\d+)?)"
 
 
