@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import random
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,7 +41,7 @@ def new_decision_id() -> str:
     keyed by them (the audit table's primary key, outcomes, grades) instead of at random
     places in it, so a commit touches the same few pages and those pages fill up.
     """
-    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 def check_task(task: domain.Task, catalog: Catalog) -> None:
