@@ -70,12 +70,13 @@ class WatchedStore:
         self._wrapped: dict[str, Callable[..., Awaitable[Any]]] = {}
 
     def __getattr__(self, name: str) -> Any:
+        wrapped = self._wrapped.get(name)  # first: a write is looked up on every Route
+        if wrapped is not None:
+            return wrapped
         attr = getattr(self._store, name)
         if not name.startswith(WRITE_PREFIXES) or not inspect.iscoroutinefunction(attr):
             return attr
-        wrapped = self._wrapped.get(name)
-        if wrapped is None:
-            wrapped = self._wrapped[name] = self._watch(name)
+        wrapped = self._wrapped[name] = self._watch(name)
         return wrapped
 
     def _watch(self, name: str) -> Callable[..., Awaitable[Any]]:

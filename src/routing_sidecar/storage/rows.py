@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields, replace
+from operator import attrgetter
 from typing import Any
 
 from routing_sidecar.core.budget_rules import EntryKind, LedgerEntry
@@ -70,9 +71,23 @@ def upsert_performance(marks: Marks) -> str:
                   f" ON CONFLICT ({', '.join(PERFORMANCE_KEY)}) DO UPDATE SET {added}")
 
 
+_GETTERS: dict[tuple[str, ...], Callable[[object], Any]] = {}
+
+
 def params(record: object, cols: Sequence[str]) -> tuple[object, ...]:
     """The record's values for `cols`, in order."""
-    return tuple(getattr(record, c) for c in cols)
+    key = tuple(cols)
+    getter = _GETTERS.get(key)
+    if getter is None:  # one C call per row instead of a generator over the columns
+        getter = _GETTERS[key] = _getter(key)
+    result: tuple[object, ...] = getter(record)
+    return result
+
+
+def _getter(cols: tuple[str, ...]) -> Callable[[object], Any]:
+    if len(cols) > 1:
+        return attrgetter(*cols)  # a tuple from two names on
+    return lambda record: tuple(getattr(record, c) for c in cols)
 
 
 def check_outcome(decision_id: str, attempts: Sequence[AttemptRecord],
