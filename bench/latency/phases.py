@@ -86,7 +86,7 @@ class _Timer:
                     return fn(*args, **kwargs)
                 finally:
                     totals[label] += clock() - t
-        own = vars(owner)
+        own = getattr(owner, "__dict__", {})
         had, raw = name in own, own.get(name)  # a classmethod stays one when put back
         setattr(owner, name, wrapped)
         self._undo.append((lambda: setattr(owner, name, raw)) if had
