@@ -3,7 +3,7 @@
 A frozen dataclass gets its __init__, __repr__, __eq__, __hash__, __setattr__ and __delattr__
 as source text, which `dataclasses` compiles with exec() each time the class is defined: for
 the ~170 dataclasses a start defines (the sidecar's and its libraries'), those compiles are
-about a sixth of the time to SERVING. The compiled code depends on that text alone, so
+about a quarter of the work before SERVING. The compiled code depends on that text alone, so
 `python -m routing_sidecar.dataclass_code` (`make bytecode`, the image build) records it once
 into `__pycache__`, as compileall does for modules, and `install()` (the command's first step,
 `__main__.py`) gives `dataclasses` an exec that runs the recorded code of a text it has and
