@@ -26,9 +26,11 @@ check-protos: $(STAMP)
 	scripts/check_protos.sh
 
 # Bytecode for the editable install, as a wheel install (and the image) has it, so that a start
-# does not compile every module again, also where PYTHONDONTWRITEBYTECODE is set.
+# does not compile every module again, also where PYTHONDONTWRITEBYTECODE is set; and the code
+# of the dataclasses' generated methods (src/routing_sidecar/dataclass_code.py), as the image has.
 bytecode: $(STAMP) generated/routing_sidecar_api/__init__.py
 	$(BIN)/python -m compileall -q src generated bench
+	$(BIN)/python -m routing_sidecar.dataclass_code >/dev/null
 
 run: bytecode
 	mkdir -p var

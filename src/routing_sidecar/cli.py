@@ -270,7 +270,7 @@ def _supervise(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     check_workers(cfg, args.workers, args.listen or cfg.server.listen)
-    argv = [sys.executable, "-m", "routing_sidecar.cli", "serve", "--config", args.config,
+    argv = [sys.executable, "-m", "routing_sidecar", "serve", "--config", args.config,
             "--log-level", args.log_level]
     if args.listen:
         argv += ["--listen", args.listen]

@@ -10,12 +10,10 @@ non-zero, so the pod's supervisor restarts the whole set.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -60,20 +58,34 @@ def worker_outbox(path: str, index: int) -> str:
     return str(p.with_name(f"{p.stem}-{index}{p.suffix}"))
 
 
-def _die_with_parent() -> None:
-    """In a worker, before exec: a SIGTERM when the supervisor dies, even by SIGKILL (Linux)."""
+def _die_with_parent() -> Callable[[], None] | None:
+    """What a worker runs before exec: a SIGTERM when the supervisor dies, even by SIGKILL.
+
+    None where there is no prctl (not Linux): the supervisor's own signal forwarding has to do.
+    The C library is found here, in the supervisor, not in each forked child.
+    """
+    # Imported here: only the supervisor needs ctypes, which (with ctypes.util's tempfile,
+    # random and shutil) every start and CLI command would otherwise load.
+    import ctypes  # noqa: PLC0415
+    import ctypes.util  # noqa: PLC0415
+
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):
-        pass  # not Linux: the supervisor's own signal forwarding has to do
+        return None
+
+    def die_with_parent() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return die_with_parent
 
 
 def supervise(argv: Sequence[str], workers: int, grace_s: float) -> int:
     """Start `workers` children running `argv` plus their index; wait; 0 when all end well."""
+    before_exec = _die_with_parent()
     # Our own command line, built by the CLI from its own arguments.
     children = [subprocess.Popen([*argv, WORKER_FLAG, str(i)],  # noqa: S603
-                                 preexec_fn=_die_with_parent)  # noqa: PLW1509
+                                 preexec_fn=before_exec)  # noqa: PLW1509
                 for i in range(workers)]
     stopping = False
 

@@ -104,6 +104,18 @@ async def test_metrics_count_decisions_made_over_http(http: httpx.AsyncClient) -
     assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 3
 
 
+async def test_openapi_document_is_built_on_first_request_and_served_the_same_after(
+        http: httpx.AsyncClient) -> None:
+    # Several first requests at once share one build (made on a thread, not at start).
+    first = await asyncio.gather(*(http.get("/openapi.json") for _ in range(3)))
+    assert all(r.status_code == 200 for r in first)
+    assert first[0].headers["content-type"].startswith("application/json")
+    doc = first[0].json()
+    assert doc["openapi"].startswith("3.1") and "/route" in doc["paths"]
+    assert all(r.content == first[0].content for r in first)
+    assert (await http.get("/openapi.json")).content == first[0].content
+
+
 # -- the data plane: /route and /outcome ----------------------------------------------------
 
 

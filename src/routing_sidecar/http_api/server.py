@@ -122,6 +122,10 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
         response.headers.setdefault(key, value)
 
 
+def _openapi_spec() -> bytes:
+    return json.dumps(openapi.document(ENDPOINTS, PROTO_BODIES)).encode()
+
+
 def build_app(backend: Backend, settings: Settings) -> web.Application:
     """The aiohttp application: every endpoint of the route table, /openapi.json, assets."""
     app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[guard])
@@ -129,10 +133,16 @@ def build_app(backend: Backend, settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     for e in ENDPOINTS:
         app.router.add_route(e.method, e.path, _handler(e))
-    spec = json.dumps(openapi.document(ENDPOINTS, PROTO_BODIES)).encode()
+    spec: asyncio.Future[bytes] | None = None
 
     async def openapi_json(request: web.Request) -> web.Response:
-        return web.Response(body=spec, content_type="application/json")
+        # Built on first request, on a thread: generating the JSON schemas takes tens of
+        # milliseconds, which the start (right after gRPC serves) would otherwise block the
+        # event loop for, delaying the first Routes and health checks.
+        nonlocal spec
+        if spec is None:
+            spec = asyncio.ensure_future(asyncio.to_thread(_openapi_spec))
+        return web.Response(body=await asyncio.shield(spec), content_type="application/json")
 
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/static/app.js", _asset("app.js", "text/javascript"))
