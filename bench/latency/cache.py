@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import random
-import re
 import socket
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from typing import Any
 import grpc
 import httpx
 
+from bench.latency import tables
 from bench.latency.rpc import percentile
 from bench.latency.targets import Variant, start_sidecar
 from bench.procs import REPO, sidecar_executable, spawn
@@ -409,10 +409,7 @@ def console(res: Results) -> str:
 
 def splice(page: str, section: str) -> str:
     """The page with its cache section replaced (or appended)."""
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(page):
-        return pattern.sub(lambda _: section + "\n", page, count=1)
-    return page.rstrip("\n") + "\n\n" + section
+    return tables.splice(page, SECTION, section)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

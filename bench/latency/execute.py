@@ -20,7 +20,6 @@ import contextlib
 import gc
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import httpx
 import yaml
 from httpx_sse import EventSource
 
+from bench.latency import tables
 from bench.procs import REPO
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
@@ -478,10 +478,7 @@ def console(res: Results) -> str:
 
 def splice(page: str, section: str) -> str:
     """The page with its execute-mode section replaced (or appended)."""
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(page):
-        return pattern.sub(lambda _: section + "\n", page, count=1)
-    return page.rstrip("\n") + "\n\n" + section
+    return tables.splice(page, SECTION, section)
 
 
 # --- running it --------------------------------------------------------------------------------

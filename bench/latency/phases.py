@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import gc
 import inspect
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +30,7 @@ from typing import Any
 import yaml
 
 import routing_sidecar.service.routing as routing_module
+from bench.latency import tables
 from bench.latency.targets import VARIANTS, write_config
 from bench.latency.workload import build_requests
 from routing_sidecar.app import Sidecar
@@ -202,10 +202,7 @@ def console(res: Results) -> str:
 
 def splice(page: str, section: str) -> str:
     """The page with this section replaced (or appended)."""
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(page):
-        return pattern.sub(lambda _: section + "\n", page, count=1)
-    return page.rstrip("\n") + "\n\n" + section
+    return tables.splice(page, SECTION, section)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

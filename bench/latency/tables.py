@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 
@@ -17,3 +18,11 @@ def md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub-flavoured markdown table."""
     lines = [head, ["---"] * len(head), *rows]
     return "\n".join("| " + " | ".join(str(x) for x in line) + " |" for line in lines)
+
+
+def splice(page: str, heading: str, section: str) -> str:
+    """The page with the section under `heading` (to the next `## `) replaced, or appended."""
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(page):
+        return pattern.sub(lambda _: section + "\n", page, count=1)
+    return page.rstrip("\n") + "\n\n" + section
