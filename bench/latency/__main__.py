@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.latency import cache, execute, phases, report
+from bench.latency import cache, execute, phases, report, tables
 from bench.latency.core import run_core
 from bench.latency.footprint import REST_S, measure_footprint
 from bench.latency.rpc import Target, measure
@@ -198,8 +198,9 @@ def measure_all(args: argparse.Namespace, argv: Sequence[str]) -> tuple[str, str
     res_text = [report.console(res)]
     if not args.no_phases:  # the server's own work per Route, step by step, in one process
         timed = phases.run(args.phase_calls, res.command)
-        res_text.append(phases.console(timed))
-        page = phases.splice(page, phases.markdown(timed))
+        section = phases.markdown(timed)
+        res_text.append(section)
+        page = tables.splice(page, phases.SECTION, section)
     if not args.no_execute:  # Complete vs the provider called directly, in the same run
         executed = execute.run(args.quick, res.command)
         res_text.append(execute.console(executed))

@@ -30,7 +30,6 @@ from typing import Any
 import yaml
 
 import routing_sidecar.service.routing as routing_module
-from bench.latency import tables
 from bench.latency.targets import VARIANTS, write_config
 from bench.latency.workload import build_requests
 from routing_sidecar.app import Sidecar
@@ -195,22 +194,12 @@ def markdown(res: Results) -> str:
     ])
 
 
-def console(res: Results) -> str:
-    """The run's figures for the terminal."""
-    return markdown(res)
-
-
-def splice(page: str, section: str) -> str:
-    """The page with this section replaced (or appended)."""
-    return tables.splice(page, SECTION, section)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m bench.latency.phases`."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=5000)
     args = p.parse_args(argv)
-    print(console(run(args.calls, f"python -m bench.latency.phases --calls {args.calls}")))
+    print(markdown(run(args.calls, f"python -m bench.latency.phases --calls {args.calls}")))
     return 0
 
 

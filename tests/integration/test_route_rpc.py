@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -40,6 +43,18 @@ async def test_fix_bug_routes_to_code_policy_with_fallbacks_and_reasons(
     assert d.estimated_cost_micros > 0
     assert len(d.decision_id) == 32 and d.task_id == "t-1"
     assert d.decided_at.seconds > 0
+
+
+async def test_decision_ids_follow_the_order_routes_were_decided(
+    stub: pb_grpc.RouterStub,
+) -> None:
+    # Time-ordered ids keep the audit table's key growing at its end.
+    ids = []
+    for i in range(3):
+        ids.append((await stub.Route(req("fix_bug", task_id=f"ordered-{i}"))).decision_id)
+        await asyncio.sleep(0.002)  # the next millisecond at least
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    assert all(int(i[:12], 16) <= time.time_ns() // 1_000_000 for i in ids)
 
 
 async def test_link_checker_never_gets_a_tier_3_model(stub: pb_grpc.RouterStub) -> None:
