@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -160,3 +161,51 @@ async def test_a_file_is_owned_by_one_store_at_a_time(store: SqliteStore, db_pat
     await store.close()
     again = await SqliteStore.open(str(db_path), retention_days=30, clock=FixedClock())
     await again.close()
+
+
+# -- the writer ------------------------------------------------------------------------------
+
+async def _quiet_loop() -> None:
+    """Let every callback already scheduled run, so that nothing else is ready."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_lone_job_on_a_quiet_loop_commits_without_a_loop_turn(
+    store: SqliteStore, db_path: Path
+) -> None:
+    await _quiet_loop()
+    commits = store.writer.commits
+    step = store.record_decision(decision_record(1))
+    with pytest.raises(StopIteration):  # finished at its first step: it never waited
+        step.send(None)
+    assert store.writer.commits == commits + 1
+    assert peek(db_path, "SELECT decision_id FROM model_routing_decisions") == [("d1",)]
+
+
+async def test_a_job_behind_a_running_batch_waits_for_it_and_commits_after_it(
+    store: SqliteStore, db_path: Path
+) -> None:
+    release, entered = threading.Event(), threading.Event()
+
+    def slow(conn: sqlite3.Connection) -> None:
+        entered.set()
+        conn.execute("INSERT INTO routing_policies VALUES ('h', '{}', 1.0)")
+        release.wait(10)
+
+    exclusive = asyncio.create_task(store.writer.run(slow))
+    assert await asyncio.to_thread(entered.wait, 10)
+    await _quiet_loop()
+    job = asyncio.create_task(store.record_decision(decision_record(2)))
+    await asyncio.sleep(0.05)
+    assert not job.done()  # queued behind the running transaction, not committed beside it
+    release.set()
+    await asyncio.gather(exclusive, job)
+    assert peek(db_path, "SELECT count(*) FROM model_routing_decisions") == [(1,)]
+
+
+async def test_jobs_ready_in_the_same_turn_share_one_commit(store: SqliteStore) -> None:
+    await _quiet_loop()
+    commits = store.writer.commits
+    await asyncio.gather(*(store.record_decision(decision_record(i)) for i in range(10)))
+    assert store.writer.commits - commits < 10

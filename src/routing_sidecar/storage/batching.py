@@ -95,6 +95,7 @@ class BatchWriter(ABC):
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._busy = False  # the writer task holds a batch or an exclusive run
         self._commits = 0
         self._jobs = 0
         self._failed_batches = 0
@@ -152,11 +153,18 @@ class BatchWriter(ABC):
 
     # -- the loop ------------------------------------------------------------------------
 
-    async def _enqueue(self, item: Job | Callable[[Any], Any]) -> Any:
+    def _idle(self) -> bool:
+        """True when nothing is queued or committing: a job may commit at once, in order."""
+        return not self._queue and not self._busy
+
+    def _check_open(self) -> None:
         if self._closing or self._task is None:
             raise StorageError("the store is closed")
         if self._task.done():
             raise StorageError("the store writer stopped")
+
+    async def _enqueue(self, item: Job | Callable[[Any], Any]) -> Any:
+        self._check_open()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         self._wake.set()
@@ -170,11 +178,15 @@ class BatchWriter(ABC):
                     await self._wake.wait()
                     continue
                 head, future = self._queue[0]
-                if isinstance(head, Job):
-                    await self._commit_jobs(self._take_jobs())
-                else:
-                    self._queue.popleft()
-                    await self._run_exclusive(head, future)
+                self._busy = True
+                try:
+                    if isinstance(head, Job):
+                        await self._commit_jobs(self._take_jobs())
+                    else:
+                        self._queue.popleft()
+                        await self._run_exclusive(head, future)
+                finally:
+                    self._busy = False
         finally:
             # Only reached with work left if the task was cancelled: fail it, never hang it.
             while self._queue:

@@ -5,7 +5,9 @@ connection behind a one-thread executor), with one `executemany` per distinct st
 thread hop per statement, as aiosqlite would make, cost more than the statements themselves.
 A batch of one or two jobs (a quiet sidecar) commits on the event loop instead: the hop there
 and back costs more than such a commit (WAL, no fsync per commit), and the loop has nothing
-else to do meanwhile; under load batches grow and go to the thread, beside the loop.
+else to do meanwhile; under load batches grow and go to the thread, beside the loop. A job
+that would be a batch of one by itself (nothing queued or committing, nothing else ready on
+the loop) does not even wait for the writer task: it commits in its caller (`submit`).
 BEGIN IMMEDIATE takes the file's write lock up front, so the `Once` check inside the
 transaction cannot race another writer. See batching.py for the commit and retry rules.
 """
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from routing_sidecar.errors import StorageError
 from routing_sidecar.storage.batching import (
     BatchWriter,
     Job,
@@ -46,6 +49,25 @@ class GroupWriter(BatchWriter):
         super().__init__(max_batch=max_batch, name="sqlite-writer")
         self._conn = conn
         self._executor = executor
+
+    async def submit(self, job: Job) -> bool:
+        """Queue a job; return after its batch commits: True, or False if `once` skipped it.
+
+        When nothing is queued or committing and the loop has nothing else ready to run, the
+        job commits here and now: the batch the writer task would take next turn is this job
+        alone, so the hop there and back (two loop turns, an event, a future) buys nothing.
+        """
+        if not self._idle() or _others_ready():
+            return await super().submit(job)
+        self._check_open()
+        try:
+            ran = self._write_batch([job])
+        except Exception as exc:  # as a batch of one fails: the store's own message
+            self._failed_batches += 1
+            raise StorageError(f"write failed: {self._describe(exc)}") from None
+        self._commits += 1
+        self._jobs += 1
+        return ran[0]
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn(conn)` alone, on the writer thread, in its own transaction; return its result."""
@@ -104,6 +126,16 @@ class GroupWriter(BatchWriter):
             _rollback(self._conn)
             raise
         return result
+
+
+def _others_ready() -> bool:
+    """False only when the running loop is known to have no other callback ready this turn.
+
+    asyncio's loop keeps them in `_ready`; a loop without it (uvloop) always gets True, which
+    sends every job through the writer task as before.
+    """
+    ready = getattr(asyncio.get_running_loop(), "_ready", None)
+    return ready is None or len(ready) > 0
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
