@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.latency import cache, execute, phases, report, tables
+from bench.latency import cache, execute, instructions, phases, report, tables
 from bench.latency.core import run_core
 from bench.latency.footprint import REST_S, measure_footprint
 from bench.latency.rpc import Target, measure
@@ -67,7 +67,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="Routes timed step by step (default 5000, quick 2000)")
     p.add_argument("--no-phases", action="store_true",
                    help="skip timing a Route's steps in one process (bench/latency/phases.py)")
+    p.add_argument("--instruction-routes", type=int,
+                   help="Routes counted under callgrind per server (default 300, quick 100)")
+    p.add_argument("--no-instructions", action="store_true",
+                   help="skip counting instructions per Route (bench/latency/instructions.py)")
     args = p.parse_args(argv)
+    args.instruction_routes = args.instruction_routes or (100 if args.quick else 300)
     args.requests = args.requests or (250 if args.quick else 750)
     args.rounds = args.rounds or (2 if args.quick else 6)
     args.stream_requests = args.stream_requests or (600 if args.quick else 3000)
@@ -201,6 +206,10 @@ def measure_all(args: argparse.Namespace, argv: Sequence[str]) -> tuple[str, str
         section = phases.markdown(timed)
         res_text.append(section)
         page = tables.splice(page, phases.SECTION, section)
+    if not args.no_instructions:  # the server's CPU work per Route, repeatable to under 1%
+        section = instruction_section(args.instruction_routes, res.command, res.date)
+        res_text.append(section)
+        page = tables.splice(page, instructions.SECTION, section)
     if not args.no_execute:  # Complete vs the provider called directly, in the same run
         executed = execute.run(args.quick, res.command)
         res_text.append(execute.console(executed))
@@ -210,6 +219,16 @@ def measure_all(args: argparse.Namespace, argv: Sequence[str]) -> tuple[str, str
         res_text.append(cache.console(cached))
         page = cache.splice(page, cache.markdown(cached))
     return "\n\n".join(res_text), page
+
+
+def instruction_section(routes: int, command: str, date: str) -> str:
+    """Instructions per Route of the no-op and the sidecar, or why they were not counted."""
+    if not instructions.available():
+        return (f"{instructions.SECTION}\n\nNot counted in this run: valgrind (with "
+                "callgrind_control) is not installed.\n")
+    print(f"instructions: no-op and sidecar under callgrind, {routes} Routes each ...",
+          flush=True)
+    return instructions.markdown(instructions.run(routes), command, date)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.latency import execute, headline, phases
+from bench.latency import execute, headline, instructions, phases
 from bench.procs import REPO
 
 FIGURES = [
@@ -27,7 +27,7 @@ FIGURES = [
 ]
 TINY = ["--quick", "--no-execute", "--no-cache", "--requests", "60", "--rounds", "2",
         "--stream-requests", "150", "--footprint", "200", "400", "--core-calls", "500",
-        "--phase-calls", "200"]
+        "--phase-calls", "200", "--instruction-routes", "20"]
 NUMBER = r"(\d+(?:\.\d+)?)"
 
 
@@ -36,7 +36,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """What a tiny `python -m bench.latency` run printed, and the page it wrote."""
     out = tmp_path_factory.mktemp("bench") / "benchmarks.md"
     proc = subprocess.run([sys.executable, "-m", "bench.latency", *TINY, "--output", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+                          cwd=REPO, capture_output=True, text=True, timeout=400, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout, out.read_text()
 
@@ -125,6 +125,26 @@ def test_the_steps_of_a_route_are_timed_and_add_up(tiny_run: tuple[str, str]) ->
     assert inner["commit > SQLite transaction"] > 0
     # A call timed inside a step takes less than the step it is part of.
     assert inner["begin > view and core decide()"] < steps["decide and reserve"] * 1.5
+
+
+def test_the_server_instructions_per_route_are_counted(tiny_run: tuple[str, str]) -> None:
+    _stdout, page = tiny_run
+    assert instructions.available(), "valgrind is on every machine this project runs on"
+    rows = {r[0]: r for r in table_after(page, instructions.SECTION)[1:]}
+    assert list(rows) == ["no-op", "sidecar"]
+    assert rows["no-op"][2] == "1.00x"
+    per_route = {name: float(r[1].removesuffix(" k").replace(",", "")) for name, r in rows.items()}
+    assert per_route["no-op"] > 100  # a gRPC round trip is hundreds of thousands
+    # Deciding, reserving and committing is more work than answering a stored message.
+    assert per_route["sidecar"] > per_route["no-op"] * 1.5
+    assert float(rows["sidecar"][2].removesuffix("x")) > 1.5
+
+
+def test_an_extra_source_tree_must_hold_the_package(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.latency.instructions", "--source", f"x={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "--source wants NAME=DIR" in proc.stderr
 
 
 def test_bench_run_is_the_same_command() -> None:

@@ -209,3 +209,15 @@ async def test_jobs_ready_in_the_same_turn_share_one_commit(store: SqliteStore) 
     commits = store.writer.commits
     await asyncio.gather(*(store.record_decision(decision_record(i)) for i in range(10)))
     assert store.writer.commits - commits < 10
+
+
+async def test_enums_and_bools_are_stored_as_their_text_and_integers(
+    store: SqliteStore, db_path: Path
+) -> None:
+    await store.record_decision(decision_record(1))
+    rows = peek(db_path, "SELECT status, typeof(status), objective, dry_run, typeof(dry_run)"
+                         " FROM model_routing_decisions")
+    record = decision_record(1)
+    assert rows == [(record.status.value, "text", record.objective.value,
+                     int(record.dry_run), "integer")]
+    assert sqlite3.adapters[(type(record.status), sqlite3.PrepareProtocol)] is str
