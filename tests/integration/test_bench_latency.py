@@ -138,6 +138,7 @@ def test_the_server_instructions_per_route_are_counted(tiny_run: tuple[str, str]
     # Deciding, reserving and committing is more work than answering a stored message.
     assert per_route["sidecar"] > per_route["no-op"] * 1.5
     assert float(rows["sidecar"][2].removesuffix("x")) > 1.5
+    assert all(r[3].endswith("%") for r in rows.values())
 
 
 def test_an_extra_source_tree_must_hold_the_package(tmp_path: Path) -> None:
