@@ -463,3 +463,32 @@ def test_statuses_for_covers_the_scopes_one_decision_touches() -> None:
            for s in led.statuses_for(ALPHA, GPT5, "code", "T-1", T0)]
     assert got == [("global", DAY, 50_000), ("project:alpha", MONTH, 50_000),
                    ("provider:openai", WEEK, 50_000), ("task:T-1", TASK, 50_000)]
+
+
+def _used(lines: tuple[BudgetLine, ...]) -> dict[str, int]:
+    return {line.key: line.used_micros for line in lines}
+
+
+def test_lines_of_models_under_the_same_budgets_are_one_answer_until_something_changes() -> None:
+    led = ledger(BudgetRule("global", DAY, 50_000_000, 0.9, OnExceed.DOWNGRADE),
+                 BudgetRule("provider:openai", DAY, 9_000_000, 0.9, OnExceed.REJECT),
+                 BudgetRule("task", TASK, 1_100_000, 0.8, OnExceed.REJECT))
+    other = ModelSpec("gpt-5-mini", "openai", 2, 250_000, 2_000_000, 400_000, 90, 0.8)
+    first = led.lines(ALPHA, GPT5, "code", "t1", T0)
+    assert led.lines(ALPHA, other, "code", "t1", T0) is first  # same rules, same keys
+    assert _used(led.lines(ALPHA, HAIKU, "code", "t1", T0)) == {"global": 0, "task:t1": 0}
+    assert reserve(led, "r1", 700, task="t1").ok
+    # Each change is seen at once: the totals, another task, another moment, other rules.
+    assert _used(led.lines(ALPHA, other, "code", "t1", T0)) == {
+        "global": 700, "provider:openai": 700, "task:t1": 700}
+    assert _used(led.lines(ALPHA, other, "code", "t2", T0)) == {
+        "global": 700, "provider:openai": 700, "task:t2": 0}
+    assert _used(led.lines(ALPHA, GPT5, "code", "t1", T0 + 86_400)) == {
+        "global": 0, "provider:openai": 0, "task:t1": 700}
+    settle(led, "r1", 500, task="t1")
+    assert _used(led.lines(ALPHA, GPT5, "code", "t1", T0)) == {
+        "global": 500, "provider:openai": 500, "task:t1": 500}
+    led.replace_rules([BudgetRule("global", DAY, 50_000_000, 0.9, OnExceed.DOWNGRADE)])
+    assert _used(led.lines(ALPHA, GPT5, "code", "t1", T0)) == {"global": 500}
+    led.restore([])
+    assert _used(led.lines(ALPHA, GPT5, "code", "t1", T0)) == {"global": 0}

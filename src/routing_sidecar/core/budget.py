@@ -63,12 +63,24 @@ class Ledger:
         self._seen: set[str] = set()
         self._bounds: dict[BudgetPeriod, tuple[float, float]] = {}
         self._book = RuleBook(rules)
+        # Bumped by every change to a bucket's totals or to which bucket a key uses: the
+        # last answer of `lines` holds only while it is unchanged.
+        self._generation = 0
+        self._last_lines: tuple[object, str, float, int, tuple[BudgetLine, ...]] | None = None
 
     # -- queries ---------------------------------------------------------------------------
 
     def lines(self, labels: Mapping[str, str], model: ModelSpec, policy: str, task_id: str,
               now: float) -> tuple[BudgetLine, ...]:
         """Every budget a decision for `model` falls under, with what its bucket has used."""
+        template = self._book.template(labels, model, policy)
+        # A decision asks for every candidate, then again for the one it reserves, with the
+        # same `now` and nothing changed in between; candidates under the same budgets share
+        # one template, so all but the first get the answer already made.
+        memo = self._last_lines
+        if (memo is not None and memo[0] is template and memo[1] == task_id
+                and memo[2] == now and memo[3] == self._generation):
+            return memo[4]
         out = []
         lines = self._lines
         for rule, key in self._book.governed(labels, model, policy, task_id):
@@ -81,7 +93,9 @@ class Ledger:
             else:
                 line = lines.get((key, rule.period, self._current(rule.period, now)[0]))
             out.append(BudgetLine(rule, key, line.spent + line.reserved if line else 0))
-        return tuple(out)
+        answer = tuple(out)
+        self._last_lines = (template, task_id, now, self._generation, answer)
+        return answer
 
     def statuses_for(self, labels: Mapping[str, str], model: ModelSpec, policy: str,
                      task_id: str, now: float) -> list[BudgetStatus]:
@@ -206,6 +220,7 @@ class Ledger:
 
     def restore(self, entries: Iterable[LedgerEntry]) -> None:
         """Replace all state with what the persisted rows say."""
+        self._generation += 1
         for table in (self._lines, self._open, self._expired, self._tasks):
             table.clear()
         self._alerted.clear()
@@ -237,6 +252,7 @@ class Ledger:
 
     def replace_rules(self, rules: Sequence[BudgetRule]) -> None:
         """Swap in reloaded rules, keeping every total and reservation."""
+        self._generation += 1
         self._book = RuleBook(rules)
         self._mark_alerted()
 
@@ -263,12 +279,14 @@ class Ledger:
         bucket = self._find(rule, key, now)
         if rule.period is TASK:
             if bucket is None:
+                self._generation += 1
                 bucket = (key, TASK, now)
                 self._tasks[key] = bucket
                 self._lines[bucket] = _Line(now + self._task_window_s)
             return bucket
         assert bucket is not None
         if bucket not in self._lines:
+            self._generation += 1
             self._lines[bucket] = _Line(self._current(rule.period, now)[1])
         self._seen.add(key)
         return bucket
@@ -289,6 +307,7 @@ class Ledger:
                             rule.state(spent + reserved), start, end)
 
     def _add(self, e: LedgerEntry, sign: int = 1) -> None:
+        self._generation += 1
         line = self._lines.get(e.bucket)
         if line is None:
             line = self._lines[e.bucket] = _Line(e.period_end)
@@ -315,6 +334,7 @@ class Ledger:
                       for b in res.buckets}
         ended = [b for b, line in self._lines.items()
                  if line.end + self._late_settle_s <= now and b not in referenced]
+        self._generation += 1
         for b in ended:
             del self._lines[b]
             if b[1] is TASK and self._tasks.get(b[0]) == b:

@@ -140,6 +140,8 @@ class RuleBook:
             tuple[str | None, str | None, str, str, str],
             tuple[tuple[BudgetRule, str | None], ...],
         ] = {}
+        self._interned: dict[tuple[tuple[BudgetRule, str | None], ...],
+                             tuple[tuple[BudgetRule, str | None], ...]] = {}
 
     def for_key(self, key: str) -> tuple[BudgetRule, ...]:
         """The rules governing a key (at most one per period), in config order."""
@@ -161,10 +163,13 @@ class RuleBook:
             self._cache[key] = cached
         return cached
 
-    def governed(self, labels: Mapping[str, str], model: ModelSpec, policy: str,
-                 task_id: str) -> tuple[tuple[BudgetRule, str], ...]:
-        """(rule, concrete key) for every budget a decision falls under, in config order."""
-        # Only these inputs and the task id shape the answer; Route asks once per candidate.
+    def template(self, labels: Mapping[str, str], model: ModelSpec,
+                 policy: str) -> tuple[tuple[BudgetRule, str | None], ...]:
+        """The rules a decision falls under with their keys, None for the task's own key.
+
+        Equal templates are one object (interned), so models under the same budgets share it.
+        """
+        # Only these inputs shape the answer; Route asks once per candidate.
         memo_key = (labels.get("project"), labels.get("worker"), model.name, model.provider,
                     policy)
         template = self._governed.get(memo_key)
@@ -175,7 +180,15 @@ class RuleBook:
             out.sort(key=lambda pair: self._index[id(pair[0])])
             if len(self._governed) >= GOVERNED_CACHE_MAX:
                 self._governed.clear()
-            self._governed[memo_key] = template = tuple(out)
+                self._interned.clear()
+            template = self._interned.setdefault(tuple(out), tuple(out))
+            self._governed[memo_key] = template
+        return template
+
+    def governed(self, labels: Mapping[str, str], model: ModelSpec, policy: str,
+                 task_id: str) -> tuple[tuple[BudgetRule, str], ...]:
+        """(rule, concrete key) for every budget a decision falls under, in config order."""
+        template = self.template(labels, model, policy)
         if not self._task:
             return template  # type: ignore[return-value]  # no None without task rules
         own = task_key(task_id)
