@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -22,6 +23,11 @@ from routing_sidecar.records import (
     PerformanceRecord,
     RoutingStats,
 )
+
+# True in the context of a caller whose commits come in bursts (a RouteStream's decisions,
+# committed from tasks started together): a store's writer then lets each job wait for its
+# next batch, so that the burst shares transactions, instead of committing a lone job at once.
+COMMITS_IN_BURSTS: ContextVar[bool] = ContextVar("commits_in_bursts", default=False)
 
 
 class Clock(Protocol):

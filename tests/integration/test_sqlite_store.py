@@ -7,6 +7,7 @@ stats, kill -9) is in test_store_contract.py, run against this store and Postgre
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ import aiosqlite
 import pytest
 
 from routing_sidecar.errors import StorageError
+from routing_sidecar.ports import COMMITS_IN_BURSTS
 from routing_sidecar.storage import SCHEMA_VERSION, SqliteStore, migrations
 from routing_sidecar.storage.migrations import MIGRATIONS
 from routing_sidecar.storage.sqlite import CHECKPOINT_EVERY_S, WAL_SIZE_LIMIT_BYTES
@@ -181,6 +183,20 @@ async def test_a_lone_job_on_a_quiet_loop_commits_without_a_loop_turn(
         step.send(None)
     assert store.writer.commits == commits + 1
     assert peek(db_path, "SELECT decision_id FROM model_routing_decisions") == [("d1",)]
+
+
+async def test_a_job_of_a_burst_waits_for_the_writer_even_on_a_quiet_loop(
+    store: SqliteStore, db_path: Path
+) -> None:
+    burst = contextvars.copy_context()  # as a RouteStream's commits run: in their own context
+    burst.run(COMMITS_IN_BURSTS.set, True)
+    await _quiet_loop()
+    step = store.record_decision(decision_record(1))
+    burst.run(step.send, None)  # it waits for the writer's batch: the rest of its burst may join
+    assert peek(db_path, "SELECT count(*) FROM model_routing_decisions") == [(0,)]
+    burst.run(step.close)
+    await _quiet_loop()  # the job itself is still written, as a cancelled caller's is
+    assert peek(db_path, "SELECT count(*) FROM model_routing_decisions") == [(1,)]
 
 
 async def test_a_job_behind_a_running_batch_waits_for_it_and_commits_after_it(

@@ -29,6 +29,7 @@ from routing_sidecar import domain
 from routing_sidecar.errors import InvalidArgument, ResourceExhausted
 from routing_sidecar.grpc_api import convert
 from routing_sidecar.grpc_api.observe import Observer
+from routing_sidecar.ports import COMMITS_IN_BURSTS
 from routing_sidecar.service.routing import Routed, RoutingService
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 
@@ -76,6 +77,7 @@ async def route_stream(
 
 async def _read(requests: AsyncIterator[pb.RouteRequest], service: RoutingService,
                 observe: Observer, queue: asyncio.Queue[Item]) -> None:
+    COMMITS_IN_BURSTS.set(True)  # this task's context: the commits it starts inherit it
     decided: list[Begun] = []
     messages = aiter(requests)
     index = 0

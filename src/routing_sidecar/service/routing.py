@@ -149,17 +149,19 @@ class RoutingService:
         self.state = dataclasses.replace(self.state, paused=MappingProxyType(dict(paused)))
 
     async def decide(self, task: domain.Task, trace: TraceIds = NO_TRACE,
-                     uncallable: Uncallable | None = None) -> Decided:
+                     uncallable: Uncallable | None = None, *, admitted: bool = False) -> Decided:
         """Decide and reserve; the audit row is left for `commit`.
 
         The view and the reservation are one step with nothing in between for the embedded
         ledger. A shared ledger checks again atomically as it reserves: when other sidecars
         spent what this one's copy did not show, the reservation is refused and the task is
         decided again on the fresh totals it returned. `uncallable` (execute mode) takes out
-        the models the sidecar cannot call itself.
+        the models the sidecar cannot call itself. `admitted` says the task has already been
+        through `limits.admit` (as `begin` does before a cache lookup).
         """
         state = self.state
-        task = self.limits.admit(task, state.settings.limits)  # scope labels folded, capped
+        if not admitted:
+            task = self.limits.admit(task, state.settings.limits)  # scope labels folded, capped
         check_task(task, state.catalog)
         decision_id = self._new_id()
         for round_ in range(1, RESERVE_ROUNDS + 1):
@@ -243,11 +245,11 @@ class RoutingService:
             task = self.limits.admit(task, self.state.settings.limits)
         key = cache.route_key(task, resolve_policy(task, self.catalog).name) if cache else None
         if cache is None or key is None:
-            return Routed(await self.decide(task, trace))
+            return Routed(await self.decide(task, trace, admitted=cache is not None))
         entry = await cache.lookup(key, project_of(task))
         if entry is not None:
             return Routed(self.decide_cached(task, entry, trace))
-        decided = await self.decide(task, trace)
+        decided = await self.decide(task, trace, admitted=True)
         if task.dry_run or decided.decision.selection.chosen is None:
             return Routed(decided)
         # A miss that will run: its outcome may store a value under the key.

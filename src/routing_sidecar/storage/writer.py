@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from routing_sidecar import domain
 from routing_sidecar.core.budget_rules import EntryKind
 from routing_sidecar.errors import StorageError
+from routing_sidecar.ports import COMMITS_IN_BURSTS
 from routing_sidecar.storage.batching import (
     BatchWriter,
     Job,
@@ -67,8 +68,10 @@ class GroupWriter(BatchWriter):
         When nothing is queued or committing and the loop has nothing else ready to run, the
         job commits here and now: the batch the writer task would take next turn is this job
         alone, so the hop there and back (two loop turns, an event, a future) buys nothing.
+        Not for a caller that commits in bursts (`COMMITS_IN_BURSTS`): in the turn it waits,
+        the rest of its burst comes to share the transaction.
         """
-        if not self._idle() or _others_ready():
+        if not self._idle() or _others_ready() or COMMITS_IN_BURSTS.get():
             return await super().submit(job)
         self._check_open()
         try:
