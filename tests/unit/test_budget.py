@@ -492,3 +492,53 @@ def test_lines_of_models_under_the_same_budgets_are_one_answer_until_something_c
     assert _used(led.lines(ALPHA, GPT5, "code", "t1", T0)) == {"global": 500}
     led.restore([])
     assert _used(led.lines(ALPHA, GPT5, "code", "t1", T0)) == {"global": 0}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_expiry_rounds_agree_with_a_plain_model_of_every_reservation(seed: int) -> None:
+    # Expiry looks only at what is due (kept in expiry order); a plain model scans them all.
+    rng = random.Random(seed)
+    led = Ledger([BudgetRule("global", DAY, 10**12)], UTC, late_settle_s=3_000.0)
+    model: dict[str, tuple[str, float, int]] = {}  # id -> (open | expired, expires_at, amount)
+    now = T0
+    for step in range(600):
+        now += rng.uniform(0, 40)
+        op = rng.random()
+        if op < 0.45:
+            rid, amount, ttl = f"r{step}", rng.randrange(1, 50), rng.choice([60.0, 300.0, 900.0])
+            led.reserve(rid, ALPHA, GPT5, "code", f"t{step}", amount, now, now + ttl)
+            model[rid] = ("open", now + ttl, amount)
+        elif op < 0.65 and model:
+            rid = rng.choice(sorted(model))
+            settle(led, rid, 1, now, at=now)
+            del model[rid]
+        elif op < 0.75 and model:
+            rid = rng.choice(sorted(model))
+            if led.release(rid, now).closed:
+                del model[rid]
+        else:
+            due = {rid for rid, (state, at, _) in model.items() if state == "open" and at <= now}
+            change = led.expire(now)
+            assert {rid for rid, _, _ in change.closed} == due
+            reverted = rng.random() < 0.2  # its rows failed to commit: the expiries go back
+            if reverted:
+                led.revert(change)
+            for rid, (state, at, amount) in list(model.items()):
+                if rid in due and not reverted:
+                    state = "expired"
+                if state == "expired" and at <= now - 3_000.0:
+                    del model[rid]  # too late for an outcome: forgotten
+                else:
+                    model[rid] = (state, at, amount)
+        assert {r for r in model} == {f"r{i}" for i in range(step + 1) if led.holds(f"r{i}")}
+        reserved = sum(a for state, _, a in model.values() if state == "open")
+        assert by_scope(led, now).get(("global", DAY), (0, 0))[1] == reserved
+
+
+def test_reservations_settled_before_their_expiry_do_not_pile_up_in_the_expiry_order() -> None:
+    led = ledger(BudgetRule("global", DAY, 10**12))
+    for i in range(20_000):
+        reserve(led, f"r{i}", 1, now=T0 + i * 0.01)
+        settle(led, f"r{i}", 1, T0 + i * 0.01, at=T0 + i * 0.01)
+    assert not led.holds("r0")
+    assert len(led._open_due) <= 1024 + 2  # rebuilt from what is held, not one per reserve

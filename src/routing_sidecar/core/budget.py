@@ -14,6 +14,7 @@ budget, one bucket per task id shared by every decision for that task, open for
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import tzinfo
 from fnmatch import fnmatchcase
@@ -59,6 +60,11 @@ class Ledger:
         # Expired unsettled reservations: an outcome arriving late still charges their buckets.
         self._expired: dict[str, Reservation] = {}
         self._tasks: dict[str, Bucket] = {}  # task key -> its current per-task bucket
+        # (expires_at, id) of every reservation put in _open / _expired, soonest first, so an
+        # expiry round looks only at what is due, not at every reservation held. An entry
+        # whose reservation has left the table since (settled, released) is skipped.
+        self._open_due: list[tuple[float, str]] = []
+        self._expired_due: list[tuple[float, str]] = []
         self._alerted: set[tuple[BudgetRule, str, float, BudgetState]] = set()
         self._seen: set[str] = set()
         self._bounds: dict[BudgetPeriod, tuple[float, float]] = {}
@@ -143,7 +149,7 @@ class Ledger:
                    for rule, key in self._book.governed(labels, model, policy, task_id)]
         res = Reservation(amount_micros, tuple(dict.fromkeys(buckets)), expires_at, now)
         before = {b: self._used(b) for b in res.buckets}
-        self._open[reservation_id] = res
+        self._hold(reservation_id, res)
         rows = self._apply(EntryKind.RESERVE, reservation_id, res, amount_micros, now)
         return None, LedgerChange(tuple(rows), self._crossings(before, now), (reservation_id,))
 
@@ -196,14 +202,12 @@ class Ledger:
         """Release every open reservation past its expiry; forget what no one can settle."""
         rows: list[LedgerEntry] = []
         closed = []
-        for rid, res in list(self._open.items()):
-            if res.expires_at <= now:
-                del self._open[rid]
-                rows += self._apply(EntryKind.EXPIRE, rid, res, -res.amount, now)
-                self._expired[rid] = res
-                closed.append((rid, res, True))
-        horizon = now - self._late_settle_s
-        for rid in [r for r, res in self._expired.items() if res.expires_at <= horizon]:
+        for rid, res in _due(self._open_due, self._open, now):
+            del self._open[rid]
+            rows += self._apply(EntryKind.EXPIRE, rid, res, -res.amount, now)
+            self._keep_expired(rid, res)
+            closed.append((rid, res, True))
+        for rid, _ in _due(self._expired_due, self._expired, now - self._late_settle_s):
             del self._expired[rid]
         self._forget_ended(now)
         return LedgerChange(tuple(rows), (), (), tuple(closed))
@@ -216,13 +220,18 @@ class Ledger:
             self._open.pop(rid, None)
         for rid, res, was_open in change.closed:
             self._expired.pop(rid, None)
-            (self._open if was_open else self._expired)[rid] = res
+            if was_open:
+                self._hold(rid, res)
+            else:
+                self._keep_expired(rid, res)
 
     def restore(self, entries: Iterable[LedgerEntry]) -> None:
         """Replace all state with what the persisted rows say."""
         self._generation += 1
         for table in (self._lines, self._open, self._expired, self._tasks):
             table.clear()
+        self._open_due.clear()
+        self._expired_due.clear()
         self._alerted.clear()
         self._seen.clear()
         reserves: dict[str, list[LedgerEntry]] = {}
@@ -245,9 +254,9 @@ class Ledger:
                               rows[0].at)
             kinds = closed.get(rid, set())
             if not kinds:
-                self._open[rid] = res
+                self._hold(rid, res)
             elif kinds == {EntryKind.EXPIRE}:
-                self._expired[rid] = res
+                self._keep_expired(rid, res)
         self._mark_alerted()
 
     def replace_rules(self, rules: Sequence[BudgetRule]) -> None:
@@ -257,6 +266,14 @@ class Ledger:
         self._mark_alerted()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _hold(self, rid: str, res: Reservation) -> None:
+        self._open[rid] = res
+        _push(self._open_due, self._open, rid, res)
+
+    def _keep_expired(self, rid: str, res: Reservation) -> None:
+        self._expired[rid] = res
+        _push(self._expired_due, self._expired, rid, res)
 
     def _current(self, period: BudgetPeriod, now: float) -> tuple[float, float]:
         bounds = self._bounds.get(period)
@@ -330,10 +347,12 @@ class Ledger:
 
     def _forget_ended(self, now: float) -> None:
         """Drop lines of periods over for good: no reservation left can charge them."""
+        over = [b for b, line in self._lines.items() if line.end + self._late_settle_s <= now]
+        if not over:  # the usual round: no period has been over long enough
+            return
         referenced = {b for res in (*self._open.values(), *self._expired.values())
                       for b in res.buckets}
-        ended = [b for b, line in self._lines.items()
-                 if line.end + self._late_settle_s <= now and b not in referenced]
+        ended = [b for b in over if b not in referenced]
         self._generation += 1
         for b in ended:
             del self._lines[b]
@@ -364,3 +383,24 @@ class Ledger:
                 for state, mark in rule.thresholds() if rule.period is period else ():
                     if 0 < mark <= line.spent + line.reserved:
                         self._alerted.add((rule, key, start, state))
+
+
+def _push(heap: list[tuple[float, str]], table: Mapping[str, Reservation], rid: str,
+          res: Reservation) -> None:
+    """Add the reservation's entry; rebuilt from the table once stale entries outnumber it."""
+    heapq.heappush(heap, (res.expires_at, rid))
+    if len(heap) > 2 * len(table) + 1024:  # settled ones linger until due: keep them bounded
+        heap[:] = [(r.expires_at, k) for k, r in table.items()]
+        heapq.heapify(heap)
+
+
+def _due(heap: list[tuple[float, str]], table: Mapping[str, Reservation],
+         until: float) -> list[tuple[str, Reservation]]:
+    """Pop the heap's entries due by `until`; those whose reservation is still in `table`."""
+    out: dict[str, Reservation] = {}  # a reservation put back by a revert has two entries
+    while heap and heap[0][0] <= until:
+        at, rid = heapq.heappop(heap)
+        res = table.get(rid)
+        if res is not None and res.expires_at == at:
+            out.setdefault(rid, res)
+    return list(out.items())
