@@ -70,7 +70,9 @@ def available() -> bool:
 
 @contextlib.contextmanager
 def _under_callgrind(argv: Sequence[str], workdir: Path, name: str,
-                     env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+                     env: dict[str, str],
+                     ) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
+    """The server under callgrind, counting nothing yet; its log and its dumps' stem."""
     log = workdir / f"{name}.callgrind.log"
     out = workdir / f"{name}.callgrind.out"
     with log.open("wb") as sink:
@@ -79,7 +81,7 @@ def _under_callgrind(argv: Sequence[str], workdir: Path, name: str,
              f"--callgrind-out-file={out}", *argv],
             cwd=REPO, env={**os.environ, **env}, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        yield proc, log
+        yield proc, log, out
     finally:
         stop(proc, timeout=120.0)
 
@@ -96,7 +98,7 @@ def _count(name: str, what: str, argv_for: Sequence[str], port: int, workdir: Pa
     the counts leaves such a count out; the spread shows it.
     """
     address = f"127.0.0.1:{port}"
-    with _under_callgrind(argv_for, workdir, name, env) as (proc, log):
+    with _under_callgrind(argv_for, workdir, name, env) as (proc, log, out):
         wait_serving(address, proc, log, timeout=START_TIMEOUT_S, interval=0.2)
         with grpc.insecure_channel(address) as channel:
             stub = pb_grpc.RouterStub(channel)
@@ -108,8 +110,7 @@ def _count(name: str, what: str, argv_for: Sequence[str], port: int, workdir: Pa
                 for req in build_requests(requests, f"{name}-counted-{k}", seed=5 + k):
                     stub.Route(req, timeout=60)
                 _control(proc, "-i", "off")
-                segments.append(_dumped(proc, workdir / f"{name}.callgrind.out", k))
-        stop(proc, timeout=120.0)
+                segments.append(_dumped(proc, out, k))
     return Count(name, what, requests, tuple(segments))
 
 

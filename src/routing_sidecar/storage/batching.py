@@ -211,7 +211,7 @@ class BatchWriter(ABC):
             raise
         for (_, future), result in zip(batch, results, strict=True):
             if isinstance(result, Exception):
-                fail(future, f"write failed: {self._describe(result)}")
+                fail(future, self._write_failed(result))
             elif not future.done():
                 future.set_result(result)
 
@@ -224,8 +224,7 @@ class BatchWriter(ABC):
             if len(jobs) == 1 or self._outcome_unknown(exc):
                 return [exc] * len(jobs)
             return [await self._write_alone(job) for job in jobs]
-        self._commits += 1
-        self._jobs += len(jobs)
+        self._committed(len(jobs))
         return ok
 
     async def _write_alone(self, job: Job) -> bool | Exception:
@@ -234,8 +233,7 @@ class BatchWriter(ABC):
         except Exception as exc:
             self._failed_batches += 1
             return exc
-        self._commits += 1
-        self._jobs += 1
+        self._committed(1)
         return ok
 
     async def _run_exclusive(self, fn: Callable[[Any], Any], future: asyncio.Future[Any]) -> None:
@@ -246,11 +244,20 @@ class BatchWriter(ABC):
             raise
         except Exception as exc:
             self._failed_batches += 1
-            fail(future, f"write failed: {self._describe(exc)}")
+            fail(future, self._write_failed(exc))
             return
         self._commits += 1
         if not future.done():
             future.set_result(result)
+
+    def _committed(self, jobs: int) -> None:
+        """Count one committed transaction of `jobs` jobs."""
+        self._commits += 1
+        self._jobs += jobs
+
+    def _write_failed(self, exc: Exception) -> str:
+        """What a caller whose job failed with `exc` is told."""
+        return f"write failed: {self._describe(exc)}"
 
     def _describe(self, exc: Exception) -> str:
         """The error as it may be shown to callers (a store strips secrets here)."""

@@ -78,9 +78,8 @@ class GroupWriter(BatchWriter):
             ran = self._write_batch([job])
         except Exception as exc:  # as a batch of one fails: the store's own message
             self._failed_batches += 1
-            raise StorageError(f"write failed: {self._describe(exc)}") from None
-        self._commits += 1
-        self._jobs += 1
+            raise StorageError(self._write_failed(exc)) from None
+        self._committed(1)
         return ran[0]
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
