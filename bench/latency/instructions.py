@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import yaml
 
 from bench.latency.targets import VARIANTS, write_config
 from bench.latency.workload import build_requests
@@ -40,6 +41,7 @@ from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 SECTION = "## Instructions per Route (callgrind)"
 WARMUP = 50
 SEGMENTS = 3  # counts per server, each of `requests` Routes; the median is reported
+LOOPS = ("asyncio", "uvloop")  # the no-op server on each
 START_TIMEOUT_S = 600.0  # a start under valgrind is some twenty times slower
 
 
@@ -49,6 +51,7 @@ class Count:
 
     name: str
     what: str
+    loop: str  # asyncio | uvloop
     routes: int
     segments: tuple[int, ...]  # each count, of `routes` Routes
 
@@ -86,8 +89,8 @@ def _under_callgrind(argv: Sequence[str], workdir: Path, name: str,
         stop(proc, timeout=120.0)
 
 
-def _count(name: str, what: str, argv_for: Sequence[str], port: int, workdir: Path,
-           requests: int, env: dict[str, str]) -> Count:
+def _count(name: str, what: str, loop: str, argv_for: Sequence[str], port: int,
+           workdir: Path, requests: int, env: dict[str, str]) -> Count:
     """SEGMENTS counts of `requests` Routes each, in the order made.
 
     A count sees everything the process runs while it is on, including work that comes by
@@ -98,6 +101,7 @@ def _count(name: str, what: str, argv_for: Sequence[str], port: int, workdir: Pa
     the counts leaves such a count out; the spread shows it.
     """
     address = f"127.0.0.1:{port}"
+    label, name = name, name.replace(" ", "-")  # in file names and task ids
     with _under_callgrind(argv_for, workdir, name, env) as (proc, log, out):
         wait_serving(address, proc, log, timeout=START_TIMEOUT_S, interval=0.2)
         with grpc.insecure_channel(address) as channel:
@@ -111,7 +115,7 @@ def _count(name: str, what: str, argv_for: Sequence[str], port: int, workdir: Pa
                     stub.Route(req, timeout=60)
                 _control(proc, "-i", "off")
                 segments.append(_dumped(proc, out, k))
-    return Count(name, what, requests, tuple(segments))
+    return Count(label, what, loop, requests, tuple(segments))
 
 
 def _dumped(proc: subprocess.Popen[bytes], out: Path, k: int) -> int:
@@ -135,34 +139,50 @@ def _control(proc: subprocess.Popen[bytes], *args: str) -> None:
 
 
 def run(requests: int, sources: Sequence[tuple[str, Path]] = ()) -> list[Count]:
-    """Count the no-op server, this sidecar, and a sidecar per extra source tree."""
+    """Count the no-op server and this sidecar on each loop, and a sidecar per source tree."""
     counts = []
     with tempfile.TemporaryDirectory(prefix="routing-instructions-") as tmp:
         work = Path(tmp)
-        port = free_port()
-        counts.append(_count(
-            "no-op", "the no-op Router (bench/latency/noop_server.py)",
-            [sys.executable, "-m", "bench.latency.noop_server", "--port", str(port)],
-            port, work, requests, {}))
-        trees = [("sidecar", None), *sources]
-        for name, src in trees:
-            config = write_config(VARIANTS[0], work / f"{name}.db", work / f"{name}.yaml")
+        for loop in LOOPS:
             port = free_port()
+            name = "no-op" if loop == "asyncio" else "no-op on uvloop"
+            what = ("the no-op Router (bench/latency/noop_server.py), on asyncio's own loop"
+                    if loop == "asyncio" else "the same no-op Router on uvloop")
+            argv = [sys.executable, "-m", "bench.latency.noop_server", "--port", str(port),
+                    "--loop", loop]
+            counts.append(_count(name, what, loop, argv, port, work, requests, {}))
+        trees = [("sidecar", None, "uvloop"), ("sidecar on asyncio", None, "asyncio"),
+                 *((name, src, "asyncio") for name, src in sources)]
+        for name, src, loop in trees:
+            port = free_port()
+            # Another tree may not know server.event_loop: it runs on asyncio's loop.
+            config = _config(work, name.replace(" ", "-"), None if src else loop)
             env = {"PYTHONPATH": os.pathsep.join([str(src), str(REPO)])} if src else {}
             what = (f"the `sidecar` variant from {src}" if src
-                    else "the `sidecar` variant (this checkout)")
-            counts.append(_count(
-                name, what,
-                [sys.executable, "-m", "routing_sidecar", "serve", "--config", str(config),
-                 "--listen", f"127.0.0.1:{port}"], port, work, requests, env))
+                    else "the `sidecar` variant (this checkout): `server.event_loop: auto`"
+                    if loop == "uvloop" else "the same with `server.event_loop: asyncio`")
+            argv = [sys.executable, "-m", "routing_sidecar", "serve", "--config", str(config),
+                    "--listen", f"127.0.0.1:{port}"]
+            counts.append(_count(name, what, loop, argv, port, work, requests, env))
     return counts
+
+
+def _config(work: Path, name: str, event_loop: str | None) -> Path:
+    """The `sidecar` variant's config, on the event loop given (None: the tree's default)."""
+    config = write_config(VARIANTS[0], work / f"{name}.db", work / f"{name}.yaml")
+    if event_loop is not None:
+        raw = yaml.safe_load(config.read_text())
+        raw["server"]["event_loop"] = event_loop
+        config.write_text(yaml.safe_dump(raw))
+    return config
 
 
 def markdown(counts: Sequence[Count], command: str, date: str) -> str:
     """The docs/benchmarks.md section."""
-    noop = counts[0].per_route
-    rows = [f"| {c.name} | {c.per_route / 1000:,.0f} k | {c.per_route / noop:.2f}x | "
-            f"{c.spread:.1%} | {c.what} |" for c in counts]
+    noop = {c.loop: c.per_route for c in counts if c.name.startswith("no-op")}
+    rows = [f"| {c.name} | {c.per_route / 1000:,.0f} k | {c.per_route / noop['asyncio']:.2f}x"
+            f" | {c.per_route / noop[c.loop]:.2f}x | {c.spread:.1%} | {c.what} |"
+            for c in counts]
     return "\n".join([
         SECTION, "",
         f"- Command: `{command}`; date: {date}; the median of {SEGMENTS} counts of "
@@ -170,9 +190,13 @@ def markdown(counts: Sequence[Count], command: str, date: str) -> str:
         "the server process only (every thread; the client not at all).",
         "- Repeatable to well under 1% from run to run, so it shows a change's effect on the "
         "server's CPU work that the timings above cannot resolve. It leaves out what a count "
-        "cannot see: time in the kernel, waits, and the CPU caches.", "",
-        "| server | instructions per Route | vs no-op | spread of the counts | what |",
-        "| --- | --- | --- | --- | --- |",
+        "cannot see: time in the kernel, waits, and the CPU caches.",
+        "- `vs no-op` is against the no-op server on asyncio's own loop, the yardstick of the "
+        "timed ratios above; `vs no-op, same loop` against the no-op server on the loop the "
+        "row's server runs on.", "",
+        "| server | instructions per Route | vs no-op | vs no-op, same loop | spread of the "
+        "counts | what |",
+        "| --- | --- | --- | --- | --- | --- |",
         *rows, "",
     ])
 

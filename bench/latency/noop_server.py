@@ -1,7 +1,8 @@
 """A no-op Router: same method path and codec as the sidecar, answers a pre-built Decision.
 
-Run as `python -m bench.latency.noop_server --port N [--decision-file F]`; it reports SERVING on the
-standard health service, like the sidecar, and exits cleanly on SIGTERM or SIGINT.
+Run as `python -m bench.latency.noop_server --port N [--decision-file F] [--loop uvloop]`; it
+reports SERVING on the standard health service, like the sidecar, and exits cleanly on SIGTERM
+or SIGINT. It runs on asyncio's own loop (the yardstick of every ratio) unless `--loop uvloop`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bench.latency.workload import representative_decision
 from bench.procs import ROUTER_SERVICE
+from routing_sidecar.event_loop import loop_factory
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 
@@ -77,12 +79,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--decision-file", help="serialized Decision bytes to answer with")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
     decision = load_decision(args.decision_file)
     print(f"no-op Router on 127.0.0.1:{args.port}, Decision {decision.ByteSize()} bytes",
           flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.port, decision))
+    factory = loop_factory(args.loop, "--loop") if args.loop == "uvloop" else None
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(args.port, decision))
 
 
 if __name__ == "__main__":

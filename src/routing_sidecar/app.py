@@ -23,6 +23,7 @@ from routing_sidecar.config import (
 )
 from routing_sidecar.core.budget import Ledger
 from routing_sidecar.errors import ConfigError, StorageError
+from routing_sidecar.event_loop import running_loop_name
 from routing_sidecar.grpc_api.auth import ServerSecurity
 from routing_sidecar.grpc_api.observe import Observer, ProviderHealth
 from routing_sidecar.grpc_api.server import SidecarServer, bind_problem
@@ -207,6 +208,7 @@ class Sidecar:
         await self._start_admin(admin)
         log.info("sidecar started", extra={
             "address": self.address, "config_hash": digest, "metrics": self.admin_address,
+            "event_loop": running_loop_name(),
         })
 
     async def _open_store(self, cfg: RouterConfig, digest: str) -> Store:

@@ -303,11 +303,14 @@ def _serve(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.config)  # before the server's imports: a bad file fails fast
         from routing_sidecar.app import serve  # noqa: PLC0415
+        from routing_sidecar.event_loop import loop_factory  # noqa: PLC0415
 
-        return asyncio.run(serve(args.config, args.listen, args.admin_listen,
-                                 worker=args.worker_index, cfg=cfg,
-                                 allow_insecure_remote=args.allow_insecure_remote,
-                                 on_started=_started))
+        factory = loop_factory(cfg.server.event_loop, args.config)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(serve(args.config, args.listen, args.admin_listen,
+                                    worker=args.worker_index, cfg=cfg,
+                                    allow_insecure_remote=args.allow_insecure_remote,
+                                    on_started=_started))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # every failure becomes one line; --debug shows the traceback

@@ -50,6 +50,8 @@ class ServerConfig(_Strict):
     # A file holding the bearer token every call but health and reflection must carry.
     token_file: Annotated[str, Field(min_length=1)] | None = None
     allow_insecure_remote: bool = False
+    # auto: uvloop when installed (it is a dependency), asyncio's own loop otherwise.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     @field_validator("listen")
     @classmethod

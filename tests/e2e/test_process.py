@@ -83,6 +83,32 @@ def test_sigterm_drains_and_exits_zero(running: tuple[str, subprocess.Popen[byte
     logs = proc.stderr.read().decode() if proc.stderr else ""
     assert "shutting down" in logs
     assert "sk-" not in logs
+    started = [json.loads(line) for line in logs.splitlines() if '"sidecar started"' in line]
+    assert [s["event_loop"] for s in started] == ["uvloop"]  # server.event_loop: auto
+
+
+def test_serves_and_drains_on_asyncios_own_loop_when_told(tmp_path: Path) -> None:
+    raw = config_dict(tmp_path)
+    raw["server"]["event_loop"] = "asyncio"
+    target = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(
+        [str(BIN), "serve", "--config", str(write_config(tmp_path, raw)), "--listen", target],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_serving(target, proc)
+        out = cli("route", "--target", target, "--task-type", "fix_bug", "--json")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["status"] == "DECISION_STATUS_ROUTED"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    logs = proc.stderr.read().decode() if proc.stderr else ""
+    started = [json.loads(line) for line in logs.splitlines() if '"sidecar started"' in line]
+    assert [s["event_loop"] for s in started] == ["asyncio"]
 
 
 def test_validate_ok_and_errors_name_the_path(tmp_path: Path) -> None:
