@@ -159,6 +159,8 @@ HEADLINE_METHOD = """\
 - Route vs no-op: `sidecar` against the no-op server, same client, same requests, rounds
   interleaved (the Route RPC section); p50 and p99 over every call at concurrency 1, and
   throughput (calls / summed round time) at concurrency 32. Met when both p50 and p99 are.
+  The sidecar serves on uvloop (`server.event_loop: auto`), the no-op server on asyncio's own
+  loop, the stock grpc.aio setup; the instructions section counts both on both loops.
 - RouteStream: decisions/s on one stream to `sidecar` (a writer keeping 64 requests in
   flight, a reader collecting the answers), over the same sidecar's unary Route/s at
   concurrency 1 in rounds alternating with the stream's (the RouteStream section).
