@@ -152,7 +152,7 @@ def run(requests: int, sources: Sequence[tuple[str, Path]] = ()) -> list[Count]:
                     "--loop", loop]
             counts.append(_count(name, what, loop, argv, port, work, requests, {}))
         trees = [("sidecar", None, "uvloop"), ("sidecar on asyncio", None, "asyncio"),
-                 *((name, src, "asyncio") for name, src in sources)]
+                 *((name, src, _default_loop(src)) for name, src in sources)]
         for name, src, loop in trees:
             port = free_port()
             # Another tree may not know server.event_loop: it runs on asyncio's loop.
@@ -165,6 +165,11 @@ def run(requests: int, sources: Sequence[tuple[str, Path]] = ()) -> list[Count]:
                     "--listen", f"127.0.0.1:{port}"]
             counts.append(_count(name, what, loop, argv, port, work, requests, env))
     return counts
+
+
+def _default_loop(src: Path) -> str:
+    """The loop a source tree serves on by default: uvloop since it has server.event_loop."""
+    return "uvloop" if (src / "routing_sidecar" / "event_loop.py").is_file() else "asyncio"
 
 
 def _config(work: Path, name: str, event_loop: str | None) -> Path:

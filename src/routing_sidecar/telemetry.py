@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -39,11 +40,17 @@ from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL
 
 from routing_sidecar import __version__
 from routing_sidecar.config import TelemetryConfig
+from routing_sidecar.local_histogram import Feed, LocalHistogram, Reading
 from routing_sidecar.pending_meter import PendingMeter
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
-    from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
+    from opentelemetry.sdk.metrics.export import (
+        AggregationTemporality,
+        MetricExporter,
+        MetricReader,
+        MetricsData,
+    )
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace.export import SpanExporter
     from prometheus_client import CollectorRegistry
@@ -144,6 +151,12 @@ class Telemetry:
     # holds what is measured until then.
     _deferred: TelemetryConfig | None = None
     _pending: PendingMeter | None = None
+    # Histograms aggregated in the process (local_histogram.py), carried by every reader.
+    feed: Feed = field(default_factory=Feed)
+
+    def export(self, histogram: LocalHistogram) -> None:
+        """Report `histogram` through every metric reader, now and after ready()."""
+        self.feed.add(histogram)
 
     @property
     def tracing(self) -> bool:
@@ -176,7 +189,8 @@ class Telemetry:
         cfg = self._deferred
         if cfg is None:
             return
-        registry, provider, resource = await asyncio.to_thread(_prometheus_pipeline, cfg)
+        registry, provider, resource = await asyncio.to_thread(_prometheus_pipeline, cfg,
+                                                               self.feed)
         self.registry, self.meter_provider = registry, provider
         self._shutdowns.append(provider.shutdown)
         self._deferred = None
@@ -248,32 +262,114 @@ def setup(cfg: TelemetryConfig, *, defer: bool = False) -> Telemetry:
         return disabled()
     if kind == "none" and defer:
         return Telemetry(kind, metrics.NoOpMeterProvider(), _deferred=cfg)
+    feed = Feed()
     if kind == "none":
-        registry, sdk_meters, resource = _prometheus_pipeline(cfg)
+        registry, sdk_meters, resource = _prometheus_pipeline(cfg, feed)
         _log_configured(kind, cfg, resource)
-        return Telemetry(kind, sdk_meters, None, registry, [sdk_meters.shutdown])
-    return _traced(kind, cfg)
+        return Telemetry(kind, sdk_meters, None, registry, [sdk_meters.shutdown], feed=feed)
+    return _traced(kind, cfg, feed)
 
 
 def _prometheus_pipeline(
-    cfg: TelemetryConfig,
+    cfg: TelemetryConfig, feed: Feed,
 ) -> tuple[CollectorRegistry, SdkMeterProvider, Resource]:
     """A meter provider whose only reader is a Prometheus registry of its own (tracing off)."""
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
     from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
     registry = CollectorRegistry()  # one per sidecar, so several can share a process
     resource = build_resource(cfg)
-    provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)],
+    provider = MeterProvider(metric_readers=[_prometheus_reader(registry, feed, resource)],
                              resource=resource, shutdown_on_exit=False)
     return registry, provider, resource
 
 
-def _traced(kind: Exporter, cfg: TelemetryConfig) -> Telemetry:
+def _prometheus_reader(registry: CollectorRegistry, feed: Feed,
+                       resource: Resource) -> MetricReader:
+    """The SDK's Prometheus reader, its collections carrying the feed's histograms too."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
+    from opentelemetry.sdk.metrics.export import AggregationTemporality  # noqa: PLC0415
+
+    read = feed.reader(delta=False)  # Prometheus is cumulative
+
+    class Reader(PrometheusMetricReader):
+        def _receive_metrics(self, metrics_data: MetricsData | None,
+                             timeout_millis: float = 10_000,
+                             **kwargs: object) -> None:
+            merged = _merged(metrics_data, read(), resource, AggregationTemporality.CUMULATIVE)
+            if merged is not None:
+                super()._receive_metrics(merged, timeout_millis, **kwargs)
+
+    return Reader(registry=registry)
+
+
+def _periodic_reader(exporter: MetricExporter, interval_ms: float | None, feed: Feed,
+                     resource: Resource) -> MetricReader:
+    """The SDK's periodic exporting reader, its collections carrying the feed's histograms."""
+    from opentelemetry.sdk.metrics import Histogram  # noqa: PLC0415
+    from opentelemetry.sdk.metrics.export import (  # noqa: PLC0415
+        AggregationTemporality,
+        PeriodicExportingMetricReader,
+    )
+
+    # The exporter's preference (OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: delta and
+    # lowmemory make histograms deltas), as the reader resolved it for the SDK's histograms.
+    preferred = exporter._preferred_temporality or {}
+    temporality = preferred.get(Histogram, AggregationTemporality.CUMULATIVE)
+    read = feed.reader(delta=temporality is AggregationTemporality.DELTA)
+
+    class Reader(PeriodicExportingMetricReader):
+        def _receive_metrics(self, metrics_data: MetricsData | None,
+                             timeout_millis: float = 10_000,
+                             **kwargs: object) -> None:
+            merged = _merged(metrics_data, read(), resource, temporality)
+            if merged is not None:
+                super()._receive_metrics(merged, timeout_millis, **kwargs)
+
+    return Reader(exporter, export_interval_millis=interval_ms)
+
+
+def _merged(data: MetricsData | None, readings: list[Reading], resource: Resource,
+            temporality: AggregationTemporality) -> MetricsData | None:
+    """The SDK's collection with the local histograms added under the sidecar's scope."""
+    from opentelemetry.sdk.metrics.export import (  # noqa: PLC0415
+        Histogram,
+        HistogramDataPoint,
+        Metric,
+        MetricsData,
+        ResourceMetrics,
+        ScopeMetrics,
+    )
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope  # noqa: PLC0415
+
+    now = time.time_ns()
+    metrics = [
+        Metric(h.name, h.description, h.unit, Histogram(
+            [HistogramDataPoint(p.attributes, start, now, p.count, p.sum, p.bucket_counts,
+                                h.bounds, p.min, p.max) for p in points], temporality))
+        for h, start, points in readings if points
+    ]
+    if not metrics:
+        return data
+    ours = InstrumentationScope(INSTRUMENTATION_NAME, __version__)
+    resources = list(data.resource_metrics) if data is not None else []
+    if not resources:
+        return MetricsData([ResourceMetrics(resource, [ScopeMetrics(ours, metrics, "")], "")])
+    first = resources[0]
+    scopes = list(first.scope_metrics)
+    for i, scope in enumerate(scopes):
+        if scope.scope.name == INSTRUMENTATION_NAME:
+            scopes[i] = ScopeMetrics(scope.scope, [*scope.metrics, *metrics], scope.schema_url)
+            break
+    else:
+        scopes.append(ScopeMetrics(ours, metrics, ""))
+    resources[0] = ResourceMetrics(first.resource, scopes, first.schema_url)
+    return MetricsData(resources)
+
+
+def _traced(kind: Exporter, cfg: TelemetryConfig, feed: Feed) -> Telemetry:
     """Tracing on: tracer and meter providers, built now (the first RPC's span needs them)."""
     from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
-    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader  # noqa: PLC0415
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased  # noqa: PLC0415
@@ -282,11 +378,10 @@ def _traced(kind: Exporter, cfg: TelemetryConfig) -> Telemetry:
     readers: list[MetricReader] = []
     registry = None
     if cfg.admin_listen:
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
         from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
         registry = CollectorRegistry()  # one per sidecar, so several can share a process
-        readers.append(PrometheusMetricReader(registry=registry))
+        readers.append(_prometheus_reader(registry, feed, resource))
     span_exporter, metric_exporter = _exporters(kind, cfg)
     # No ratio configured: the SDK reads OTEL_TRACES_SAMPLER(_ARG), default parent-based.
     sampler = (ParentBased(TraceIdRatioBased(cfg.sample_ratio))
@@ -297,10 +392,8 @@ def _traced(kind: Exporter, cfg: TelemetryConfig) -> Telemetry:
     shutdowns: list[Callable[[], object]] = [tracer_provider.shutdown]
     if push_metrics():
         interval = cfg.metric_export_interval_s
-        readers.append(PeriodicExportingMetricReader(
-            metric_exporter,
-            export_interval_millis=interval * 1000 if interval is not None else None,
-        ))
+        readers.append(_periodic_reader(
+            metric_exporter, interval * 1000 if interval is not None else None, feed, resource))
     meter_provider: metrics.MeterProvider = metrics.NoOpMeterProvider()
     if readers:
         sdk_meters = MeterProvider(metric_readers=readers, resource=resource,
@@ -308,7 +401,7 @@ def _traced(kind: Exporter, cfg: TelemetryConfig) -> Telemetry:
         shutdowns.append(sdk_meters.shutdown)
         meter_provider = sdk_meters
     _log_configured(kind, cfg, resource, prometheus=registry is not None)
-    return Telemetry(kind, meter_provider, tracer_provider, registry, shutdowns)
+    return Telemetry(kind, meter_provider, tracer_provider, registry, shutdowns, feed=feed)
 
 
 def _log_configured(kind: Exporter, cfg: TelemetryConfig, resource: Resource | None, *,

@@ -430,3 +430,58 @@ async def test_budget_alert_crossings_are_counted(tmp_path: Path) -> None:
         assert total(alerts, scope="project:beta", period="day", state="exceeded") <= 1
     finally:
         await car.stop()
+
+
+def _duration_points(got: Any) -> list[tuple[int, Any]]:
+    """(temporality, data point) of every routing.decision.duration point exported, in order."""
+    return [(m.histogram.aggregation_temporality, p)
+            for r in got.metrics for rm in r.resource_metrics for sm in rm.scope_metrics
+            for m in sm.metrics if m.name == "routing.decision.duration"
+            for p in m.histogram.data_points]
+
+
+@pytest.mark.parametrize("preference", ["cumulative", "delta"])
+async def test_the_decision_histogram_reaches_otlp_as_the_exporter_prefers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, preference: str,
+) -> None:
+    """Aggregated in the process (local_histogram.py), the duration histogram is exported with
+    the temporality the exporter asks for: every decision in exactly one delta, or counted
+    up in each cumulative point; its buckets are the advised ones, under the sidecar's scope."""
+    from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
+
+    from routing_sidecar.grpc_api.observe import LATENCY_BUCKETS_S
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", preference)
+    async with otlp_receiver() as (endpoint, got):
+        car = Sidecar(traced_config(tmp_path, endpoint))
+        await car.start()
+        try:
+            async with grpc.aio.insecure_channel(car.address) as ch:
+                stub = pb_grpc.RouterStub(ch)
+                for i in range(2):
+                    await stub.Route(route_request(f"h-{i}"))
+                # On a thread: the receiver answering the export runs on this loop.
+                provider: Any = car.telemetry.meter_provider  # type: ignore[union-attr]
+                assert await asyncio.to_thread(provider.force_flush)
+                await stub.Route(route_request("h-2"))
+        finally:
+            await car.stop()  # flushes the last window
+    points = _duration_points(got)
+    assert len(points) >= 2
+    want = (AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA if preference == "delta"
+            else AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE)
+    assert {t for t, _ in points} == {want}
+    counts = [p.count for _, p in points]
+    if preference == "delta":
+        assert sum(counts) == 3 and counts[0] == 2
+    else:
+        assert counts[0] == 2 and counts[-1] == 3
+        assert len({p.start_time_unix_nano for _, p in points}) == 1
+    for _, p in points:
+        assert list(p.explicit_bounds) == list(LATENCY_BUCKETS_S)
+        assert sum(p.bucket_counts) == p.count and p.sum > 0 and 0 < p.min <= p.max
+        assert attrs(p.attributes)["status"] == "routed"
+    scopes = {sm.scope.name for r in got.metrics for rm in r.resource_metrics
+              for sm in rm.scope_metrics
+              if any(m.name == "routing.decision.duration" for m in sm.metrics)}
+    assert scopes == {"routing_sidecar"}
