@@ -177,7 +177,8 @@ class Sidecar:
             providers=lambda: (m.provider for m in self.routing.catalog.models.values()),
             loop=asyncio.get_running_loop(),
         )
-        tel.export(self.observer.latency)
+        for histogram in self.observer.histograms:
+            tel.export(histogram)
         self.observer.set_provider_health(self._provider_health)
         self.routing.alert_hook = self.outcomes.alert_hook = self.observer.budget_alert
         self.cache = CacheService(await self._open_cache(raw_store), self.clock,

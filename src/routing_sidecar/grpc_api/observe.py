@@ -60,6 +60,7 @@ from routing_sidecar.grpc_api.spans import (
     parent_context,
     trace_ids_of,
 )
+from routing_sidecar.grpc_api.tallies import counted
 from routing_sidecar.local_histogram import LocalHistogram
 from routing_sidecar.ports import Clock
 from routing_sidecar.records import AttemptRecord, DecisionRecord
@@ -102,7 +103,6 @@ def _project(labels_json: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-
 def _decision_labels(key: tuple[str, str, str, str]) -> dict[str, str]:
     policy, status, model, provider = key
     labels = {"policy": policy, "status": status}
@@ -110,6 +110,45 @@ def _decision_labels(key: tuple[str, str, str, str]) -> dict[str, str]:
         labels["model"] = model
         labels["provider"] = provider
     return labels
+
+
+def _attempt_labels(key: tuple[str, str, str]) -> dict[str, str]:
+    model, provider, project = key
+    labels = {"model": model, "provider": provider}
+    if project:
+        labels["project"] = project
+    return labels
+
+
+def _token_labels(key: tuple[str, str, str, str]) -> dict[str, str]:
+    return {**_attempt_labels(key[:3]), "type": key[3]}
+
+
+def _fallback_labels(key: tuple[str, str, str, str]) -> dict[str, str]:
+    from_model, from_provider, model, provider = key
+    return {"from_model": from_model, "from_provider": from_provider, "model": model,
+            "provider": provider}
+
+
+def _usage_labels(key: tuple[str, str, str]) -> dict[str, str]:
+    provider, model, kind = key
+    return {GEN_AI_OPERATION_NAME: OPERATION, GEN_AI_PROVIDER_NAME: provider,
+            GEN_AI_REQUEST_MODEL: model, GEN_AI_TOKEN_TYPE: kind}
+
+
+def _operation_labels(key: tuple[str, str, str]) -> dict[str, str]:
+    provider, model, error = key
+    labels = {GEN_AI_OPERATION_NAME: OPERATION, GEN_AI_PROVIDER_NAME: provider,
+              GEN_AI_REQUEST_MODEL: model}
+    if error:
+        labels[ERROR_TYPE] = error
+    return labels
+
+
+def _cache_labels(key: tuple[str, str]) -> dict[str, str]:
+    policy, project = key
+    return {"policy": policy, "project": project} if project else {"policy": policy}
+
 
 class Observer:
     """Records decisions and outcomes as span attributes, events, spans and metrics."""
@@ -136,12 +175,44 @@ class Observer:
         self._health: ProviderHealthSource = self._all_healthy
         self._snapshots: dict[str, tuple[float, tuple[Any, ...]]] = {}
         self._snapshot_lock = threading.Lock()
-        # Decisions are tallied here and reported when metrics are collected: one dict
-        # increment per Route instead of the SDK's per-call attribute hashing.
-        self._decision_counts: dict[tuple[str, str, str, str], int] = {}
-        meter.create_observable_counter(
-            "routing.decisions", [self._observe_decisions], "{decision}",
-            "Decisions by model, provider, policy and status")
+        self._counters(meter)
+        self._gauges(meter)
+
+    def _counters(self, meter: Meter) -> None:
+        # What every Route, cache lookup and reported attempt counts is tallied here
+        # (tallies.py) and histograms are aggregated here (local_histogram.py), instead of the
+        # SDK's per-call attribute work; app.py hands the histograms to the metric readers.
+        self._decisions = counted(meter, "routing.decisions", "{decision}",
+                                  "Decisions by model, provider, policy and status",
+                                  _decision_labels)
+        self.latency = LocalHistogram(
+            "routing.decision.duration", "s",
+            "Server time to decide, reserve and audit one task", LATENCY_BUCKETS_S)
+        self._fallbacks = counted(
+            meter, "routing.fallbacks", "{fallback}",
+            "Reported attempts that moved on from a failed model to the next one",
+            _fallback_labels)
+        self._spend = counted(meter, "routing.spend", "usd", "Actual spend of reported attempts",
+                              _attempt_labels, scale=domain.MICROS_PER_USD)
+        self._tokens = counted(meter, "routing.tokens", "{token}", "Tokens of reported attempts",
+                               _token_labels)
+        self.token_usage = LocalHistogram(
+            "gen_ai.client.token.usage", "{token}", "Tokens per reported attempt",
+            TOKEN_BUCKETS)
+        self.op_duration = LocalHistogram(
+            "gen_ai.client.operation.duration", "s", "Duration of reported attempts",
+            OPERATION_BUCKETS_S)
+        self.histograms = (self.latency, self.token_usage, self.op_duration)
+        self._cache_hits = counted(meter, "routing.cache.hits", "{lookup}",
+                                   "Requests answered from the response cache", _cache_labels)
+        self._cache_misses = counted(
+            meter, "routing.cache.misses", "{lookup}",
+            "Requests looked up in the response cache and not found there", _cache_labels)
+        self._cache_saved = counted(
+            meter, "routing.cache.saved", "usd",
+            "What cache hits did not spend: each entry's recorded cost, once per hit",
+            _cache_labels, scale=domain.MICROS_PER_USD)
+        # Rare events: the SDK's own counters.
         self._budget_alerts = meter.create_counter(
             "routing.budget.alerts", "{crossing}",
             "Budget scopes crossing their alert_at fraction (state alert) or their limit "
@@ -149,32 +220,8 @@ class Observer:
         self._labels_refused = meter.create_counter(
             "routing.labels.refused", "{request}",
             "Requests refused because a label brought a new value beyond its limits cap")
-        # Aggregated here, not by the SDK (a tenth of its cost per Route): the telemetry
-        # hands it to every metric reader (app.py, Telemetry.export).
-        self.latency = LocalHistogram(
-            "routing.decision.duration", "s",
-            "Server time to decide, reserve and audit one task", LATENCY_BUCKETS_S)
-        self._fallbacks = meter.create_counter(
-            "routing.fallbacks", "{fallback}",
-            "Reported attempts that moved on from a failed model to the next one")
-        self._spend = meter.create_counter(
-            "routing.spend", "usd", "Actual spend of reported attempts")
-        self._tokens = meter.create_counter(
-            "routing.tokens", "{token}", "Tokens of reported attempts")
-        self._token_usage = meter.create_histogram(
-            "gen_ai.client.token.usage", "{token}", "Tokens per reported attempt",
-            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS)
-        self._op_duration = meter.create_histogram(
-            "gen_ai.client.operation.duration", "s", "Duration of reported attempts",
-            explicit_bucket_boundaries_advisory=OPERATION_BUCKETS_S)
-        self._cache_hits = meter.create_counter(
-            "routing.cache.hits", "{lookup}", "Requests answered from the response cache")
-        self._cache_misses = meter.create_counter(
-            "routing.cache.misses", "{lookup}",
-            "Requests looked up in the response cache and not found there")
-        self._cache_saved = meter.create_counter(
-            "routing.cache.saved", "usd",
-            "What cache hits did not spend: each entry's recorded cost, once per hit")
+
+    def _gauges(self, meter: Meter) -> None:
         meter.create_observable_gauge(
             "routing.budget.utilisation", [self._observe_utilisation], "1",
             "(spent + reserved) / limit of each budget scope in its current period")
@@ -220,12 +267,12 @@ class Observer:
 
     def cache_lookup(self, policy: str, project: str, hit: bool, saved_micros: int) -> None:
         """Count one response-cache lookup (and, on a hit, what it saved)."""
-        labels = {"policy": policy, "project": project} if project else {"policy": policy}
+        key = (policy, project)
         if hit:
-            self._cache_hits.add(1, labels)
-            self._cache_saved.add(saved_micros / domain.MICROS_PER_USD, labels)
+            self._cache_hits.add(key, 1)
+            self._cache_saved.add(key, saved_micros)
         else:
-            self._cache_misses.add(1, labels)
+            self._cache_misses.add(key, 1)
 
     def decided(self, task: domain.Task, decision: domain.Decision, elapsed_s: float,
                 cache_result: str | None = None) -> None:
@@ -239,7 +286,7 @@ class Observer:
         status = sel.status.value.lower()
         model, provider = (chosen.model, chosen.provider) if chosen else ("", "")
         key = (sel.policy, status, model, provider)
-        self._decision_counts[key] = self._decision_counts.get(key, 0) + 1
+        self._decisions.add(key, 1)
         self.latency.record(elapsed_s, key, _decision_labels)
         if self.tracing:
             span = trace.get_current_span()
@@ -315,27 +362,17 @@ class Observer:
 
     def _attempt_metrics(self, a: AttemptRecord, project: str,
                          previous: AttemptRecord | None) -> None:
-        labels = {"model": a.model, "provider": a.provider}
-        if project:
-            labels["project"] = project
-        self._spend.add(a.actual_cost_micros / domain.MICROS_PER_USD, labels)
+        self._spend.add((a.model, a.provider, project), a.actual_cost_micros)
         for kind, count in (("input", a.input_tokens), ("output", a.output_tokens)):
-            self._tokens.add(count, {**labels, "type": kind})
-        gen_ai: dict[str, str] = {
-            GEN_AI_OPERATION_NAME: OPERATION, GEN_AI_PROVIDER_NAME: a.provider,
-            GEN_AI_REQUEST_MODEL: a.model,
-        }
-        for kind, count in (("input", a.input_tokens), ("output", a.output_tokens)):
+            self._tokens.add((a.model, a.provider, project, kind), count)
             if count > 0:
-                self._token_usage.record(count, {**gen_ai, GEN_AI_TOKEN_TYPE: kind})
-        if a.status is not domain.AttemptStatus.SUCCESS:
-            gen_ai[ERROR_TYPE] = _error_type(a)
-        self._op_duration.record(max(a.duration_s, 0.0), gen_ai)
+                self.token_usage.record(count, (a.provider, a.model, kind), _usage_labels)
+        failed = a.status is not domain.AttemptStatus.SUCCESS
+        self.op_duration.record(max(a.duration_s, 0.0),
+                                (a.provider, a.model, _error_type(a) if failed else ""),
+                                _operation_labels)
         if previous is not None:
-            self._fallbacks.add(1, {
-                "from_model": previous.model, "from_provider": previous.provider,
-                "model": a.model, "provider": a.provider,
-            })
+            self._fallbacks.add((previous.model, previous.provider, a.model, a.provider), 1)
 
     # -- gauges ----------------------------------------------------------------------------
 
@@ -412,11 +449,6 @@ class Observer:
     def label_refused(self, label: str) -> None:
         """Count one request refused for a new value of `label` beyond its cap."""
         self._labels_refused.add(1, {"label": label})
-
-    def _observe_decisions(self, _: CallbackOptions) -> Iterable[Observation]:
-        # dict.copy() is atomic under the GIL: the reader thread never sees a half-made tally.
-        return [Observation(n, _decision_labels(key))
-                for key, n in self._decision_counts.copy().items()]
 
     def _observe_detection(self, _: CallbackOptions) -> Iterable[Observation]:
         return [Observation(int(h.detection == state), {"provider": h.provider, "state": state})
