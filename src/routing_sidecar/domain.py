@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
 
+from routing_sidecar.quick_init import quick_init
+
 MICROS_PER_USD = 1_000_000
 TOKENS_PER_MTOK = 1_000_000
 
@@ -223,6 +225,7 @@ class TierRules:
     ev_min_samples: int = 20
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Requirements:
     """What every chosen model must offer."""
@@ -241,6 +244,7 @@ class Slot:
     utilisation: float = 0.0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Task:
     """A routing request's metadata; never the prompt."""
@@ -263,6 +267,7 @@ class Task:
     value_micros: int | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Alternative:
     """One candidate considered by a decision, with its fate."""
@@ -285,6 +290,7 @@ class Alternative:
         return self.rejection is Rejection.CHOSEN
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Fallback:
     """One step of the chain to try when the chosen model fails."""
@@ -296,6 +302,7 @@ class Fallback:
     slot_id: str | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class BudgetStatus:
     """A budget scope's standing in its current period."""
@@ -315,6 +322,7 @@ class BudgetStatus:
         return max(0, self.limit_micros - self.spent_micros - self.reserved_micros)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Selection:
     """The pure outcome of the selection core, before ids, time and budgets are attached."""
@@ -367,6 +375,7 @@ class CacheEntry:
         return len(self.value) + len(self.key) + 8 * len(self.chunks)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     """A routing decision as answered to the caller and written to the audit log."""
@@ -388,6 +397,7 @@ class Decision:
         return self.selection.status
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """One call the orchestrator made for a decision."""
@@ -404,6 +414,7 @@ class Attempt:
     retry_after_s: float | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What happened to a decision: its attempts, success and graded quality."""

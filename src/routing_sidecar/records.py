@@ -10,8 +10,10 @@ import orjson
 from routing_sidecar import domain
 from routing_sidecar.core import reasons
 from routing_sidecar.core.budget_rules import EntryKind
+from routing_sidecar.quick_init import quick_init
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DecisionRecord:
     """One audit row of `model_routing_decisions`: what was decided, why, under which config."""
@@ -217,6 +219,7 @@ def stored_reason(record: DecisionRecord) -> str:
 
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
     """One reported attempt of a decision, a row of `model_selections`."""
@@ -247,6 +250,7 @@ class AttemptRecord:
                    estimated_cost_micros, actual_cost_micros, off_plan)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class OutcomeRecord:
     """How a decision ended, a row of `decision_outcomes`."""
@@ -268,6 +272,7 @@ class GradeRecord:
     graded_at: float
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PerformanceRecord:
     """One (task type, model, hour) window of `model_performance`, added to what is there."""

@@ -11,6 +11,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from enum import StrEnum
 
 from routing_sidecar.domain import BudgetPeriod, BudgetRule, BudgetState, ModelSpec
+from routing_sidecar.quick_init import quick_init
 
 Bucket = tuple[str, BudgetPeriod, float]  # (concrete scope key, period, period start)
 TASK_SCOPE = "task"
@@ -38,6 +39,7 @@ class BudgetAlert:
     at: float
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
     """One persisted ledger row; amount is signed micro-USD."""
@@ -58,6 +60,7 @@ class LedgerEntry:
         return self.scope, self.period, self.period_start
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """An amount held on buckets until settled, released or expired."""
@@ -68,6 +71,7 @@ class Reservation:
     at: float  # when it was made: its charges land in that moment's periods
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class LedgerChange:
     """What one ledger mutation did: rows to persist, alerts raised, and how to undo it.

@@ -51,12 +51,14 @@ from routing_sidecar.domain import (
     Task,
     TierRules,
 )
+from routing_sidecar.quick_init import quick_init
 
 DEFAULT_OUTPUT_TOKENS = 1024
 _ALL_LEVELS = (Level.EXPLORED, Level.ESTIMATED, Level.BELOW)
 _CRITICAL_LEVELS = (Level.EXPLORED,)  # no draws are made on critical lanes: proven only
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class _Frame:
     """What one decision resolved before looking at candidates (README step 1)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from routing_sidecar.quick_init import quick_init
+
 
 class Scope(StrEnum):
     """What a health key describes."""
@@ -45,6 +47,7 @@ class BreakerChange:
     trips: int = 0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class BreakerState:
     """A breaker as seen at one instant."""

@@ -15,9 +15,11 @@ from dataclasses import dataclass, replace
 from routing_sidecar.core.catalog import Catalog
 from routing_sidecar.domain import Attempt, Outcome
 from routing_sidecar.errors import InvalidArgument
+from routing_sidecar.quick_init import quick_init
 from routing_sidecar.settings import OutcomeLimits
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CheckedAttempt:
     """An attempt that passed the checks, its cost resolved, and whether the plan named it."""

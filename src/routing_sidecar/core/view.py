@@ -14,6 +14,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from routing_sidecar.domain import MICROS_PER_USD, BudgetPeriod, BudgetRule
+from routing_sidecar.quick_init import quick_init
 
 
 class Exploration(StrEnum):
@@ -53,6 +54,7 @@ class QualitySignal:
         return f"{self.mean:.2f} (n={self.samples:.0f}, lower bound {low:.2f})"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class BudgetLine:
     """One budget a candidate falls under, with what its bucket has used so far."""
@@ -81,6 +83,7 @@ def _empty() -> Mapping[str, object]:
     return _EMPTY
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DecisionView:
     """Everything beyond the task and the catalog that one decision depends on."""

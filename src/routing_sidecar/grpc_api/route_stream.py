@@ -30,6 +30,7 @@ from routing_sidecar.errors import InvalidArgument, ResourceExhausted
 from routing_sidecar.grpc_api import convert
 from routing_sidecar.grpc_api.observe import Observer
 from routing_sidecar.ports import COMMITS_IN_BURSTS
+from routing_sidecar.quick_init import quick_init
 from routing_sidecar.service.routing import Routed, RoutingService
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 
@@ -42,6 +43,7 @@ GROUP = 32  # decided messages whose commits start together, at most
 READ_TURNS = 4
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Begun:
     """A message decided by the reader, its commit not started yet."""

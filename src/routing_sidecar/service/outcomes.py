@@ -20,6 +20,7 @@ from routing_sidecar.core.catalog import Catalog
 from routing_sidecar.core.outcome_checks import DEFAULT_LIMITS, CheckedAttempt, check_outcome
 from routing_sidecar.errors import FailedPrecondition, NotFound, StorageError
 from routing_sidecar.ports import AuditLog, BudgetBook, Clock
+from routing_sidecar.quick_init import quick_init
 from routing_sidecar.records import (
     AttemptRecord,
     DecisionRecord,
@@ -36,6 +37,7 @@ from routing_sidecar.settings import OutcomeLimits
 HOUR_S = 3600.0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class OutcomeAck:
     """What ReportOutcome answers."""

@@ -23,6 +23,7 @@ from routing_sidecar.core.decide import decide
 from routing_sidecar.core.rules import resolve_policy
 from routing_sidecar.errors import BudgetUnavailable, InvalidArgument, StorageError, Unavailable
 from routing_sidecar.ports import AuditLog, BudgetBook, Clock
+from routing_sidecar.quick_init import quick_init
 from routing_sidecar.records import DecisionRecord
 from routing_sidecar.service.budgets import AlertHook, log_alerts
 from routing_sidecar.service.cache import CacheService, cached_selection, project_of
@@ -82,6 +83,7 @@ class RoutingState:
         return cls(settings, Catalog.from_settings(settings), config_hash)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Decided:
     """One decision made and reserved in memory, waiting for its audit row to commit."""
@@ -91,6 +93,7 @@ class Decided:
     change: LedgerChange
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Routed:
     """A decision made by `RoutingService.begin`, left for `finish` to commit."""

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from routing_sidecar.errors import StorageError
+from routing_sidecar.quick_init import quick_init
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Write:
     """One parameterised statement."""
@@ -34,6 +36,7 @@ class Write:
     params: tuple[object, ...]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Once:
     """Skip the job unless `key` is absent from `table.column` and unclaimed in its batch."""
@@ -43,6 +46,7 @@ class Once:
     key: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Job:
     """One caller's writes, committed all together or not at all."""
