@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -44,6 +44,9 @@ from routing_sidecar.local_histogram import Feed, LocalHistogram, Reading
 from routing_sidecar.pending_meter import PendingMeter
 
 if TYPE_CHECKING:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
     from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
     from opentelemetry.sdk.metrics.export import (
         AggregationTemporality,
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
         MetricsData,
     )
     from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.export import SpanExporter
     from prometheus_client import CollectorRegistry
 
@@ -118,7 +122,15 @@ def _exporters(kind: Exporter, cfg: TelemetryConfig) -> tuple[SpanExporter, Metr
             OTLPSpanExporter,
         )
 
-        return (OTLPSpanExporter(endpoint=cfg.endpoint, insecure=cfg.insecure),
+        from routing_sidecar.span_encoding import encode_spans  # noqa: PLC0415
+
+        class SpanExporterInPlace(OTLPSpanExporter):
+            """The OTLP/gRPC span exporter, its batches built in place (span_encoding.py)."""
+
+            def _translate_data(self, data: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
+                return encode_spans(data)
+
+        return (SpanExporterInPlace(endpoint=cfg.endpoint, insecure=cfg.insecure),
                 OTLPMetricExporter(endpoint=cfg.endpoint, insecure=cfg.insecure))
     if kind == "otlp_http":
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # noqa: PLC0415

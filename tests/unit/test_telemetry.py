@@ -102,6 +102,24 @@ def test_http_endpoint_gets_the_signal_paths() -> None:
     metrics.shutdown()
 
 
+def test_the_grpc_span_exporter_builds_its_batches_in_place() -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    spans, metrics = telemetry._exporters(
+        "otlp_grpc", TelemetryConfig(endpoint="http://127.0.0.1:4317", insecure=True))
+    assert isinstance(spans, OTLPSpanExporter)
+    span = ReadableSpan("s", SpanContext(1, 2, False), attributes={"a": ("x", "y")},
+                        resource=Resource({}))
+    request = spans._translate_data([span])  # type: ignore[attr-defined]
+    attrs = request.resource_spans[0].scope_spans[0].spans[0].attributes
+    assert [v.string_value for v in attrs[0].value.array_value.values] == ["x", "y"]
+    assert type(spans)._translate_data.__module__ == "routing_sidecar.telemetry"
+    spans.shutdown()
+    metrics.shutdown()
+
+
 def test_endpoint_credentials_are_redacted_for_logs() -> None:
     assert telemetry._redacted("https://user:pw@otel.example:4317/x") == "https://otel.example:4317/x"
     assert telemetry._redacted("http://127.0.0.1:4317") == "http://127.0.0.1:4317"
