@@ -33,7 +33,7 @@ from pathlib import Path
 import grpc
 import yaml
 
-from bench.latency.targets import VARIANTS, write_config
+from bench.latency.targets import VARIANTS, start_otlp_sink, write_config
 from bench.latency.workload import build_requests
 from bench.procs import REPO, free_port, stop, wait_serving
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
@@ -43,6 +43,7 @@ WARMUP = 50
 SEGMENTS = 3  # counts per server, each of `requests` Routes; the median is reported
 LOOPS = ("asyncio", "uvloop")  # the no-op server on each
 START_TIMEOUT_S = 600.0  # a start under valgrind is some twenty times slower
+TRACED = next(v for v in VARIANTS if v.name == "sidecar-traced")
 
 
 @dataclass(frozen=True)
@@ -151,20 +152,45 @@ def run(requests: int, sources: Sequence[tuple[str, Path]] = ()) -> list[Count]:
             argv = [sys.executable, "-m", "bench.latency.noop_server", "--port", str(port),
                     "--loop", loop]
             counts.append(_count(name, what, loop, argv, port, work, requests, {}))
-        trees = [("sidecar", None, "uvloop"), ("sidecar on asyncio", None, "asyncio"),
+        counts.append(_count_sidecar("sidecar", None, "uvloop", work, requests))
+        counts.append(_count_traced(work, requests))
+        trees = [("sidecar on asyncio", None, "asyncio"),
                  *((name, src, _default_loop(src)) for name, src in sources)]
-        for name, src, loop in trees:
-            port = free_port()
-            # Another tree may not know server.event_loop: it runs on asyncio's loop.
-            config = _config(work, name.replace(" ", "-"), None if src else loop)
-            env = {"PYTHONPATH": os.pathsep.join([str(src), str(REPO)])} if src else {}
-            what = (f"the `sidecar` variant from {src}" if src
-                    else "the `sidecar` variant (this checkout): `server.event_loop: auto`"
-                    if loop == "uvloop" else "the same with `server.event_loop: asyncio`")
-            argv = [sys.executable, "-m", "routing_sidecar", "serve", "--config", str(config),
-                    "--listen", f"127.0.0.1:{port}"]
-            counts.append(_count(name, what, loop, argv, port, work, requests, env))
+        counts += [_count_sidecar(name, src, loop, work, requests) for name, src, loop in trees]
     return counts
+
+
+def _count_sidecar(name: str, src: Path | None, loop: str, work: Path, requests: int) -> Count:
+    """The `sidecar` variant from this checkout (on `loop`) or from another source tree."""
+    port = free_port()
+    # Another tree may not know server.event_loop: it runs on asyncio's loop.
+    config = _config(work, name.replace(" ", "-"), None if src else loop)
+    env = {"PYTHONPATH": os.pathsep.join([str(src), str(REPO)])} if src else {}
+    what = (f"the `sidecar` variant from {src}" if src
+            else "the `sidecar` variant (this checkout): `server.event_loop: auto`"
+            if loop == "uvloop" else "the same with `server.event_loop: asyncio`")
+    return _count(name, what, loop, _serve_argv(config, port), port, work, requests, env)
+
+
+def _count_traced(work: Path, requests: int) -> Count:
+    """The `sidecar-traced` variant: every Route a span, batch-exported to a no-op receiver.
+
+    The count takes in the batches exported while it is on (the batch processor's thread):
+    their spans are from the same stream of Routes, so over a count the two come out even.
+    """
+    port = free_port()
+    config = write_config(TRACED, work / "traced.db", work / "traced.yaml")
+    with contextlib.ExitStack() as stack:
+        sink = start_otlp_sink(stack, "traced-otlp-sink", work)
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{sink.address}"}
+        return _count("sidecar traced", "the `sidecar-traced` variant: a span per Route, "
+                      "batch-exported over OTLP/gRPC to a no-op receiver", "uvloop",
+                      _serve_argv(config, port), port, work, requests, env)
+
+
+def _serve_argv(config: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "routing_sidecar", "serve", "--config", str(config),
+            "--listen", f"127.0.0.1:{port}"]
 
 
 def _default_loop(src: Path) -> str:
@@ -202,8 +228,19 @@ def markdown(counts: Sequence[Count], command: str, date: str) -> str:
         "| server | instructions per Route | vs no-op | vs no-op, same loop | spread of the "
         "counts | what |",
         "| --- | --- | --- | --- | --- | --- |",
-        *rows, "",
+        *rows, "", *_tracing_line(counts),
     ])
+
+
+def _tracing_line(counts: Sequence[Count]) -> list[str]:
+    """What tracing every Route adds to the sidecar's work, when both were counted."""
+    by_name = {c.name: c.per_route for c in counts}
+    if "sidecar" not in by_name or "sidecar traced" not in by_name:
+        return []
+    ratio = by_name["sidecar traced"] / by_name["sidecar"]
+    return [f"Tracing every Route: {ratio:.2f}x the instructions of the untraced sidecar "
+            f"({(by_name['sidecar traced'] - by_name['sidecar']) / 1000:,.0f} k more per "
+            "Route, the span's encoding on the batch processor's thread included).", ""]
 
 
 def _source(spec: str) -> tuple[str, Path]:

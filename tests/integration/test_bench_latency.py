@@ -131,7 +131,8 @@ def test_the_server_instructions_per_route_are_counted(tiny_run: tuple[str, str]
     _stdout, page = tiny_run
     assert instructions.available(), "valgrind is on every machine this project runs on"
     rows = {r[0]: r for r in table_after(page, instructions.SECTION)[1:]}
-    assert list(rows) == ["no-op", "no-op on uvloop", "sidecar", "sidecar on asyncio"]
+    assert list(rows) == ["no-op", "no-op on uvloop", "sidecar", "sidecar traced",
+                          "sidecar on asyncio"]
     assert rows["no-op"][2] == rows["no-op"][3] == rows["no-op on uvloop"][3] == "1.00x"
     per_route = {name: float(r[1].removesuffix(" k").replace(",", "")) for name, r in rows.items()}
     assert per_route["no-op"] > 100  # a gRPC round trip is hundreds of thousands
@@ -140,6 +141,9 @@ def test_the_server_instructions_per_route_are_counted(tiny_run: tuple[str, str]
         assert per_route[sidecar] > per_route[noop] * 1.5
         ratio = per_route[sidecar] / per_route[noop]
         assert float(rows[sidecar][3].removesuffix("x")) == pytest.approx(ratio, rel=0.005)
+    # A span per Route (made, encoded, exported) is work on top of the same Route.
+    assert per_route["sidecar traced"] > per_route["sidecar"]
+    assert "Tracing every Route: " in page.split(instructions.SECTION, 1)[1]
     # uvloop runs the same calls in fewer instructions than asyncio's own loop.
     assert per_route["no-op on uvloop"] < per_route["no-op"]
     assert all(r[4].endswith("%") for r in rows.values())
