@@ -17,6 +17,7 @@ class is refused when it is decorated, so a change to one cannot go unnoticed.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -43,6 +44,9 @@ def quick_init(cls: type[T]) -> type[T]:
         "_set": object.__setattr__, "_Closed": cls, "_Open": twin, "_original": original,
         "_FACTORY": _FACTORY,
     }
+    clash = {"self", *namespace} & set(names)
+    if clash:
+        raise TypeError(f"quick_init: {cls.__qualname__} has fields named {sorted(clash)}")
     params, body = [], []
     for f in fields:
         if f.default is not dataclasses.MISSING:
@@ -60,7 +64,10 @@ def quick_init(cls: type[T]) -> type[T]:
     call = ", ".join([*(n for n, f in zip(names, fields, strict=True) if not f.kw_only),
                       *(f"{n}={n}" for n, f in zip(names, fields, strict=True) if f.kw_only)])
     stores = "".join(f"    self.{n} = {n}\n" for n in names)
-    source = (
+    # Made by a factory, as dataclasses makes its methods: the names above are the factory's
+    # arguments (closure cells), and the function's globals are the class's module, so its
+    # string annotations resolve there (typing.get_type_hints) as the generated __init__'s do.
+    inner = (
         f"def __init__({signature}):\n"
         + "".join(line + "\n" for line in body)
         + "    if type(self) is not _Closed:\n"
@@ -69,8 +76,13 @@ def quick_init(cls: type[T]) -> type[T]:
         + stores
         + "    self.__class__ = _Closed\n"
     )
-    exec(source, namespace)  # noqa: S102 - text built above from the class's own field names
-    init = namespace["__init__"]
+    source = (f"def __make__({', '.join(namespace)}):\n"
+              + "".join(f"    {line}\n" for line in inner.splitlines())
+              + "    return __init__\n")
+    made: dict[str, Any] = {}
+    module = sys.modules[cls.__module__].__dict__
+    exec(source, module, made)  # noqa: S102 - text built above from the class's own field names
+    init = made["__make__"](**namespace)
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__module__ = cls.__module__
     init.__annotations__ = dict(getattr(original, "__annotations__", {}))

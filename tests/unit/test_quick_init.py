@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import inspect
 import pickle
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,8 +94,9 @@ def test_a_subclass_object_takes_the_dataclass_init() -> None:
 
 def test_the_hot_domain_types_use_it() -> None:
     for cls in (domain.Task, domain.Alternative, domain.Decision, domain.Selection):
-        assert cls.__init__.__code__.co_filename == "<string>"
-        assert "_Closed" in cls.__init__.__globals__
+        assert "_Closed" in cls.__init__.__code__.co_freevars
+        assert cls.__init__.__globals__ is vars(domain)  # its annotations resolve there
+    assert typing.get_type_hints(domain.Task.__init__)["requires"] is domain.Requirements
 
 
 def _refused(cls: type, match: str) -> None:
@@ -127,6 +129,11 @@ def test_cases_it_does_not_take_are_refused_when_decorated() -> None:
     class Derived(Plain):  # type: ignore[misc]
         extra: int = 0
 
+    @dataclass(frozen=True, slots=True)
+    class Clash:
+        _set: int
+
+    _refused(Clash, "fields named")
     _refused(Mutable, "not a frozen, slotted dataclass")
     _refused(NoSlots, "not a frozen, slotted dataclass")
     _refused(PostInit, "__post_init__")
