@@ -189,6 +189,8 @@ def _count_traced(work: Path, requests: int) -> Count:
 
 
 def _serve_argv(config: Path, port: int) -> list[str]:
+    """`python -m routing_sidecar serve`: valgrind runs the interpreter itself, and PYTHONPATH
+    picks the tree (targets.sidecar_argv starts the installed command instead)."""
     return [sys.executable, "-m", "routing_sidecar", "serve", "--config", str(config),
             "--listen", f"127.0.0.1:{port}"]
 

@@ -47,22 +47,22 @@ def quick_init(cls: type[T]) -> type[T]:
     clash = {"self", *namespace} & set(names)
     if clash:
         raise TypeError(f"quick_init: {cls.__qualname__} has fields named {sorted(clash)}")
-    params, body = [], []
+    plain: list[str] = []
+    keyword: list[str] = []
+    call: list[str] = []
+    body: list[str] = []
     for f in fields:
+        param = f.name
         if f.default is not dataclasses.MISSING:
             namespace[f"_d_{f.name}"] = f.default
-            params.append(f"{f.name}=_d_{f.name}")
+            param = f"{f.name}=_d_{f.name}"
         elif f.default_factory is not dataclasses.MISSING:
             namespace[f"_f_{f.name}"] = f.default_factory
-            params.append(f"{f.name}=_FACTORY")
+            param = f"{f.name}=_FACTORY"
             body.append(f"    if {f.name} is _FACTORY:\n        {f.name} = _f_{f.name}()")
-        else:
-            params.append(f.name)
-    keyword = [p for p, f in zip(params, fields, strict=True) if f.kw_only]
-    plain = [p for p, f in zip(params, fields, strict=True) if not f.kw_only]
+        (keyword if f.kw_only else plain).append(param)
+        call.append(f"{f.name}={f.name}")
     signature = ", ".join(["self", *plain, *(["*", *keyword] if keyword else [])])
-    call = ", ".join([*(n for n, f in zip(names, fields, strict=True) if not f.kw_only),
-                      *(f"{n}={n}" for n, f in zip(names, fields, strict=True) if f.kw_only)])
     stores = "".join(f"    self.{n} = {n}\n" for n in names)
     # Made by a factory, as dataclasses makes its methods: the names above are the factory's
     # arguments (closure cells), and the function's globals are the class's module, so its
@@ -71,7 +71,7 @@ def quick_init(cls: type[T]) -> type[T]:
         f"def __init__({signature}):\n"
         + "".join(line + "\n" for line in body)
         + "    if type(self) is not _Closed:\n"
-        f"        return _original(self, {call})\n"
+        f"        return _original(self, {', '.join(call)})\n"
         "    _set(self, '__class__', _Open)\n"
         + stores
         + "    self.__class__ = _Closed\n"
