@@ -83,21 +83,25 @@ async def _read(requests: AsyncIterator[pb.RouteRequest], service: RoutingServic
     decided: list[Begun] = []
     messages = aiter(requests)
     index = 0
+    read = asyncio.ensure_future(anext(messages))
     try:
         while True:
-            read = asyncio.ensure_future(anext(messages))
             if decided and (len(decided) >= GROUP or not await _arrives(read)):
                 await _commit(decided, service, observe, queue)
             try:
                 request = await read
             except StopAsyncIteration:
                 break
+            # The next read starts before this message is decided: gRPC takes it in meanwhile
+            # and its completion is waiting when the reader next yields, not requested then.
+            read = asyncio.ensure_future(anext(messages))
             decided.append(await _begin(index, request, service, observe))
             index += 1
     except asyncio.CancelledError:
         read.cancel()
         raise
     except BaseException as exc:  # handed over whole: it becomes the stream's status
+        read.cancel()
         await _commit(decided, service, observe, queue)
         await queue.put(exc)
         return
