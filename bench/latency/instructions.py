@@ -33,12 +33,14 @@ from pathlib import Path
 import grpc
 import yaml
 
+from bench.latency.callgrind_parts import parts
 from bench.latency.targets import VARIANTS, start_otlp_sink, write_config
 from bench.latency.workload import build_requests
 from bench.procs import REPO, free_port, stop, wait_serving
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
 
 SECTION = "## Instructions per Route (callgrind)"
+PARTS_HEADING = "Where the instructions go:"
 WARMUP = 50
 SEGMENTS = 3  # counts per server, each of `requests` Routes; the median is reported
 LOOPS = ("asyncio", "uvloop")  # the no-op server on each
@@ -55,6 +57,16 @@ class Count:
     loop: str  # asyncio | uvloop
     routes: int
     segments: tuple[int, ...]  # each count, of `routes` Routes
+    segment_parts: tuple[dict[str, int], ...] = ()  # each count by library (callgrind_parts)
+
+    @property
+    def parts_per_route(self) -> dict[str, float]:
+        """The median count's instructions per Route, by library."""
+        if not self.segment_parts:
+            return {}
+        median = sorted(range(len(self.segments)), key=self.segments.__getitem__)[
+            len(self.segments) // 2]
+        return {k: v / self.routes for k, v in self.segment_parts[median].items()}
 
     @property
     def per_route(self) -> float:
@@ -109,18 +121,20 @@ def _count(name: str, what: str, loop: str, argv_for: Sequence[str], port: int,
             stub = pb_grpc.RouterStub(channel)
             for req in build_requests(WARMUP, f"{name}-warm", seed=7):
                 stub.Route(req, timeout=60)
-            segments = []
+            segments, by_part = [], []
             for k in range(SEGMENTS):
                 _control(proc, "-i", "on")
                 for req in build_requests(requests, f"{name}-counted-{k}", seed=5 + k):
                     stub.Route(req, timeout=60)
                 _control(proc, "-i", "off")
-                segments.append(_dumped(proc, out, k))
-    return Count(label, what, loop, requests, tuple(segments))
+                total, split = _dumped(proc, out, k)
+                segments.append(total)
+                by_part.append(split)
+    return Count(label, what, loop, requests, tuple(segments), tuple(by_part))
 
 
-def _dumped(proc: subprocess.Popen[bytes], out: Path, k: int) -> int:
-    """Dump the counts so far (callgrind then starts again from zero); their total."""
+def _dumped(proc: subprocess.Popen[bytes], out: Path, k: int) -> tuple[int, dict[str, int]]:
+    """Dump the counts so far (callgrind then starts again from zero); total and by library."""
     before = set(out.parent.glob(f"{out.name}.*"))
     _control(proc, "--dump", f"segment-{k}")
     for _ in range(600):
@@ -129,7 +143,7 @@ def _dumped(proc: subprocess.Popen[bytes], out: Path, k: int) -> int:
             text = max(new).read_text(errors="replace")
             found = re.search(r"^totals: (\d+)", text, re.M)
             if found is not None:
-                return int(found.group(1))
+                return int(found.group(1)), parts(text.splitlines())
         time.sleep(0.1)
     raise RuntimeError(f"callgrind wrote no dump of segment {k} beside {out}")
 
@@ -230,8 +244,27 @@ def markdown(counts: Sequence[Count], command: str, date: str) -> str:
         "| server | instructions per Route | vs no-op | vs no-op, same loop | spread of the "
         "counts | what |",
         "| --- | --- | --- | --- | --- | --- |",
-        *rows, "", *_tracing_line(counts),
+        *rows, "", *_tracing_line(counts), *_parts_table(counts),
     ])
+
+
+def _parts_table(counts: Sequence[Count]) -> list[str]:
+    """The median count of each server by the library that ran its instructions."""
+    split = [(c.name, c.parts_per_route) for c in counts if c.parts_per_route]
+    if not split:
+        return []
+    names = list(split[0][1])
+    rows = [f"| {part} | " + " | ".join(f"{p[part] / 1000:,.0f} k" for _, p in split) + " |"
+            for part in names if any(p[part] for _, p in split)]
+    return [
+        PARTS_HEADING, "",
+        "The median count of each server by the library whose code ran the instructions, "
+        "per Route (bench/latency/callgrind_parts.py). `Python interpreter` is the Python code "
+        "itself: its bytecode, objects and the C builtins it calls.", "",
+        "| part | " + " | ".join(name for name, _ in split) + " |",
+        "| --- |" + " --- |" * len(split),
+        *rows, "",
+    ]
 
 
 def _tracing_line(counts: Sequence[Count]) -> list[str]:

@@ -147,6 +147,17 @@ def test_the_server_instructions_per_route_are_counted(tiny_run: tuple[str, str]
     # uvloop runs the same calls in fewer instructions than asyncio's own loop.
     assert per_route["no-op on uvloop"] < per_route["no-op"]
     assert all(r[4].endswith("%") for r in rows.values())
+    # The same counts by library: a column per server, adding up to its count.
+    split = table_after(page, instructions.PARTS_HEADING)
+    assert split[0] == ["part", *rows]
+    by_part = {r[0]: [float(v.removesuffix(" k").replace(",", "")) for v in r[1:]]
+               for r in split[1:]}
+    for i, name in enumerate(rows):
+        total = sum(values[i] for values in by_part.values())
+        assert total == pytest.approx(per_route[name], abs=len(by_part))  # each rounded to 1 k
+    sidecar, noop = list(rows).index("sidecar"), list(rows).index("no-op on uvloop")
+    assert by_part["SQLite"][sidecar] > 0 == by_part["SQLite"][noop]  # only the sidecar stores
+    assert max(by_part, key=lambda part: by_part[part][sidecar]) == "Python interpreter"
 
 
 def test_an_extra_source_tree_must_hold_the_package(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """RouteStream: messages decided in order, committed side by side, answered in order.
 
 A reader task takes the messages as they come and decides each one (`RoutingService.begin`)
-before it reads the next, so every refusal of a message (a bad field, a label cap, an
-undecodable body) is raised at its place and nothing after it is decided. The commits
+before it takes the next (whose read it has started meanwhile), so every refusal of a message
+(a bad field, a label cap, an undecodable body) is raised at its place and nothing after it is
+decided. The commits
 (`RoutingService.finish`) run beside the reader, started together, so the group writer puts
 a stream's decisions into shared transactions instead of one commit each; the answers leave in
 request order, each only once its own row has committed. A caller that waits for each answer
