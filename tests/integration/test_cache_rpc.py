@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -384,3 +386,31 @@ async def test_the_tenant_is_the_project_as_budgets_see_it(car: Car) -> None:
         await car.route("fold-key", project="al pha")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (err.value.details() or "").startswith("labels[project]")
+
+
+async def test_a_stream_refused_after_its_cache_lookup_drops_the_read_begun_for_the_next(
+    car: Car, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Message 0 is refused only after its cache lookup has yielded to the loop, while the
+    # read begun ahead for message 1 (undecodable) is under way: the stream ends at message
+    # 0, and that read is dropped (cancelled) with nothing logged.
+    caplog.set_level(logging.DEBUG)
+    refused = pb.RouteRequest(
+        task_id="t-0", task_type="fix_bug", estimated_input_tokens=100, max_output_tokens=100,
+        labels={"project": "alpha"}, cache_key="k",
+        available_slots=[pb.Slot(slot_id="s", model="no-such-model")])
+    async with grpc.aio.insecure_channel(car.sidecar.address) as channel:
+        call = channel.stream_stream("/routing_sidecar.v1.Router/RouteStream",
+                                     response_deserializer=pb.Decision.FromString)()
+        await call.write(refused.SerializeToString())
+        await call.write(b"\xff\xff\xff")
+        await call.done_writing()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call.read()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("stream message 0: available_slots[0].model")
+    gc.collect()  # a task holding an error nobody retrieved says so as it is collected
+    await asyncio.sleep(0)
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not logged, logged
+    assert (await car.route("k2")).status == pb.DECISION_STATUS_ROUTED  # still serving

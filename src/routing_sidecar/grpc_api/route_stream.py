@@ -3,11 +3,10 @@
 A reader task takes the messages as they come and decides each one (`RoutingService.begin`)
 before it takes the next (whose read it has started meanwhile), so every refusal of a message
 (a bad field, a label cap, an undecodable body) is raised at its place and nothing after it is
-decided. The commits
-(`RoutingService.finish`) run beside the reader, started together, so the group writer puts
-a stream's decisions into shared transactions instead of one commit each; the answers leave in
-request order, each only once its own row has committed. A caller that waits for each answer
-before it writes the next message gets it as soon as it commits.
+decided. The commits (`RoutingService.finish`) run beside the reader, started together, so
+the group writer puts a stream's decisions into shared transactions instead of one commit
+each; the answers leave in request order, each only once its own row has committed. A caller
+that waits for each answer before it writes the next message gets it as soon as it commits.
 
 The reader starts the commits of what it has decided when the next message does not come at
 once (see READ_TURNS) or GROUP are waiting. Up to WINDOW decisions wait for their commit or
