@@ -1,11 +1,11 @@
 """Where a callgrind count went: its instructions summed by the library that ran them.
 
 A callgrind dump (format: https://valgrind.org/docs/manual/cl-format.html) names the object
-file of every function (`ob=`; a name is given once, where first used, by `ob=` or by a call's
-`cob=`, and by its number after that) and then gives each function's own cost per source line; the
-cost line right after a `calls=` line is the call's inclusive cost, already counted in the
-callee's own lines, so it is skipped. Object files are grouped into the parts below, the
-first pattern that matches naming the part.
+file of every function (`ob=`; a name is spelled out once, where first used by `ob=` or by a
+call's `cob=`, and given by its number after that), then each function's own cost per source
+line. The cost line right after a `calls=` line is the call's inclusive cost, already counted
+in the callee's own lines, so it is skipped. Object files are grouped into the parts below,
+the first pattern that matches naming the part.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ PARTS: tuple[tuple[str, str], ...] = (
     ("libc and the loader", r"/libc\.so|/ld-linux|/libm\.so|libpthread"),
 )
 OTHER = "other"
-_DEFINE = re.compile(r"^ob=\((\d+)\)(?: (.*))?$")
+# `ob=(3) /path`, `ob=(3)`, or `ob=/path` without name compression; the same for `cob=`.
+_OBJECT = re.compile(r"^(c?ob)=(?:\((\d+)\) ?)?(.*)$")
 
 
 def part_of(path: str) -> str:
@@ -45,20 +46,14 @@ def parts(lines: Iterable[str]) -> dict[str, int]:
     for line in lines:
         if not line or line[0] in "#\n":
             continue
-        if line.startswith("ob="):
-            found = _DEFINE.match(line.rstrip("\n"))
-            if found is None:  # written without name compression
-                current = part_of(line[3:].strip())
-                continue
-            ident, path = found.groups()
-            if path is not None:
+        if line.startswith(("ob=", "cob=")):
+            found = _OBJECT.match(line.rstrip("\n"))
+            assert found is not None  # the pattern matches every such line
+            kind, ident, path = found.groups()
+            if ident is not None and path:
                 names[ident] = path
-            current = part_of(names.get(ident, ""))
-            continue
-        if line.startswith("cob="):  # a callee's object: its name may be defined here
-            found = _DEFINE.match("ob=" + line[4:].rstrip("\n"))
-            if found is not None and found.group(2) is not None:
-                names[found.group(1)] = found.group(2)
+            if kind == "ob":  # a callee's object (cob=) leaves the current one as it is
+                current = part_of(path or names.get(ident or "", ""))
             continue
         if line.startswith("calls="):
             skip_next = True
