@@ -47,6 +47,16 @@ def _find(rows: Sequence[Summary], target: str, concurrency: int | None = None) 
     return None
 
 
+def per_round(over: Sequence[float], under: Sequence[float]) -> str:
+    """"; per round A-Bx": the ratio taken round by round (the rounds of the two are
+    interleaved, so round i of one ran beside round i of the other), or "" with fewer than
+    two rounds. The spread says how far one run's figure can be trusted."""
+    ratios = [a / b for a, b in zip(over, under, strict=False) if b]
+    if len(ratios) < 2:
+        return ""
+    return f"; per round {min(ratios):.2f}-{max(ratios):.2f}x"
+
+
 def latency_row(res: Results) -> Row:
     """Route p50 / p99 over the no-op's at concurrency 1."""
     figure = "Route p50 / p99 vs no-op, concurrency 1"
@@ -56,7 +66,8 @@ def latency_row(res: Results) -> Row:
         return Row(figure, "-", target, None)
     p50, p99 = side.p50_us / noop.p50_us, side.p99_us / noop.p99_us
     return Row(figure, f"{p50:.2f}x / {p99:.2f}x ({side.p50_us:.0f} / {side.p99_us:.0f} µs vs "
-               f"{noop.p50_us:.0f} / {noop.p99_us:.0f} µs)", target,
+               f"{noop.p50_us:.0f} / {noop.p99_us:.0f} µs)"
+               f"{per_round(side.round_p50_us, noop.round_p50_us)} (p50)", target,
                p50 <= LATENCY_RATIO and p99 <= LATENCY_RATIO)
 
 
@@ -67,7 +78,8 @@ def throughput_row(res: Results) -> Row:
     if side is None or noop is None or not noop.rps:
         return Row(figure, "-", target, None)
     r = side.rps / noop.rps
-    return Row(figure, f"{r:.2f}x ({side.rps:.0f} vs {noop.rps:.0f} req/s)", target,
+    return Row(figure, f"{r:.2f}x ({side.rps:.0f} vs {noop.rps:.0f} req/s)"
+               f"{per_round(side.round_rps, noop.round_rps)}", target,
                r >= THROUGHPUT_RATIO)
 
 
@@ -80,7 +92,8 @@ def stream_row(res: Results) -> Row:
         return Row(figure, "-", target, None)
     r = stream.rps / unary.rps
     return Row(figure, f"{r:.2f}x ({stream.rps:.0f} vs {unary.rps:.0f} decisions/s, window "
-               f"{stream.concurrency})", target, r >= STREAM_RATIO)
+               f"{stream.concurrency}){per_round(stream.round_rps, unary.round_rps)}", target,
+               r >= STREAM_RATIO)
 
 
 def tracing_row(res: Results) -> Row:
@@ -95,7 +108,8 @@ def tracing_row(res: Results) -> Row:
     spans = res.spans.get(TRACED)
     got = "spans received: unknown" if spans is None else f"{spans} spans received"
     return Row(figure, f"{p50:.2f}x p50, {per_route:.2f}x time per Route (req/s "
-               f"{on.rps:.0f} vs {off.rps:.0f}); p99 {on.p99_us / off.p99_us:.2f}x; {got}",
+               f"{on.rps:.0f} vs {off.rps:.0f}){per_round(off.round_rps, on.round_rps)} (time "
+               f"per Route); p99 {on.p99_us / off.p99_us:.2f}x; {got}",
                target, p50 <= TRACING_RATIO and per_route <= TRACING_RATIO and bool(spans))
 
 
@@ -167,6 +181,9 @@ HEADLINE_METHOD = """\
 - Tracing: `sidecar-traced` (batch exporter to a no-op OTLP receiver process) over `sidecar`
   at concurrency 32: Route p50, and time per Route (the inverse of throughput: at this
   concurrency the CPU a Route costs). Met when both are, and the receiver got spans.
+- "per round A-Bx": the same ratio taken round by round (round i of one server ran next to
+  round i of the other); the verdict is on the pooled figure, the spread is how far one run's
+  figure can be trusted (a target inside the spread is met on some rounds, not others).
 - Bytes on disk: a fresh `sidecar`'s store growth per decision between two rests, each after
   the checkpointer has copied the WAL back, so every decision written is in the store file.
   The WAL is a bounded buffer beside it, judged at the largest size seen during the load (its

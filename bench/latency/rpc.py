@@ -38,6 +38,7 @@ class Stats:
     latencies_ns: list[int] = field(default_factory=list)
     wall_ns: int = 0
     round_p50_us: list[float] = field(default_factory=list)
+    round_rps: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
     response_bytes: list[int] = field(default_factory=list)
@@ -56,6 +57,7 @@ class Summary:
     rps: float
     errors: int
     round_p50_us: tuple[float, ...]
+    round_rps: tuple[float, ...]
     response_bytes: float
     statuses: Mapping[str, int]
 
@@ -87,10 +89,16 @@ async def run_round(
     gc.collect()
     t0 = time.perf_counter_ns()
     await asyncio.gather(*(_worker(stub, it, lat, stats) for _ in range(concurrency)))
-    stats.wall_ns += time.perf_counter_ns() - t0
+    add_round(stats, lat, time.perf_counter_ns() - t0)
+
+
+def add_round(stats: Stats, lat: list[int], wall_ns: int) -> None:
+    """Add one round's latencies and wall time to `stats`, and its own p50 and calls/s."""
+    stats.wall_ns += wall_ns
     stats.latencies_ns.extend(lat)
     if lat:
         stats.round_p50_us.append(statistics.median(lat) / 1000)
+        stats.round_rps.append(len(lat) / (wall_ns / 1e9))
 
 
 async def warm_up(
@@ -143,6 +151,7 @@ def summarize(target: str, concurrency: int, stats: Stats) -> Summary:
         rps=n / (stats.wall_ns / 1e9) if stats.wall_ns else 0.0,
         errors=sum(stats.errors.values()),
         round_p50_us=tuple(stats.round_p50_us),
+        round_rps=tuple(stats.round_rps),
         response_bytes=sum(sizes) / len(sizes) if sizes else 0.0,
         statuses=dict(stats.statuses),
     )

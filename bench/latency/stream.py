@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import statistics
 import time
 from collections import deque
 from collections.abc import Sequence
 
 import grpc
 
-from bench.latency.rpc import Stats, Summary, Target, run_round, summarize
+from bench.latency.rpc import Stats, Summary, Target, add_round, run_round, summarize
 from bench.latency.workload import build_requests
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2 as pb
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
@@ -71,10 +70,7 @@ async def stream_round(stub: pb_grpc.RouterStub, requests: Sequence[pb.RouteRequ
         stats.errors["ended before the last answer"] += 1
     finally:
         call.cancel()
-    stats.wall_ns += clock() - t0
-    stats.latencies_ns.extend(lat)
-    if lat:
-        stats.round_p50_us.append(statistics.median(lat) / 1000)
+    add_round(stats, lat, clock() - t0)
 
 
 async def stream_rounds(targets: Sequence[Target], requests: int, rounds: int, window: int,

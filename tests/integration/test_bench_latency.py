@@ -101,6 +101,24 @@ def test_each_ratio_is_of_the_figures_measured_beside_it(tiny_run: tuple[str, st
     assert int(stream["calls"]) > 0 and stream["errors"] == "0"
 
 
+def test_each_pooled_ratio_lies_within_its_per_round_spread(tiny_run: tuple[str, str]) -> None:
+    # Calls over summed round time: the pooled ratio is a weighted mean of the rounds' own.
+    _stdout, page = tiny_run
+    rows = {r[0]: r[1] for r in table_after(page, "## Headline")[1:]}
+    pooled = {
+        FIGURES[1]: _ratio(rows[FIGURES[1]]),
+        FIGURES[2]: _ratio(rows[FIGURES[2]]),
+        FIGURES[3]: float(re.search(NUMBER + r"x time per Route", rows[FIGURES[3]])
+                          .group(1)),  # type: ignore[union-attr]
+    }
+    for figure, ratio in pooled.items():
+        spread = re.search(rf"per round {NUMBER}-{NUMBER}x", rows[figure])
+        assert spread, rows[figure]
+        low, high = map(float, spread.groups())
+        assert low - 0.011 <= ratio <= high + 0.011, (figure, rows[figure])
+    assert re.search(rf"per round {NUMBER}-{NUMBER}x \(p50\)", rows[FIGURES[0]]), rows[FIGURES[0]]
+
+
 def test_the_footprint_and_tracing_rows_say_what_they_saw(tiny_run: tuple[str, str]) -> None:
     _stdout, page = tiny_run
     rows = {r[0]: r for r in table_after(page, "## Headline")[1:]}
