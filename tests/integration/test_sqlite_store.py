@@ -227,6 +227,49 @@ async def test_jobs_ready_in_the_same_turn_share_one_commit(store: SqliteStore) 
     assert store.writer.commits - commits < 10
 
 
+async def _commits_on_the_loop(store: SqliteStore, *, burst: bool) -> set[bool]:
+    """Commit ten jobs ready at once; for each COMMIT, whether it ran on the loop's thread."""
+    loop_thread, seen = threading.get_ident(), []
+
+    def trace(sql: str) -> None:
+        if sql == "COMMIT":
+            seen.append(threading.get_ident() == loop_thread)
+
+    await store.writer.run(lambda conn: conn.set_trace_callback(trace))
+    await _quiet_loop()
+    seen.clear()
+    context = contextvars.copy_context()  # a burst's jobs run as a RouteStream's do
+    context.run(COMMITS_IN_BURSTS.set, burst)
+    jobs = [context.run(asyncio.ensure_future, store.record_decision(decision_record(i)))
+            for i in range(10)]
+    await asyncio.gather(*jobs)
+    await store.writer.run(lambda conn: conn.set_trace_callback(None))
+    assert 0 < len(seen) < 10, seen  # the jobs shared commits: batches of more than two
+    return set(seen)
+
+
+@pytest.mark.parametrize(("mode", "owned", "burst", "on_loop"), [
+    # No fsync per commit: a burst's batch commits on the loop, others in the writer thread.
+    ("NORMAL", True, True, {True}),
+    ("NORMAL", True, False, {False}),
+    # An fsync per commit waits beside the loop, not on it.
+    ("FULL", True, True, {False}),
+    # A file other processes lock too: waiting for their lock must not stop the loop.
+    ("NORMAL", False, True, {False}),
+])
+async def test_where_a_batch_commits_follows_bursts_fsyncs_and_sharing(
+    db_path: Path, mode: str, owned: bool, burst: bool, on_loop: set[bool]
+) -> None:
+    store = await SqliteStore.open(str(db_path), retention_days=30, clock=FixedClock(),
+                                   synchronous=mode, owned=owned)  # type: ignore[arg-type]
+    try:
+        assert await _commits_on_the_loop(store, burst=burst) == on_loop
+        assert store.writer._bursts == 0  # every burst job counted out once committed
+    finally:
+        await store.close()
+    assert peek(db_path, "SELECT count(*) FROM model_routing_decisions") == [(10,)]
+
+
 async def test_enums_and_bools_are_stored_as_their_text_and_integers(
     store: SqliteStore, db_path: Path
 ) -> None:

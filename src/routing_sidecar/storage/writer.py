@@ -5,9 +5,18 @@ connection behind a one-thread executor), with one `executemany` per distinct st
 thread hop per statement, as aiosqlite would make, cost more than the statements themselves.
 A batch of one or two jobs (a quiet sidecar) commits on the event loop instead: the hop there
 and back costs more than such a commit (WAL, no fsync per commit), and the loop has nothing
-else to do meanwhile; under load batches grow and go to the thread, beside the loop. A job
+else to do meanwhile; under load batches grow and go to the thread, beside the loop, and
+they grow because jobs arrive while the thread commits. A job
 that would be a batch of one by itself (nothing queued or committing, nothing else ready on
 the loop) does not even wait for the writer task: it commits in its caller (`submit`).
+
+A burst (`COMMITS_IN_BURSTS`, a RouteStream's group of decisions) is a batch its caller made:
+the thread has nothing to grow for it, and there every row's statement hands the interpreter
+lock back and must wait to take it again while the loop runs Python. Measured on a stream, a
+batch of twenty took milliseconds in the thread, mostly waiting, where the loop commits it in
+a few hundred microseconds. So a writer told `inline_bursts` (no fsync per commit: without
+one a commit is CPU work under that lock anyway) commits any batch holding a burst's job on
+the loop.
 BEGIN IMMEDIATE takes the file's write lock up front, so the `Once` check inside the
 transaction cannot race another writer. See batching.py for the commit and retry rules.
 """
@@ -56,11 +65,14 @@ class GroupWriter(BatchWriter):
     """Owns the SQLite write connection; batches jobs into shared transactions."""
 
     def __init__(
-        self, conn: sqlite3.Connection, executor: ThreadPoolExecutor, *, max_batch: int = 512
+        self, conn: sqlite3.Connection, executor: ThreadPoolExecutor, *, max_batch: int = 512,
+        inline_bursts: bool = False,
     ) -> None:
         super().__init__(max_batch=max_batch, name="sqlite-writer")
         self._conn = conn
         self._executor = executor
+        self._inline_bursts = inline_bursts
+        self._bursts = 0  # jobs of bursts queued or committing (see the module docstring)
 
     async def submit(self, job: Job) -> bool:
         """Queue a job; return after its batch commits: True, or False if `once` skipped it.
@@ -71,7 +83,15 @@ class GroupWriter(BatchWriter):
         Not for a caller that commits in bursts (`COMMITS_IN_BURSTS`): in the turn it waits,
         the rest of its burst comes to share the transaction.
         """
-        if not self._idle() or _others_ready() or COMMITS_IN_BURSTS.get():
+        if COMMITS_IN_BURSTS.get():
+            if not self._inline_bursts:
+                return await super().submit(job)
+            self._bursts += 1
+            try:
+                return await super().submit(job)
+            finally:
+                self._bursts -= 1
+        if not self._idle() or _others_ready():
             return await super().submit(job)
         self._check_open()
         try:
@@ -91,9 +111,10 @@ class GroupWriter(BatchWriter):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _transaction(self, jobs: list[Job]) -> list[bool]:
-        if len(jobs) <= INLINE_JOBS:
+        if len(jobs) <= INLINE_JOBS or self._bursts:
             # A batch this small commits in well under a millisecond (WAL, no fsync per
             # commit): on the loop it costs less than the hop to the writer thread and back.
+            # A burst's batch is cheaper on the loop at any size (see the module docstring).
             return self._write_batch(jobs)
         return await self._in_thread(self._write_batch, jobs)
 
