@@ -32,7 +32,7 @@ from routing_sidecar.http_api.backend import Backend, Settings
 from routing_sidecar.ports import BudgetBook, Cache, Clock, SystemClock
 from routing_sidecar.providers.registry import ProviderRegistry
 from routing_sidecar.readiness import Readiness, WatchedStore
-from routing_sidecar.service.admin import Operator, PolicyEditor
+from routing_sidecar.service.admin import Operator, PolicyEditor, follow_edits
 from routing_sidecar.service.budgets import LocalBudgets
 from routing_sidecar.service.cache import CacheService
 from routing_sidecar.service.complete import CompleteService, Execution
@@ -199,8 +199,8 @@ class Sidecar:
         await self._restore_admin_state(store)
         self._upkeep_task = asyncio.create_task(self.upkeep.run(), name="upkeep")
         if cfg.store.url is not None:  # a store other sidecars share: their admin edits too
-            self._follow_task = asyncio.create_task(self._follow_admin_state(),
-                                                    name="admin-follow")
+            self._follow_task = asyncio.create_task(
+                follow_edits(self.operator, self.policies, ADMIN_FOLLOW_S), name="admin-follow")
         await self.server.start()
         await self.readiness.attach(self.server.set_serving)
         self._ready_task = asyncio.create_task(readiness.watch(
@@ -379,19 +379,6 @@ class Sidecar:
         edited = await self.policies.restore()
         if edited is not None:
             await self.apply_config(edited)
-
-    async def _follow_admin_state(self) -> None:
-        """Every ADMIN_FOLLOW_S: the pauses and policy edits other sidecars stored."""
-        while True:
-            await asyncio.sleep(ADMIN_FOLLOW_S)
-            try:
-                await self.operator.follow()
-                await self.policies.follow()
-            except StorageError as exc:
-                log.warning("could not read admin edits from the store; retrying",
-                            extra={"error": exc.message})
-            except Exception:  # the loop must go on: the next look tries again
-                log.exception("taking up admin edits from the store failed; retrying")
 
     async def _start_admin(self, settings: Settings | None) -> None:
         """Serve the admin port; after gRPC serves, so /health never answers before it."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from routing_sidecar.config import RouterConfig, config_hash, validate_config
 from routing_sidecar.core.health import BreakerState, HealthBook
-from routing_sidecar.errors import ConfigError, FailedPrecondition, NotFound
+from routing_sidecar.errors import ConfigError, FailedPrecondition, NotFound, StorageError
 from routing_sidecar.ports import AdminStore, Clock, PauseRecord, PolicyAction, PolicyChange
 from routing_sidecar.service.pauses import ModelPauses
 from routing_sidecar.service.routing import RoutingService
@@ -201,3 +201,17 @@ class Operator:
         if reset:
             log.warning("breaker reset by an operator", extra={"breaker": key})
         return reset, health.breaker(key, self._clock.now())
+
+
+async def follow_edits(operator: Operator, policies: PolicyEditor, interval_s: float) -> None:
+    """Every `interval_s`, until cancelled: the pauses and policy edits other sidecars stored."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await operator.follow()
+            await policies.follow()
+        except StorageError as exc:
+            log.warning("could not read admin edits from the store; retrying",
+                        extra={"error": exc.message})
+        except Exception:  # the loop must go on: the next look tries again
+            log.exception("taking up admin edits from the store failed; retrying")

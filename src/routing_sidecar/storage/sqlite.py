@@ -213,7 +213,7 @@ class SqliteStore:
             raise StorageError(f"{path}: cannot open the store: {exc}") from exc
         try:
             store = await cls._open_owned(path, retention_days, clock, synchronous,
-                                          busy_timeout_ms, max_batch, shared=not owned)
+                                          busy_timeout_ms, max_batch, owned=owned)
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
@@ -224,7 +224,7 @@ class SqliteStore:
     @classmethod
     async def _open_owned(cls, path: str, retention_days: int, clock: Clock,
                           synchronous: Synchronous, busy_timeout_ms: int,
-                          max_batch: int, *, shared: bool) -> SqliteStore:
+                          max_batch: int, *, owned: bool) -> SqliteStore:
         try:
             read = await _connect(path, busy_timeout_ms)
         except (OSError, sqlite3.Error) as exc:
@@ -249,7 +249,7 @@ class SqliteStore:
         # processes write the file too: a lock one of them holds would stop the loop for as
         # long as busy_timeout.
         writer = GroupWriter(write, executor, max_batch=max_batch,
-                             inline_bursts=synchronous == "NORMAL" and not shared)
+                             inline_bursts=synchronous == "NORMAL" and owned)
         writer.start()
         checkpointer = Checkpointer(await _connect(path, busy_timeout_ms), CHECKPOINT_EVERY_S)
         return cls(path, read, writer, checkpointer, retention_days, clock)
