@@ -15,6 +15,7 @@ from routing_sidecar.config import TelemetryConfig, parse_config
 from routing_sidecar.errors import ConfigError
 from routing_sidecar.grpc_api.spans import parent_context, trace_ids_of
 from routing_sidecar.records import DecisionRecord
+from routing_sidecar.span_recording import LeanSpan
 from tests.conftest import DEFAULT_CONFIG
 
 OTEL_VARS = ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_SERVICE_NAME",
@@ -72,6 +73,7 @@ def test_sample_ratio_applies_to_roots_and_follows_a_sampled_parent() -> None:
         ctx = trace.set_span_in_context(NonRecordingSpan(parent))
         child = tracer.start_span("child", context=ctx)
         assert child.is_recording()
+        assert isinstance(child, LeanSpan)  # the sidecar's spans, not the SDK span class
         child.end()
     finally:
         tel.shutdown()
