@@ -6,14 +6,18 @@ parent's constructor. The upb protobuf runtime copies a message handed over that
 serialising and parsing it, so each span of a batch is encoded three or four times over:
 with a Route span's twenty attributes, some 70 µs a span on the exporter's thread, holding
 the interpreter the Routes need. `encode_spans` here builds each message where it lives
-(`add()` and field stores), once. Events, links and resources, rare or once per batch, still
-go through the library's own functions; the result is the same message, field for field
-(tests/unit/test_span_encoding.py compares the bytes with the library's).
+(`add()` and field stores), once. A span's attributes, most of its size, are written as wire
+bytes (KeyValue entries, most of them repeats taken from a cache) and parsed into the span in
+one call: 27 -> 12 µs a Route span, measured on a batch of 512. Events, links and
+resources, rare or once per batch, still go through the library's own functions; the result
+is the same message, field for field (tests/unit/test_span_encoding.py compares the bytes
+with the library's).
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,28 +42,16 @@ _IS_REMOTE = SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
-def _set_str(out: Any, value: str) -> None:
-    out.string_value = value
-
-
-def _set_bool(out: Any, value: bool) -> None:
-    out.bool_value = value
-
-
-def _set_int(out: Any, value: int) -> None:
-    out.int_value = value
-
-
-def _set_float(out: Any, value: float) -> None:
-    out.double_value = value
-
-
-_SCALARS: dict[type, Any] = {str: _set_str, bool: _set_bool, int: _set_int, float: _set_float}
-
-
-# Array elements stored directly (the SDK keeps arrays to one type; ints may overflow, so they
-# take the library's path, which drops what it cannot encode).
-_ARRAY_KINDS: dict[type, Any] = {str: _set_str, bool: _set_bool, float: _set_float}
+# Attribute entries already encoded, by (key, type, value): most of a Route span's attributes
+# (the RPC's names, the policy, the status, the chosen model, the rejections) repeat from one
+# span to the next. Floats are left out (0.0 and -0.0 are equal keys, not equal bytes), and
+# the dict starts again when full, so values that never repeat cannot grow it.
+_ENCODED: dict[tuple[str, type, Any], bytes] = {}
+_CACHED_KINDS = frozenset({str, bool, int})  # and tuples of str
+_CACHE_MAX = 4096
+_UINT64 = 2**64 - 1
+_DOUBLE = struct.Struct("<d")
+_SMALL_VARINTS = tuple(bytes((n,)) for n in range(0x80))
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
@@ -120,7 +112,7 @@ def _fill_span(out: Any, span: ReadableSpan) -> None:
     if span.end_time is not None:
         out.end_time_unix_nano = span.end_time
     if span.attributes:
-        _fill_attributes(out.attributes, span.attributes)
+        _fill_attributes(out, span.attributes)
     if span.events:
         out.events.extend(_encode_events(span.events) or ())
     if span.links:
@@ -137,25 +129,68 @@ def _fill_span(out: Any, span: ReadableSpan) -> None:
 
 
 def _fill_attributes(out: Any, attributes: Mapping[str, Any]) -> None:
-    """Scalars stored directly; the rest through the library, which drops what it cannot encode."""
+    """The attributes as wire bytes, parsed into the span at once (see `_attribute`)."""
+    cache = _ENCODED
+    parts = []
     for key, value in attributes.items():
         kind = type(value)
-        scalar = _SCALARS.get(kind)
-        if scalar is not None and (kind is not int or _INT64_MIN <= value <= _INT64_MAX):
-            kv = out.add()
-            kv.key = key
-            scalar(kv.value, value)
-        elif (kind is tuple or kind is list) and all(type(v) in _ARRAY_KINDS for v in value):
-            kv = out.add()
-            kv.key = key
-            values = kv.value.array_value.values
-            values.extend(())  # an empty sequence is an empty array, present, as the library's
-            for v in value:
-                _ARRAY_KINDS[type(v)](values.add(), v)
-        else:
-            try:
-                encoded = _encode_key_value(key, value)
-            except Exception as exc:  # as the library does: one bad attribute, not the batch
-                _logger.exception("Failed to encode key %s: %s", key, exc)
+        cached = kind in _CACHED_KINDS or (kind is tuple and all(type(v) is str for v in value))
+        if cached:
+            entry = cache.get((key, kind, value))
+            if entry is not None:
+                parts.append(entry)
                 continue
-            out.append(encoded)
+        entry = _attribute(key, value, kind)
+        if entry is None:
+            continue
+        if cached:
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            cache[key, kind, value] = entry
+        parts.append(entry)
+    out.MergeFromString(b"".join(parts))
+
+
+def _attribute(key: str, value: Any, kind: type) -> bytes | None:
+    """One `attributes` entry of a Span (field 9, a KeyValue) as bytes; None: dropped."""
+    if kind is str:
+        any_value = _string_value(value)
+    elif kind is bool:
+        any_value = b"\x10\x01" if value else b"\x10\x00"
+    elif kind is int and _INT64_MIN <= value <= _INT64_MAX:
+        any_value = b"\x18" + _varint(value & _UINT64)
+    elif kind is float:
+        any_value = b"\x21" + _DOUBLE.pack(value)
+    elif (kind is tuple or kind is list) and all(type(v) is str for v in value):
+        values = b"".join([_field(b"\x0a", _string_value(v)) for v in value])
+        any_value = _field(b"\x2a", values)
+    else:
+        try:
+            encoded = _encode_key_value(key, value)
+        except Exception as exc:  # as the library does: one bad attribute, not the batch
+            _logger.exception("Failed to encode key %s: %s", key, exc)
+            return None
+        return _field(b"\x4a", encoded.SerializeToString())
+    return _field(b"\x4a", _field(b"\x0a", key.encode()) + _field(b"\x12", any_value))
+
+
+def _string_value(text: str) -> bytes:
+    """An AnyValue holding `text` (string_value, field 1)."""
+    return _field(b"\x0a", text.encode())
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field: its tag, the payload's length, the payload."""
+    return tag + _varint(len(payload)) + payload
+
+
+def _varint(n: int) -> bytes:
+    """A non-negative integer as a protobuf varint."""
+    if n < 0x80:
+        return _SMALL_VARINTS[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)

@@ -16,6 +16,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
+from routing_sidecar import span_encoding
 from routing_sidecar.span_encoding import encode_spans
 
 _RESOURCES = (
@@ -111,3 +112,25 @@ def test_an_int_past_64_bits_is_left_out_as_the_library_leaves_it(caplog: Any) -
         attrs = encode_spans([span]).resource_spans[0].scope_spans[0].spans[0].attributes
     assert [a.key for a in attrs] == ["ok"]
     assert "big" in caplog.text
+
+
+def test_repeated_attributes_come_from_the_cache_as_the_same_bytes() -> None:
+    """Entries are cached by key, type and value: True is not 1, nor 0.0 a cached -0.0."""
+    def span(attributes: dict[str, Any]) -> ReadableSpan:
+        return ReadableSpan("s", SpanContext(1, 2, False), attributes=attributes,
+                            resource=_RESOURCES[0])
+
+    batch = [span({"k": True, "f": -0.0, "a": ("x", "y")}), span({"k": 1, "f": 0.0, "a": ()}),
+             span({"k": "1", "f": 0.0, "a": ("x", "y")}), span({"k": True, "f": -0.0})]
+    first = encode_spans(batch).SerializeToString()
+    assert first == library_encode_spans(batch).SerializeToString()
+    assert encode_spans(batch).SerializeToString() == first  # now every entry a cache hit
+    assert ("k", bool, True) in span_encoding._ENCODED
+    assert not any(kind is float for _, kind, _ in span_encoding._ENCODED)
+
+
+def test_the_cache_starts_again_when_full() -> None:
+    spans = [ReadableSpan("s", SpanContext(1, 2, False), attributes={"id": f"d{i}"},
+                          resource=_RESOURCES[0]) for i in range(span_encoding._CACHE_MAX + 10)]
+    assert encode_spans(spans) == library_encode_spans(spans)
+    assert 0 < len(span_encoding._ENCODED) <= span_encoding._CACHE_MAX
