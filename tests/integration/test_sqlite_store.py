@@ -270,6 +270,61 @@ async def test_where_a_batch_commits_follows_bursts_fsyncs_and_sharing(
     assert peek(db_path, "SELECT count(*) FROM model_routing_decisions") == [(10,)]
 
 
+@pytest.mark.parametrize(("owned", "on_loop"), [(True, [True]), (False, [False])])
+async def test_a_lone_commit_runs_on_the_loop_only_in_a_file_this_process_owns(
+    db_path: Path, owned: bool, on_loop: list[bool]
+) -> None:
+    """Another process's lock on a shared file would hold the loop for up to busy_timeout."""
+    store = await SqliteStore.open(str(db_path), retention_days=30, clock=FixedClock(),
+                                   owned=owned)
+    loop_thread, seen = threading.get_ident(), []
+
+    def trace(sql: str) -> None:
+        if sql == "COMMIT":
+            seen.append(threading.get_ident() == loop_thread)
+
+    try:
+        await store.writer.run(lambda conn: conn.set_trace_callback(trace))
+        await _quiet_loop()
+        seen.clear()
+        await store.record_decision(decision_record(1))  # alone: committed in its caller
+        # Two at once: a batch of two, taken by the writer task.
+        await asyncio.gather(*(store.record_decision(decision_record(i)) for i in (2, 3)))
+        await store.writer.run(lambda conn: conn.set_trace_callback(None))
+    finally:
+        await store.close()
+    assert seen and set(seen) == set(on_loop), seen
+
+
+async def test_a_lock_held_elsewhere_on_a_shared_file_does_not_stop_the_loop(
+    db_path: Path
+) -> None:
+    store = await SqliteStore.open(str(db_path), retention_days=30, clock=FixedClock(),
+                                   busy_timeout_ms=2000, owned=False)
+    other = sqlite3.connect(db_path, isolation_level=None)  # another process's writer
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        write = asyncio.ensure_future(store.record_decision(decision_record(1)))
+        await asyncio.sleep(0.3)
+        assert not write.done() and ticks >= 10  # waiting for the lock, beside the loop
+        other.execute("COMMIT")
+        await write
+    finally:
+        ticker.cancel()
+        other.close()
+        await store.close()
+    assert peek(db_path, "SELECT count(*) FROM model_routing_decisions") == [(1,)]
+
+
 async def test_enums_and_bools_are_stored_as_their_text_and_integers(
     store: SqliteStore, db_path: Path
 ) -> None:

@@ -245,11 +245,12 @@ class SqliteStore:
             await read.close()
             executor.shutdown()
             raise
-        # A burst's batch commits on the loop (see writer.py) unless commits fsync, or other
+        # Small batches, and a burst's, commit on the loop (see writer.py) unless other
         # processes write the file too: a lock one of them holds would stop the loop for as
-        # long as busy_timeout.
+        # long as busy_timeout. A burst's stays in the thread too when commits fsync.
         writer = GroupWriter(write, executor, max_batch=max_batch,
-                             inline_bursts=synchronous == "NORMAL" and owned)
+                             inline_bursts=synchronous == "NORMAL" and owned,
+                             inline_small=owned)
         writer.start()
         checkpointer = Checkpointer(await _connect(path, busy_timeout_ms), CHECKPOINT_EVERY_S)
         return cls(path, read, writer, checkpointer, retention_days, clock)

@@ -17,6 +17,8 @@ kept 64 messages ahead: in the thread its batches (about 19 jobs) took 5 ms each
 waiting, some 260 µs a decision; on the loop (batches of about 3) 120 µs each, 36 µs a
 decision. So a writer told `inline_bursts` (no fsync per commit: a commit is then CPU work
 under that lock anyway) commits any batch holding a burst's job on the loop.
+A file other processes write too (`inline_small` off, as `inline_bursts`) commits every
+batch in the thread: its BEGIN may wait for their lock for as long as busy_timeout.
 BEGIN IMMEDIATE takes the file's write lock up front, so the `Once` check inside the
 transaction cannot race another writer. See batching.py for the commit and retry rules.
 """
@@ -66,12 +68,15 @@ class GroupWriter(BatchWriter):
 
     def __init__(
         self, conn: sqlite3.Connection, executor: ThreadPoolExecutor, *, max_batch: int = 512,
-        inline_bursts: bool = False,
+        inline_bursts: bool = False, inline_small: bool = True,
     ) -> None:
         super().__init__(max_batch=max_batch, name="sqlite-writer")
         self._conn = conn
         self._executor = executor
         self._inline_bursts = inline_bursts
+        # False for a file other processes write too: BEGIN IMMEDIATE may then wait for
+        # their lock, up to busy_timeout, and that wait belongs beside the loop, not on it.
+        self._inline_small = inline_small
         self._bursts = 0  # jobs of bursts queued or committing (see the module docstring)
 
     async def submit(self, job: Job) -> bool:
@@ -91,7 +96,7 @@ class GroupWriter(BatchWriter):
                 return await super().submit(job)
             finally:
                 self._bursts -= 1
-        if not self._idle() or _others_ready():
+        if not self._inline_small or not self._idle() or _others_ready():
             return await super().submit(job)
         self._check_open()
         try:
@@ -111,7 +116,7 @@ class GroupWriter(BatchWriter):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _transaction(self, jobs: list[Job]) -> list[bool]:
-        if len(jobs) <= INLINE_JOBS or self._bursts:
+        if (self._inline_small and len(jobs) <= INLINE_JOBS) or self._bursts:
             # A batch this small commits in well under a millisecond (WAL, no fsync per
             # commit): on the loop it costs less than the hop to the writer thread and back.
             # A burst's batch is cheaper on the loop at any size (see the module docstring).
