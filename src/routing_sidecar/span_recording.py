@@ -152,16 +152,14 @@ class LeanSpan(trace_api.Span):
                 self.set_attribute(key, value)
             return
         max_len = self._limits.max_span_attribute_length
-        for key, value in attributes.items():
-            kind = type(value)
-            if (kind in _PLAIN or (kind is str and (
-                    max_len is None or len(value) <= max_len))  # type: ignore[arg-type]
-                    ) and type(key) is str and key and type(self._attributes) is dict:
-                if key in attrs:
-                    del attrs[key]  # set again, it moves to the end, as in the SDK's
-                attrs[key] = value
-            else:
-                self.set_attribute(key, value)
+        for key, value in attributes.items():  # under the limit: no key can be dropped
+            plain = _plain(value, max_len) if type(key) is str and key else None
+            if plain is None or attrs is not self._attributes:
+                self.set_attribute(key, value)  # cleaned by the SDK's container from here
+                continue
+            if key in attrs:
+                del attrs[key]  # set again, it moves to the end, as in the SDK's
+            attrs[key] = plain
 
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
         """Store `value`, cleaned as the SDK cleans it (plain values are stored as they are)."""

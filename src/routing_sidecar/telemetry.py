@@ -55,7 +55,7 @@ if TYPE_CHECKING:
         MetricsData,
     )
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
     from opentelemetry.sdk.trace.export import SpanExporter
     from prometheus_client import CollectorRegistry
 
@@ -165,8 +165,8 @@ class Telemetry:
     _pending: PendingMeter | None = None
     # Histograms aggregated in the process (local_histogram.py), carried by every reader.
     feed: Feed = field(default_factory=Feed)
-    # The tracer provider's span limits (an SDK SpanLimits) when tracing is on.
-    _span_limits: object | None = None
+    # The tracer provider's span limits when tracing is on.
+    _span_limits: SpanLimits | None = None
 
     def export(self, histogram: LocalHistogram) -> None:
         """Report `histogram` through every metric reader, now and after ready()."""
