@@ -296,6 +296,42 @@ async def test_a_lone_commit_runs_on_the_loop_only_in_a_file_this_process_owns(
     assert seen and set(seen) == set(on_loop), seen
 
 
+def wal_salt(db_path: Path) -> bytes:
+    """The WAL header's salts: SQLite changes them each time the WAL starts over."""
+    with open(f"{db_path}-wal", "rb") as wal:
+        return wal.read(24)[16:]
+
+
+async def test_the_commit_that_starts_the_wal_over_runs_beside_the_loop(
+    store: SqliteStore, db_path: Path,
+) -> None:
+    """That commit fsyncs the WAL's new header: a disk flush the loop must not wait on."""
+    loop_thread, seen = threading.get_ident(), []
+
+    def trace(sql: str) -> None:
+        if sql == "COMMIT":
+            seen.append((threading.get_ident() == loop_thread, wal_salt(db_path)))
+
+    await store.writer.run(lambda conn: conn.set_trace_callback(trace))
+    for i in range(20):
+        await store.record_decision(decision_record(i))
+    for _ in range(50):  # until the checkpointer has copied the WAL back whole (just now)
+        if store.writer._restart_due:
+            break
+        await asyncio.sleep(CHECKPOINT_EVERY_S / 20)
+    await _quiet_loop()
+    seen.clear()
+    salt = wal_salt(db_path)
+    await store.record_decision(decision_record(20))  # starts the WAL over
+    await _quiet_loop()
+    await store.record_decision(decision_record(21))  # an ordinary small commit again
+    await store.writer.run(lambda conn: conn.set_trace_callback(None))
+    # The trace runs as COMMIT starts: the second commit sees the salt the first one wrote.
+    assert [on_loop for on_loop, _ in seen] == [False, True], seen
+    assert seen[0][1] == salt != seen[1][1] == wal_salt(db_path)
+    assert peek(db_path, "SELECT count(*) FROM model_routing_decisions") == [(22,)]
+
+
 async def test_a_lock_held_elsewhere_on_a_shared_file_does_not_stop_the_loop(
     db_path: Path
 ) -> None:

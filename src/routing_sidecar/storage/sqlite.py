@@ -137,21 +137,28 @@ class Checkpointer:
     """Copies the WAL back into the database five times a second, beside the writer.
 
     PASSIVE checkpoints neither wait for nor block the writer; without them the commit that
-    crosses SQLite's auto-checkpoint mark would stall for milliseconds.
+    crosses SQLite's auto-checkpoint mark would stall for milliseconds. One that copied the
+    whole WAL back tells the writer, whose next commit starts the WAL over.
     """
 
-    def __init__(self, conn: aiosqlite.Connection, interval_s: float) -> None:
+    def __init__(self, conn: aiosqlite.Connection, interval_s: float,
+                 writer: GroupWriter) -> None:
         self._conn = conn
         self._interval_s = interval_s
+        self._writer = writer
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sqlite-ckpt")
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
             try:
-                await self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                rows = await self._conn.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error:
                 log.warning("WAL checkpoint failed; the next round retries", exc_info=True)
+                continue
+            busy, frames, copied = next(iter(rows), (1, 0, 0))
+            if not busy and 0 < frames == copied:
+                self._writer.wal_backfilled()
 
     async def close(self) -> None:
         """Stop checkpointing and close the connection."""
@@ -252,7 +259,8 @@ class SqliteStore:
                              inline_bursts=synchronous == "NORMAL" and owned,
                              inline_small=owned)
         writer.start()
-        checkpointer = Checkpointer(await _connect(path, busy_timeout_ms), CHECKPOINT_EVERY_S)
+        checkpointer = Checkpointer(await _connect(path, busy_timeout_ms), CHECKPOINT_EVERY_S,
+                                    writer)
         return cls(path, read, writer, checkpointer, retention_days, clock)
 
     async def close(self) -> None:

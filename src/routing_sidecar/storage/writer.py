@@ -19,8 +19,11 @@ decision. So a writer told `inline_bursts` (no fsync per commit: a commit is the
 under that lock anyway) commits any batch holding a burst's job on the loop.
 A file other processes write too (`inline_small` off, as `inline_bursts`) commits every
 batch in the thread: its BEGIN may wait for their lock for as long as busy_timeout.
-BEGIN IMMEDIATE takes the file's write lock up front, so the `Once` check inside the
-transaction cannot race another writer. See batching.py for the commit and retry rules.
+The first commit after a checkpoint has copied the whole WAL back starts the WAL over, and
+SQLite fsyncs its new header then, whatever `synchronous` says: the checkpointer says when
+(`wal_backfilled`), and that one batch commits in the thread so the loop never waits on a
+disk flush. BEGIN IMMEDIATE takes the file's write lock up front, so the `Once` check inside
+the transaction cannot race another writer. See batching.py for the commit and retry rules.
 """
 
 from __future__ import annotations
@@ -78,6 +81,11 @@ class GroupWriter(BatchWriter):
         # their lock, up to busy_timeout, and that wait belongs beside the loop, not on it.
         self._inline_small = inline_small
         self._bursts = 0  # jobs of bursts queued or committing (see the module docstring)
+        self._restart_due = False  # the next commit starts the WAL over (an fsync)
+
+    def wal_backfilled(self) -> None:
+        """The WAL has been copied back whole: the next commit restarts it, in the thread."""
+        self._restart_due = True
 
     async def submit(self, job: Job) -> bool:
         """Queue a job; return after its batch commits: True, or False if `once` skipped it.
@@ -96,7 +104,8 @@ class GroupWriter(BatchWriter):
                 return await super().submit(job)
             finally:
                 self._bursts -= 1
-        if not self._inline_small or not self._idle() or _others_ready():
+        if (not self._inline_small or self._restart_due or not self._idle()
+                or _others_ready()):
             return await super().submit(job)
         self._check_open()
         try:
@@ -116,6 +125,9 @@ class GroupWriter(BatchWriter):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _transaction(self, jobs: list[Job]) -> list[bool]:
+        if self._restart_due:
+            self._restart_due = False
+            return await self._in_thread(self._write_batch, jobs)
         if (self._inline_small and len(jobs) <= INLINE_JOBS) or self._bursts:
             # A batch this small commits in well under a millisecond (WAL, no fsync per
             # commit): on the loop it costs less than the hop to the writer thread and back.
