@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from routing_sidecar.core import view as core_view
 from routing_sidecar.core.catalog import Catalog
 from routing_sidecar.core.decide import decide, estimate_output_tokens
 from routing_sidecar.core.view import BudgetLine, DecisionView, Exploration, QualitySignal
@@ -650,3 +651,13 @@ def test_budgets_that_cannot_be_checked_fail_closed() -> None:
     # A task no budget governs still routes.
     assert chosen(decide(task(), catalog(), DecisionView(
         budgets_unavailable="the shared budget ledger is unreachable"))) == "b1"
+
+
+def test_a_catalog_quality_is_one_shared_signal_and_the_share_stays_bounded() -> None:
+    first = QualitySignal.known(0.8125)
+    assert first == QualitySignal(0.8125, 0.0, 0.8125, True, 0.8125)
+    assert QualitySignal.known(0.8125) is first  # not rebuilt for every candidate
+    for i in range(core_view._KNOWN_MAX + 5):  # many distinct qualities: the memo starts over
+        assert QualitySignal.known(i / 10_000).mean == i / 10_000
+    assert len(core_view._KNOWN) <= core_view._KNOWN_MAX
+    assert QualitySignal.known(0.8125) == first

@@ -25,6 +25,9 @@ class Exploration(StrEnum):
     SPENT = "spent"  # the task type's exploration share is used up
 
 
+_KNOWN_MAX = 1024  # distinct catalog qualities kept as shared signals
+
+
 @dataclass(frozen=True, slots=True)
 class QualitySignal:
     """A model's learned quality on the task's type, as this decision sees it."""
@@ -42,7 +45,14 @@ class QualitySignal:
     @classmethod
     def known(cls, quality: float) -> QualitySignal:
         """A quality taken as certain: the catalog's, when nothing is learned."""
-        return cls(quality, 0.0, quality, True, quality)
+        # One object per distinct quality (the catalog's few), not one per candidate per
+        # decision: the signal is immutable, so every decision may share it.
+        signal = _KNOWN.get(quality)
+        if signal is None:
+            if len(_KNOWN) >= _KNOWN_MAX:
+                _KNOWN.clear()
+            signal = _KNOWN[quality] = cls(quality, 0.0, quality, True, quality)
+        return signal
 
     def proven(self, floor: float) -> bool:
         """The lower bound meets the floor, backed by observations or vouched by the prior."""
@@ -52,6 +62,9 @@ class QualitySignal:
         """'0.71 (n=3, lower bound 0.62)'; the bound is rounded down so it never reads as met."""
         low = math.floor(self.lower_bound * 100.0 + 1e-9) / 100.0
         return f"{self.mean:.2f} (n={self.samples:.0f}, lower bound {low:.2f})"
+
+
+_KNOWN: dict[float, QualitySignal] = {}
 
 
 @quick_init
