@@ -288,6 +288,34 @@ async def test_label_values_with_control_characters_refused(
     assert await books(sidecar, stub) == before
 
 
+LISTS: list[tuple[str, int, Callable[[int], dict[str, Any]]]] = [
+    ("labels", 32, lambda n: {"labels": {f"k{i}": "v" for i in range(n)}}),
+    ("exclude_models", 256, lambda n: {"exclude_models": [f"m{i}" for i in range(n)]}),
+    ("available_slots", 256, lambda n: {"available_slots": [
+        pb.Slot(slot_id=f"s{i}", model="gpt-5-mini") for i in range(n)]}),
+    ("requires.capabilities", 32, lambda n: {"requires": pb.Requirements(
+        capabilities=[f"c{i}" for i in range(n)])}),
+]
+
+
+@pytest.mark.parametrize(("field", "limit", "fields"), LISTS, ids=[f for f, _, _ in LISTS])
+async def test_lists_past_their_bound_are_refused_by_name(
+    sidecar: Sidecar, stub: pb_grpc.RouterStub, field: str, limit: int,
+    fields: Callable[[int], dict[str, Any]],
+) -> None:
+    before = await books(sidecar, stub)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Route(req(**fields(limit + 1)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith(
+        f"{field}: has {limit + 1} entries; at most {limit} allowed"), err.value.details()
+    assert await books(sidecar, stub) == before
+    try:  # at the bound: refused for something else (a made-up capability), never the count
+        await stub.Route(req(**fields(limit), dry_run=True))
+    except grpc.aio.AioRpcError as exc:
+        assert not (exc.details() or "").startswith(f"{field}: has"), exc.details()
+
+
 async def test_free_text_label_values_are_trimmed_and_kept(
     sidecar: Sidecar, stub: pb_grpc.RouterStub,
 ) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Sized
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -85,8 +85,8 @@ def check_name(
     return value
 
 
-def _count(field: str, items: Iterable[object], limit: int = MAX_LIST) -> None:
-    n = sum(1 for _ in items)
+def _count(field: str, items: Sized, limit: int = MAX_LIST) -> None:
+    n = len(items)
     if n > limit:
         raise InvalidArgument(field, f"has {n} entries; at most {limit} allowed")
 
