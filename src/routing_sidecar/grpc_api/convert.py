@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Sized
+from collections.abc import Iterable, Sized
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -244,40 +244,33 @@ def decision_to_pb(d: domain.Decision, *, with_cached_value: bool = True) -> pb.
     """Convert a domain Decision to its wire form.
 
     Repeated fields are filled in place (`add`): building each sub-message apart and handing
-    the list to the constructor copies every one of them again, on every Route. A CACHE_HIT
+    the list to the constructor copies every one of them again, on every Route. Fields are
+    set one by one, and left out at their default: upb takes an attribute store faster than
+    the same field as a keyword (measured: a fifth less time per message). A CACHE_HIT
     names its source decision; `cached_value` carries the stored value unless
     `with_cached_value` is False (execute mode answers with the text instead).
     """
     s = d.selection
     chosen = s.chosen
-    msg = pb.Decision(
-        decision_id=d.decision_id,
-        task_id=d.task_id,
-        status=STATUS_TO_PB[s.status],
-        reason_code=REASON_TO_PB[s.reason_code],
-        estimated_cost_micros=s.estimated_cost_micros,
-        policy=s.policy,
-        objective=OBJECTIVE_TO_PB[s.objective],
-        reason=s.reason,
-        dry_run=d.dry_run,
-        explored=s.explored,
-    )
+    msg = pb.Decision()
+    msg.decision_id = d.decision_id
+    msg.task_id = d.task_id
+    msg.status = STATUS_TO_PB[s.status]
+    msg.reason_code = REASON_TO_PB[s.reason_code]
+    msg.estimated_cost_micros = s.estimated_cost_micros
+    msg.policy = s.policy
+    msg.objective = OBJECTIVE_TO_PB[s.objective]
+    msg.reason = s.reason
+    if d.dry_run:
+        msg.dry_run = True
+    if s.explored:
+        msg.explored = True
     if chosen is not None:
         msg.model, msg.provider, msg.tier = chosen.model, chosen.provider, chosen.tier
-        msg.slot_id = chosen.slot_id or ""
-    add_fallback = msg.fallbacks.add
-    for f in s.fallbacks:
-        add_fallback(model=f.model, provider=f.provider, slot_id=f.slot_id or "", tier=f.tier,
-                     estimated_cost_micros=f.estimated_cost_micros)
-    add_alternative = msg.alternatives.add
-    for a in s.alternatives:
-        alt = add_alternative(
-            model=a.model, provider=a.provider, tier=a.tier, score=a.score,
-            estimated_cost_micros=a.estimated_cost_micros, chosen=a.chosen,
-            rejection=a.rejection.value, reason=a.reason,
-            estimated_quality=a.estimated_quality, slot_id=a.slot_id or "")
-        if a.net_value_micros is not None:
-            alt.expected_net_value_micros = a.net_value_micros
+        if chosen.slot_id:
+            msg.slot_id = chosen.slot_id
+    _fill_fallbacks(msg, s.fallbacks)
+    _fill_alternatives(msg, s.alternatives)
     add_budget = msg.budgets.add
     for b in d.budgets:
         _fill_budget(add_budget(), b)
@@ -287,3 +280,31 @@ def decision_to_pb(d: domain.Decision, *, with_cached_value: bool = True) -> pb.
         if with_cached_value:
             msg.cached_value = d.cached.value
     return msg
+
+
+def _fill_fallbacks(msg: pb.Decision, fallbacks: Iterable[domain.Fallback]) -> None:
+    add = msg.fallbacks.add
+    for f in fallbacks:
+        out = add()
+        out.model, out.provider, out.tier = f.model, f.provider, f.tier
+        out.estimated_cost_micros = f.estimated_cost_micros
+        if f.slot_id:
+            out.slot_id = f.slot_id
+
+
+def _fill_alternatives(msg: pb.Decision, alternatives: Iterable[domain.Alternative]) -> None:
+    add = msg.alternatives.add
+    for a in alternatives:
+        out = add()
+        out.model, out.provider, out.tier = a.model, a.provider, a.tier
+        out.score = a.score
+        out.estimated_cost_micros = a.estimated_cost_micros
+        if a.chosen:
+            out.chosen = True
+        out.rejection = a.rejection.value
+        out.reason = a.reason
+        out.estimated_quality = a.estimated_quality
+        if a.slot_id:
+            out.slot_id = a.slot_id
+        if a.net_value_micros is not None:
+            out.expected_net_value_micros = a.net_value_micros
