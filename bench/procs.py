@@ -72,6 +72,24 @@ def spawn(
         stop(proc)
 
 
+def _wait_listening(address: str, proc: subprocess.Popen[bytes], log: Path, deadline: float,
+                    interval: float) -> None:
+    """Return once `address` (host:port) accepts a TCP connection."""
+    host, _, port = address.rpartition(":")
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"{address}: process exited with {proc.returncode}:\n{log_tail(log)}")
+        try:
+            socket.create_connection((host, int(port)), timeout=0.5).close()
+            return
+        except OSError:
+            pass
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{address}: not listening in time:\n{log_tail(log)}")
+        time.sleep(interval)
+
+
 def wait_serving(
     address: str,
     proc: subprocess.Popen[bytes],
@@ -80,8 +98,15 @@ def wait_serving(
     timeout: float = 60.0,
     interval: float = 0.005,
 ) -> float:
-    """Poll grpc.health.v1 every `interval` s until SERVING; return seconds waited."""
+    """Poll grpc.health.v1 every `interval` s until SERVING; return seconds waited.
+
+    The port is polled first with plain TCP connects (as a kubelet's probe makes a fresh
+    connection each time): a gRPC channel opened before anything listens retries on its own
+    reconnect schedule, which added up to 150 ms to a measured start (the no-op server's
+    takes about 120 ms: 200-240 ms was measured that way).
+    """
     t0 = time.perf_counter()
+    _wait_listening(address, proc, log, t0 + timeout, interval)
     request = health_pb2.HealthCheckRequest(service=service)
     with grpc.insecure_channel(address, options=_FAST_RECONNECT) as channel:
         stub = health_pb2_grpc.HealthStub(channel)

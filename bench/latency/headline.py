@@ -189,5 +189,6 @@ HEADLINE_METHOD = """\
   The WAL is a bounded buffer beside it, judged at the largest size seen during the load (its
   size at a rest depends on where in its cycle the load stopped, so the growth of both files
   together, shown beside, carries that noise).
-- Cold start: median of spawn to SERVING (grpc.health.v1, polled every 5 ms) of `sidecar` on
-  a new store, beside the no-op server's; the target is the sidecar's own time."""
+- Cold start: median of spawn to SERVING of `sidecar` on a new store (every 5 ms a TCP connect
+  until the port listens, then grpc.health.v1 on a channel opened then), beside the no-op
+  server's; the target is the sidecar's own time."""
