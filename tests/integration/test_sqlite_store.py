@@ -20,7 +20,11 @@ from routing_sidecar.errors import StorageError
 from routing_sidecar.ports import COMMITS_IN_BURSTS
 from routing_sidecar.storage import SCHEMA_VERSION, SqliteStore, migrations
 from routing_sidecar.storage.migrations import MIGRATIONS
-from routing_sidecar.storage.sqlite import CHECKPOINT_EVERY_S, WAL_SIZE_LIMIT_BYTES
+from routing_sidecar.storage.sqlite import (
+    BACKSTOP_CHECKPOINT_PAGES,
+    CHECKPOINT_EVERY_S,
+    WAL_SIZE_LIMIT_BYTES,
+)
 from tests.store_records import FixedClock, decision_record
 
 TABLES = {"model_routing_decisions", "model_selections", "decision_outcomes",
@@ -330,6 +334,43 @@ async def test_the_commit_that_starts_the_wal_over_runs_beside_the_loop(
     assert [on_loop for on_loop, _ in seen] == [False, True], seen
     assert seen[0][1] == salt != seen[1][1] == wal_salt(db_path)
     assert peek(db_path, "SELECT count(*) FROM model_routing_decisions") == [(22,)]
+
+
+async def test_commits_that_may_flush_the_disk_run_beside_the_loop(
+    store: SqliteStore, db_path: Path,
+) -> None:
+    """Near the backstop (a commit crossing it checkpoints, fsyncs included), or in a round."""
+    loop_thread, seen = threading.get_ident(), []
+
+    def trace(sql: str) -> None:
+        if sql == "COMMIT":
+            seen.append(threading.get_ident() == loop_thread)
+
+    await store.writer.run(lambda conn: conn.set_trace_callback(trace))
+    await store.record_decision(decision_record(0))
+    for _ in range(50):  # just after a checkpoint round: the next is a round's time away
+        if store.writer._restart_due:
+            break
+        await asyncio.sleep(CHECKPOINT_EVERY_S / 20)
+    await _quiet_loop()
+    seen.clear()
+    # As a round reports it: not copied back whole, three quarters of the way to the backstop.
+    store.writer.wal_checked((False, BACKSTOP_CHECKPOINT_PAGES * 3 // 4, 10))
+    for i in (1, 2):
+        await store.record_decision(decision_record(i))
+        await _quiet_loop()
+    store.writer.wal_checked((False, BACKSTOP_CHECKPOINT_PAGES // 2, 10))  # the WAL started over
+    await store.record_decision(decision_record(3))
+    await _quiet_loop()
+    # While a round runs it may copy the WAL back whole: the next commit would restart it.
+    store.writer.checkpoint_started()
+    await store.record_decision(decision_record(4))
+    await _quiet_loop()
+    store.writer.wal_checked(None)  # the round failed: nothing is known of the WAL
+    await store.record_decision(decision_record(5))
+    await store.writer.run(lambda conn: conn.set_trace_callback(None))
+    assert seen == [False, False, True, False, True], seen
+    assert peek(db_path, "SELECT count(*) FROM model_routing_decisions") == [(6,)]
 
 
 async def test_a_lock_held_elsewhere_on_a_shared_file_does_not_stop_the_loop(

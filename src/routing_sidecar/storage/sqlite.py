@@ -137,8 +137,8 @@ class Checkpointer:
     """Copies the WAL back into the database five times a second, beside the writer.
 
     PASSIVE checkpoints neither wait for nor block the writer; without them the commit that
-    crosses SQLite's auto-checkpoint mark would stall for milliseconds. One that copied the
-    whole WAL back tells the writer, whose next commit starts the WAL over.
+    crosses SQLite's auto-checkpoint mark would stall for milliseconds. Each round tells the
+    writer how the WAL stands (`GroupWriter.wal_checked`).
     """
 
     def __init__(self, conn: aiosqlite.Connection, interval_s: float,
@@ -151,14 +151,21 @@ class Checkpointer:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
-            try:
-                rows = await self._conn.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error:
-                log.warning("WAL checkpoint failed; the next round retries", exc_info=True)
-                continue
+            await self._round()
+
+    async def _round(self) -> None:
+        # From before the checkpoint starts until its numbers are in, commits run beside the
+        # loop: one of them could be the first after a whole WAL was copied back.
+        self._writer.checkpoint_started()
+        found: tuple[bool, int, int] | None = None
+        try:
+            rows = await self._conn.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
             busy, frames, copied = next(iter(rows), (1, 0, 0))
-            if not busy and 0 < frames == copied:
-                self._writer.wal_backfilled()
+            found = (bool(busy), frames, copied)
+        except sqlite3.Error:
+            log.warning("WAL checkpoint failed; the next round retries", exc_info=True)
+        finally:
+            self._writer.wal_checked(found)
 
     async def close(self) -> None:
         """Stop checkpointing and close the connection."""
@@ -257,7 +264,7 @@ class SqliteStore:
         # long as busy_timeout. A burst's stays in the thread too when commits fsync.
         writer = GroupWriter(write, executor, max_batch=max_batch,
                              inline_bursts=synchronous == "NORMAL" and owned,
-                             inline_small=owned)
+                             inline_small=owned, wal_backstop=BACKSTOP_CHECKPOINT_PAGES)
         writer.start()
         checkpointer = Checkpointer(await _connect(path, busy_timeout_ms), CHECKPOINT_EVERY_S,
                                     writer)

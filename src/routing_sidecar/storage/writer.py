@@ -20,10 +20,14 @@ under that lock anyway) commits any batch holding a burst's job on the loop.
 A file other processes write too (`inline_small` off, as `inline_bursts`) commits every
 batch in the thread: its BEGIN may wait for their lock for as long as busy_timeout.
 The first commit after a checkpoint has copied the whole WAL back starts the WAL over, and
-SQLite fsyncs its new header then, whatever `synchronous` says: the checkpointer says when
-(`wal_backfilled`), and that one batch commits in the thread so the loop never waits on a
-disk flush. BEGIN IMMEDIATE takes the file's write lock up front, so the `Once` check inside
-the transaction cannot race another writer. See batching.py for the commit and retry rules.
+SQLite fsyncs its new header then, whatever `synchronous` says; and the commit that takes the
+WAL past its backstop (`wal_backstop`) runs SQLite's own checkpoint before it returns: WAL
+reads, database writes and two fsyncs. The checkpointer says when a round starts and what it
+found (`checkpoint_started`, `wal_checked`): every commit while a round runs, the first after
+one copied the WAL back whole, and every commit while the WAL is near the backstop run in
+the thread, so the loop never waits on a disk flush. BEGIN IMMEDIATE takes
+the file's write lock up front, so the `Once` check inside the transaction cannot race
+another writer. See batching.py for the commit and retry rules.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ class GroupWriter(BatchWriter):
 
     def __init__(
         self, conn: sqlite3.Connection, executor: ThreadPoolExecutor, *, max_batch: int = 512,
-        inline_bursts: bool = False, inline_small: bool = True,
+        inline_bursts: bool = False, inline_small: bool = True, wal_backstop: int = 0,
     ) -> None:
         super().__init__(max_batch=max_batch, name="sqlite-writer")
         self._conn = conn
@@ -82,10 +86,33 @@ class GroupWriter(BatchWriter):
         self._inline_small = inline_small
         self._bursts = 0  # jobs of bursts queued or committing (see the module docstring)
         self._restart_due = False  # the next commit starts the WAL over (an fsync)
+        self._checkpointing = False  # a checkpoint round is running: it may copy the WAL whole
+        # Frames past which a commit runs SQLite's own checkpoint (0: none), and whether the
+        # WAL was near that at the last checkpoint round.
+        self._backstop = wal_backstop
+        self._near_backstop = False
 
-    def wal_backfilled(self) -> None:
-        """The WAL has been copied back whole: the next commit restarts it, in the thread."""
-        self._restart_due = True
+    def checkpoint_started(self) -> None:
+        """A checkpoint round starts: until it reports, commits run in the thread."""
+        self._checkpointing = True
+
+    def wal_checked(self, found: tuple[bool, int, int] | None) -> None:
+        """What the round found (wal_checkpoint's busy, frames, copied; None if it failed).
+
+        Copied back whole, the next commit restarts the WAL; within a quarter of the backstop,
+        a commit may cross it. Either runs in the thread (see the module docstring).
+        """
+        self._checkpointing = False
+        if found is None:
+            return
+        busy, frames, copied = found
+        if not busy and 0 < frames == copied:
+            self._restart_due = True
+        self._near_backstop = self._backstop > 0 and frames * 4 >= self._backstop * 3
+
+    def _beside_loop(self) -> bool:
+        """True when the next commit may flush the disk (see the module docstring)."""
+        return self._restart_due or self._checkpointing or self._near_backstop
 
     async def submit(self, job: Job) -> bool:
         """Queue a job; return after its batch commits: True, or False if `once` skipped it.
@@ -104,7 +131,7 @@ class GroupWriter(BatchWriter):
                 return await super().submit(job)
             finally:
                 self._bursts -= 1
-        if (not self._inline_small or self._restart_due or not self._idle()
+        if (not self._inline_small or self._beside_loop() or not self._idle()
                 or _others_ready()):
             return await super().submit(job)
         self._check_open()
@@ -125,7 +152,7 @@ class GroupWriter(BatchWriter):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _transaction(self, jobs: list[Job]) -> list[bool]:
-        if self._restart_due:
+        if self._beside_loop():
             self._restart_due = False
             return await self._in_thread(self._write_batch, jobs)
         if (self._inline_small and len(jobs) <= INLINE_JOBS) or self._bursts:
