@@ -274,13 +274,15 @@ async def test_where_a_batch_commits_follows_bursts_fsyncs_and_sharing(
     assert peek(db_path, "SELECT count(*) FROM model_routing_decisions") == [(10,)]
 
 
-@pytest.mark.parametrize(("owned", "on_loop"), [(True, [True]), (False, [False])])
+@pytest.mark.parametrize(("owned", "mode", "on_loop"), [
+    (True, "NORMAL", [True]), (False, "NORMAL", [False]), (True, "FULL", [False])])
 async def test_a_lone_commit_runs_on_the_loop_only_in_a_file_this_process_owns(
-    db_path: Path, owned: bool, on_loop: list[bool]
+    db_path: Path, owned: bool, mode: str, on_loop: list[bool]
 ) -> None:
-    """Another process's lock on a shared file would hold the loop for up to busy_timeout."""
+    """Another process's lock on a shared file would hold the loop for up to busy_timeout;
+    with FULL, every commit waits for its fsync."""
     store = await SqliteStore.open(str(db_path), retention_days=30, clock=FixedClock(),
-                                   owned=owned)
+                                   owned=owned, synchronous=mode)  # type: ignore[arg-type]
     loop_thread, seen = threading.get_ident(), []
 
     def trace(sql: str) -> None:

@@ -260,11 +260,11 @@ class SqliteStore:
             executor.shutdown()
             raise
         # Small batches, and a burst's, commit on the loop (see writer.py) unless other
-        # processes write the file too: a lock one of them holds would stop the loop for as
-        # long as busy_timeout. A burst's stays in the thread too when commits fsync.
-        writer = GroupWriter(write, executor, max_batch=max_batch,
-                             inline_bursts=synchronous == "NORMAL" and owned,
-                             inline_small=owned, wal_backstop=BACKSTOP_CHECKPOINT_PAGES)
+        # processes write the file too (a lock one of them holds would stop the loop for as
+        # long as busy_timeout) or every commit fsyncs (FULL: the loop would wait on the disk).
+        on_loop = synchronous == "NORMAL" and owned
+        writer = GroupWriter(write, executor, max_batch=max_batch, inline_bursts=on_loop,
+                             inline_small=on_loop, wal_backstop=BACKSTOP_CHECKPOINT_PAGES)
         writer.start()
         checkpointer = Checkpointer(await _connect(path, busy_timeout_ms), CHECKPOINT_EVERY_S,
                                     writer)

@@ -17,8 +17,9 @@ kept 64 messages ahead: in the thread its batches (about 19 jobs) took 5 ms each
 waiting, some 260 µs a decision; on the loop (batches of about 3) 120 µs each, 36 µs a
 decision. So a writer told `inline_bursts` (no fsync per commit: a commit is then CPU work
 under that lock anyway) commits any batch holding a burst's job on the loop.
-A file other processes write too (`inline_small` off, as `inline_bursts`) commits every
-batch in the thread: its BEGIN may wait for their lock for as long as busy_timeout.
+A file other processes write too, or one whose every commit fsyncs (`synchronous="FULL"`),
+commits every batch in the thread (`inline_small` off, as `inline_bursts`): its BEGIN may
+wait for another process's lock for as long as busy_timeout, its COMMIT on the disk.
 The first commit after a checkpoint has copied the whole WAL back starts the WAL over, and
 SQLite fsyncs its new header then, whatever `synchronous` says; and the commit that takes the
 WAL past its backstop (`wal_backstop`) runs SQLite's own checkpoint before it returns: WAL
@@ -81,8 +82,9 @@ class GroupWriter(BatchWriter):
         self._conn = conn
         self._executor = executor
         self._inline_bursts = inline_bursts
-        # False for a file other processes write too: BEGIN IMMEDIATE may then wait for
-        # their lock, up to busy_timeout, and that wait belongs beside the loop, not on it.
+        # False for a file other processes write too (BEGIN IMMEDIATE may then wait for
+        # their lock, up to busy_timeout) or when every commit fsyncs: such waits belong
+        # beside the loop, not on it.
         self._inline_small = inline_small
         self._bursts = 0  # jobs of bursts queued or committing (see the module docstring)
         self._restart_due = False  # the next commit starts the WAL over (an fsync)
