@@ -302,6 +302,20 @@ async def test_a_lone_commit_runs_on_the_loop_only_in_a_file_this_process_owns(
     assert seen and set(seen) == set(on_loop), seen
 
 
+async def _just_after_a_full_checkpoint(store: SqliteStore) -> None:
+    """Return as soon as a checkpoint round has copied the WAL back whole.
+
+    The next round is then a round's time away, so nothing changes what the writer was told.
+    """
+    for _ in range(50):
+        if store.writer._restart_due:
+            break
+        await asyncio.sleep(CHECKPOINT_EVERY_S / 20)
+    else:
+        pytest.fail("no checkpoint round copied the WAL back whole")
+    await _quiet_loop()
+
+
 def wal_salt(db_path: Path) -> bytes:
     """The WAL header's salts: SQLite changes them each time the WAL starts over."""
     with open(f"{db_path}-wal", "rb") as wal:
@@ -321,11 +335,7 @@ async def test_the_commit_that_starts_the_wal_over_runs_beside_the_loop(
     await store.writer.run(lambda conn: conn.set_trace_callback(trace))
     for i in range(20):
         await store.record_decision(decision_record(i))
-    for _ in range(50):  # until the checkpointer has copied the WAL back whole (just now)
-        if store.writer._restart_due:
-            break
-        await asyncio.sleep(CHECKPOINT_EVERY_S / 20)
-    await _quiet_loop()
+    await _just_after_a_full_checkpoint(store)
     seen.clear()
     salt = wal_salt(db_path)
     await store.record_decision(decision_record(20))  # starts the WAL over
@@ -350,11 +360,7 @@ async def test_commits_that_may_flush_the_disk_run_beside_the_loop(
 
     await store.writer.run(lambda conn: conn.set_trace_callback(trace))
     await store.record_decision(decision_record(0))
-    for _ in range(50):  # just after a checkpoint round: the next is a round's time away
-        if store.writer._restart_due:
-            break
-        await asyncio.sleep(CHECKPOINT_EVERY_S / 20)
-    await _quiet_loop()
+    await _just_after_a_full_checkpoint(store)
     seen.clear()
     # As a round reports it: not copied back whole, three quarters of the way to the backstop.
     store.writer.wal_checked((False, BACKSTOP_CHECKPOINT_PAGES * 3 // 4, 10))

@@ -262,9 +262,9 @@ class SqliteStore:
         # Small batches, and a burst's, commit on the loop (see writer.py) unless other
         # processes write the file too (a lock one of them holds would stop the loop for as
         # long as busy_timeout) or every commit fsyncs (FULL: the loop would wait on the disk).
-        on_loop = synchronous == "NORMAL" and owned
-        writer = GroupWriter(write, executor, max_batch=max_batch, inline_bursts=on_loop,
-                             inline_small=on_loop, wal_backstop=BACKSTOP_CHECKPOINT_PAGES)
+        writer = GroupWriter(write, executor, max_batch=max_batch,
+                             inline=synchronous == "NORMAL" and owned,
+                             wal_backstop=BACKSTOP_CHECKPOINT_PAGES)
         writer.start()
         checkpointer = Checkpointer(await _connect(path, busy_timeout_ms), CHECKPOINT_EVERY_S,
                                     writer)

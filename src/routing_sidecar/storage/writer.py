@@ -15,11 +15,11 @@ the thread has nothing to grow for it, and there every row's statement hands the
 lock back and must wait to take it again while the loop runs Python. Measured on a stream
 kept 64 messages ahead: in the thread its batches (about 19 jobs) took 5 ms each, mostly
 waiting, some 260 µs a decision; on the loop (batches of about 3) 120 µs each, 36 µs a
-decision. So a writer told `inline_bursts` (no fsync per commit: a commit is then CPU work
-under that lock anyway) commits any batch holding a burst's job on the loop.
+decision. So a writer told `inline` (no fsync per commit: a commit is then CPU work under
+that lock anyway) commits any batch holding a burst's job on the loop.
 A file other processes write too, or one whose every commit fsyncs (`synchronous="FULL"`),
-commits every batch in the thread (`inline_small` off, as `inline_bursts`): its BEGIN may
-wait for another process's lock for as long as busy_timeout, its COMMIT on the disk.
+commits every batch in the thread (`inline` off): its BEGIN may wait for another process's
+lock for as long as busy_timeout, its COMMIT on the disk.
 The first commit after a checkpoint has copied the whole WAL back starts the WAL over, and
 SQLite fsyncs its new header then, whatever `synchronous` says; and the commit that takes the
 WAL past its backstop (`wal_backstop`) runs SQLite's own checkpoint before it returns: WAL
@@ -76,16 +76,15 @@ class GroupWriter(BatchWriter):
 
     def __init__(
         self, conn: sqlite3.Connection, executor: ThreadPoolExecutor, *, max_batch: int = 512,
-        inline_bursts: bool = False, inline_small: bool = True, wal_backstop: int = 0,
+        inline: bool = True, wal_backstop: int = 0,
     ) -> None:
         super().__init__(max_batch=max_batch, name="sqlite-writer")
         self._conn = conn
         self._executor = executor
-        self._inline_bursts = inline_bursts
-        # False for a file other processes write too (BEGIN IMMEDIATE may then wait for
-        # their lock, up to busy_timeout) or when every commit fsyncs: such waits belong
-        # beside the loop, not on it.
-        self._inline_small = inline_small
+        # Small batches and bursts may commit on the loop. False for a file other processes
+        # write too (BEGIN IMMEDIATE may then wait for their lock, up to busy_timeout) or
+        # when every commit fsyncs: such waits belong beside the loop, not on it.
+        self._inline = inline
         self._bursts = 0  # jobs of bursts queued or committing (see the module docstring)
         self._restart_due = False  # the next commit starts the WAL over (an fsync)
         self._checkpointing = False  # a checkpoint round is running: it may copy the WAL whole
@@ -113,8 +112,9 @@ class GroupWriter(BatchWriter):
         self._near_backstop = self._backstop > 0 and frames * 4 >= self._backstop * 3
 
     def _beside_loop(self) -> bool:
-        """True when the next commit may flush the disk (see the module docstring)."""
-        return self._restart_due or self._checkpointing or self._near_backstop
+        """True when the next commit may wait on a lock or the disk (see the module docstring)."""
+        return (not self._inline or self._restart_due or self._checkpointing
+                or self._near_backstop)
 
     async def submit(self, job: Job) -> bool:
         """Queue a job; return after its batch commits: True, or False if `once` skipped it.
@@ -126,15 +126,14 @@ class GroupWriter(BatchWriter):
         the rest of its burst comes to share the transaction.
         """
         if COMMITS_IN_BURSTS.get():
-            if not self._inline_bursts:
+            if not self._inline:
                 return await super().submit(job)
             self._bursts += 1
             try:
                 return await super().submit(job)
             finally:
                 self._bursts -= 1
-        if (not self._inline_small or self._beside_loop() or not self._idle()
-                or _others_ready()):
+        if self._beside_loop() or not self._idle() or _others_ready():
             return await super().submit(job)
         self._check_open()
         try:
@@ -157,7 +156,7 @@ class GroupWriter(BatchWriter):
         if self._beside_loop():
             self._restart_due = False
             return await self._in_thread(self._write_batch, jobs)
-        if (self._inline_small and len(jobs) <= INLINE_JOBS) or self._bursts:
+        if len(jobs) <= INLINE_JOBS or self._bursts:
             # A batch this small commits in well under a millisecond (WAL, no fsync per
             # commit): on the loop it costs less than the hop to the writer thread and back.
             # A burst's batch is cheaper on the loop at any size (see the module docstring).
