@@ -6,7 +6,7 @@ CONFIG ?= config/router.yaml
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint protos check-protos bench bench-replay install clean validate fuzz bytecode
+.PHONY: run test lint protos check-protos bench bench-replay install clean validate fuzz bytecode native
 
 install: $(STAMP)
 
@@ -28,9 +28,14 @@ check-protos: $(STAMP)
 # Bytecode for the editable install, as a wheel install (and the image) has it, so that a start
 # does not compile every module again, also where PYTHONDONTWRITEBYTECODE is set; and the code
 # of the dataclasses' generated methods (src/routing_sidecar/dataclass_code.py), as the image has.
-bytecode: $(STAMP) generated/routing_sidecar_api/__init__.py
+bytecode: native generated/routing_sidecar_api/__init__.py
 	$(BIN)/python -m compileall -q src generated bench
 	$(BIN)/python -m routing_sidecar.dataclass_code >/dev/null
+
+# The modules every Route runs, compiled by mypyc in place beside their source when one is
+# missing or its source changed since (src/routing_sidecar/native.py).
+native: $(STAMP)
+	$(BIN)/python -c 'import sys; from routing_sidecar.native import build; sys.exit(build())'
 
 run: bytecode
 	mkdir -p var
@@ -46,7 +51,7 @@ lint: $(STAMP) generated/routing_sidecar_api/__init__.py
 	cd protos && $(BIN)/buf lint
 	scripts/check_protos.sh
 
-test: lint
+test: lint native
 	$(BIN)/pytest -q
 
 # The fuzz suite at length (`make test` runs it briefly): thousands of examples per RPC,
@@ -61,4 +66,6 @@ bench-replay: $(STAMP)
 	$(BIN)/python -m bench.replay
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache build
+	find src -name '*.so' -delete
+	rm -f src/routing_sidecar/native.sums

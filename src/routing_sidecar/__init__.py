@@ -1,3 +1,7 @@
 """Route LLM tasks to the cheapest capable model; the gRPC routing sidecar."""
 
+from routing_sidecar.native import keep_stale_out as _keep_stale_out
+
 __version__ = "0.1.0"
+# A compiled module older than its source runs from the source (see native.py).
+_keep_stale_out(__name__)

@@ -84,10 +84,15 @@ class LearnedStats:
     graded: float
 
 
+# _Post's fields, for the code that reads them by name (a compiled class has no __slots__
+# to read back).
+_POST_FIELDS = ("a", "b", "f", "g", "q", "s")
+
+
 class _Post:
     """Mutable decayed evidence of one (task type, model)."""
 
-    __slots__ = ("a", "b", "f", "g", "q", "s")
+    __slots__ = ("a", "b", "f", "g", "q", "s")  # _POST_FIELDS
 
     def __init__(self) -> None:
         self.a = self.b = self.s = self.f = self.g = self.q = 0.0
@@ -277,7 +282,7 @@ class QualityBook:
             for models in self._types.values():
                 for model, p in models.items():
                     pool = self._pool.setdefault(model, _Post())
-                    for attr in _Post.__slots__:
+                    for attr in _POST_FIELDS:
                         setattr(pool, attr, getattr(pool, attr) + getattr(p, attr))
 
     # -- internals -------------------------------------------------------------------------
