@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import importlib.machinery
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,6 +132,11 @@ def build(root: Path = ROOT, work: Path | None = None) -> int:
     """Compile the modules when one is missing or stale (see `stale`); 0 when done."""
     due = [n for n in COMPILED if not compiled_of(n, root).exists()] + stale(COMPILED, root)
     if not due:
+        return 0
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:  # a machine without one runs the modules as Python
+        print(f"no C compiler ({compiler}): the compiled modules run as Python",
+              file=sys.stderr)
         return 0
     src = root.parent
     work = work or src.parent / "build" / "native"

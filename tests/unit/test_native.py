@@ -95,3 +95,16 @@ def test_the_compiled_modules_are_the_ones_running() -> None:
         module = importlib.import_module(f"routing_sidecar.{name}")
         # (Its __file__ is mypyc's guess, right only for a module Python imported itself.)
         assert isinstance(module.__loader__, importlib.machinery.ExtensionFileLoader), name
+
+
+def test_a_machine_without_a_c_compiler_builds_nothing_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "src" / "routing_sidecar"
+    for name in native.COMPILED:
+        _write(native.source_of(name, root), "A = 1\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no compiler to be found
+    assert native.build(root, tmp_path / "work") == 0
+    assert "no C compiler" in capsys.readouterr().err
+    assert not any(native.compiled_of(n, root).exists() for n in native.COMPILED)
+    assert not (root / native.SUMS).exists()
