@@ -103,7 +103,8 @@ def test_a_machine_without_a_c_compiler_builds_nothing_and_says_so(
     root = tmp_path / "src" / "routing_sidecar"
     for name in native.COMPILED:
         _write(native.source_of(name, root), "A = 1\n")
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no compiler to be found
+    monkeypatch.setenv("CC", "cc-not-installed")  # the compiler setuptools would run
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert native.build(root, tmp_path / "work") == 0
     assert "no C compiler" in capsys.readouterr().err
     assert not any(native.compiled_of(n, root).exists() for n in native.COMPILED)
