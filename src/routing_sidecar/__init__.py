@@ -3,5 +3,5 @@
 from routing_sidecar.native import keep_stale_out as _keep_stale_out
 
 __version__ = "0.1.0"
-# A compiled module older than its source runs from the source (see native.py).
+# Once a compiled module's source has changed, the compiled ones run from source (native.py).
 _keep_stale_out(__name__)

@@ -18,6 +18,7 @@ and says so once on stderr.
 from __future__ import annotations
 
 import importlib.machinery
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -94,8 +95,7 @@ class _SourceFirst:
         source = self._sources.get(fullname)
         if source is None:
             return None
-        loader = importlib.machinery.SourceFileLoader(fullname, str(source))
-        return importlib.machinery.ModuleSpec(fullname, loader, origin=str(source))
+        return importlib.util.spec_from_file_location(fullname, source)
 
 
 def keep_stale_out(package: str, root: Path = ROOT,

@@ -67,7 +67,9 @@ def test_one_stale_compiled_module_has_them_all_imported_from_source(
     _record(package, "mod", "other")
     _write(package / "mod.py", "WHERE = 'mod edited'\n")
     assert native.keep_stale_out("natpkg", package, ("mod", "other")) == ["mod"]
-    assert importlib.import_module("natpkg.mod").WHERE == "mod edited"
+    edited = importlib.import_module("natpkg.mod")
+    assert edited.WHERE == "mod edited"
+    assert edited.__file__ == str(package / "mod.py")
     # Up to date itself, but compiled code calls the stale module's compiled code directly.
     assert importlib.import_module("natpkg.other").WHERE == "other source"
     assert "mod changed since compiled" in capsys.readouterr().err
