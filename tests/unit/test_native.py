@@ -92,7 +92,7 @@ def test_the_compiled_modules_are_the_ones_running() -> None:
     if not built:
         pytest.skip("not compiled here (`make native` compiles them)")
     assert built == list(native.COMPILED)  # one build compiles them all
-    assert native.stale() == []
+    assert native.stale() == [], "sources changed since compiled: `make native`"
     for name in native.COMPILED:
         module = importlib.import_module(f"routing_sidecar.{name}")
         # (Its __file__ is mypyc's guess, right only for a module Python imported itself.)
