@@ -278,7 +278,8 @@ def _tracing_line(counts: Sequence[Count]) -> list[str]:
             "Route, the span's encoding on the batch processor's thread included).", ""]
 
 
-def _source(spec: str) -> tuple[str, Path]:
+def source_tree(spec: str) -> tuple[str, Path]:
+    """`--source NAME=DIR`: a name and a tree holding a routing_sidecar package."""
     name, sep, path = spec.partition("=")
     if not sep or not name or not (Path(path) / "routing_sidecar").is_dir():
         raise argparse.ArgumentTypeError(
@@ -290,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m bench.latency.instructions`."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=300)
-    p.add_argument("--source", type=_source, action="append", default=[],
+    p.add_argument("--source", type=source_tree, action="append", default=[],
                    metavar="NAME=DIR", help="also count a sidecar run from this source tree")
     args = p.parse_args(argv)
     if not available():

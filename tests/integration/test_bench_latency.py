@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.latency import execute, headline, instructions, phases
+from bench.latency import execute, headline, instructions, phases, trees
 from bench.procs import REPO
 
 FIGURES = [
@@ -181,6 +181,31 @@ def test_the_server_instructions_per_route_are_counted(tiny_run: tuple[str, str]
 def test_an_extra_source_tree_must_hold_the_package(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "bench.latency.instructions", "--source", f"x={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "--source wants NAME=DIR" in proc.stderr
+
+
+def test_two_source_trees_are_timed_side_by_side() -> None:
+    # This checkout's own tree as the other one: both serve, both are loaded every round.
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.latency.trees", "--source", f"same={REPO / 'src'}",
+         "--requests", "30", "--rounds", "2", "--stream-requests", "60", "--stream-rounds", "1",
+         "--warmup", "10"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("command: python -m bench.latency.trees --source same=")
+    for tree in (trees.THIS, "same"):
+        mine = [line for line in lines if line.strip().startswith(tree)]
+        assert [("Route c=1 " in s, "Route c=32" in s, "RouteStream" in s) for s in mine] == [
+            (True, False, False), (False, True, False), (False, False, True)], mine
+        assert all(line.endswith("errors=0") for line in mine)
+        assert all(" 0 req/s" not in line for line in mine)
+
+
+def test_an_extra_tree_for_timing_must_hold_the_package(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.latency.trees", "--source", f"x={tmp_path}"],
         cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "--source wants NAME=DIR" in proc.stderr
 
