@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo
 
-from routing_sidecar import listeners, logs, readiness, telemetry
+from routing_sidecar import listeners, logs, native, readiness, telemetry
 from routing_sidecar.config import (
     RESTART_ONLY,
     RouterConfig,
@@ -210,7 +210,7 @@ class Sidecar:
         await self._start_admin(admin)
         log.info("sidecar started", extra={
             "address": self.address, "config_hash": digest, "metrics": self.admin_address,
-            "event_loop": running_loop_name(),
+            "event_loop": running_loop_name(), "compiled": native.in_use(),
         })
 
     async def _open_store(self, cfg: RouterConfig, digest: str) -> Store:

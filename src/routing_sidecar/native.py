@@ -25,7 +25,7 @@ import subprocess
 import sys
 import sysconfig
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).parent  # the package directory
@@ -39,6 +39,7 @@ COMPILED = (
 )
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]  # e.g. .cpython-311-x86_64-linux-gnu.so
 SUMS = "native.sums"  # beside this file: `name size:crc32` of each source as compiled
+SWITCH = "ROUTING_SIDECAR_NATIVE"  # 0 (or off): the compiled modules run as Python
 
 
 def source_of(name: str, root: Path = ROOT) -> Path:
@@ -98,17 +99,29 @@ class _SourceFirst:
         return importlib.util.spec_from_file_location(fullname, source)
 
 
-def keep_stale_out(package: str, root: Path = ROOT,
-                   modules: Sequence[str] = COMPILED) -> list[str]:
+def in_use(package: str = __package__ or "routing_sidecar") -> bool:
+    """Whether the modules of COMPILED this process has imported run compiled (all of them)."""
+    loaded = [sys.modules[m] for n in COMPILED if (m := f"{package}.{n}") in sys.modules]
+    return bool(loaded) and all(
+        isinstance(getattr(mod, "__loader__", None), importlib.machinery.ExtensionFileLoader)
+        for mod in loaded)
+
+
+def keep_stale_out(package: str, root: Path = ROOT, modules: Sequence[str] = COMPILED,
+                   environ: Mapping[str, str] = os.environ) -> list[str]:
     """When a compiled module is stale, import them all from source; return the stale ones.
 
     All of them, not only the stale ones: compiled modules call one another's compiled code
-    directly, so the others would still run the old code of a stale one.
+    directly, so the others would still run the old code of a stale one. `SWITCH=0` in the
+    environment has them all run from source too (a profiler sees into them then, and a
+    suspected fault in the compiled code can be ruled out without a rebuild).
     """
     changed = stale(modules, root)
-    if changed:
+    off = environ.get(SWITCH, "").strip().lower() in ("0", "off", "false", "no")
+    if changed or off:
         sys.meta_path.insert(0, _SourceFirst({f"{package}.{n}": source_of(n, root)
                                               for n in modules}))
+    if changed:
         print(f"routing-sidecar: {', '.join(changed)} changed since compiled; the compiled "
               "modules run as Python (`make native` compiles them again)", file=sys.stderr)
     return changed
@@ -142,7 +155,8 @@ def build(root: Path = ROOT, work: Path | None = None) -> int:
     work = work or src.parent / "build" / "native"
     files = [str(source_of(n, root).relative_to(src)) for n in COMPILED]
     sums = {n: _sum(source_of(n, root)) for n in COMPILED}  # the sources as compiled
-    setup = _SETUP.format(args=[*_MYPY_ARGS, *files], target=str(work))
+    setup = _SETUP.format(args=[*_MYPY_ARGS, f"--cache-dir={work / 'mypy-cache'}", *files],
+                          target=str(work))
     # A checkout's generated stubs (routing_sidecar_api) are where an editable install's
     # import hook finds them, which mypy does not ask: it is told.
     generated = src.parent / "generated"

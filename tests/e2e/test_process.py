@@ -15,6 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from routing_sidecar import native
 from tests.conftest import DEFAULT_CONFIG, config_dict, free_port, write_config
 
 BIN = Path(sys.executable).parent / "routing-sidecar"
@@ -85,6 +86,8 @@ def test_sigterm_drains_and_exits_zero(running: tuple[str, subprocess.Popen[byte
     assert "sk-" not in logs
     started = [json.loads(line) for line in logs.splitlines() if '"sidecar started"' in line]
     assert [s["event_loop"] for s in started] == ["uvloop"]  # server.event_loop: auto
+    # The compiled modules, where this checkout has them (as this test process runs them).
+    assert [s["compiled"] for s in started] == [native.in_use()]
 
 
 def test_serves_and_drains_on_asyncios_own_loop_when_told(tmp_path: Path) -> None:

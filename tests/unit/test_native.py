@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,3 +112,27 @@ def test_a_machine_without_a_c_compiler_builds_nothing_and_says_so(
     assert "no C compiler" in capsys.readouterr().err
     assert not any(native.compiled_of(n, root).exists() for n in native.COMPILED)
     assert not (root / native.SUMS).exists()
+
+
+def test_the_switch_has_up_to_date_compiled_modules_run_as_python(package: Path) -> None:
+    _write(package / "__init__.py")
+    _write(package / "mod.py", "WHERE = 'source'\n")
+    _write(package / f"mod{native.SUFFIX}", "not an extension")
+    _record(package, "mod")
+    assert native.keep_stale_out("natpkg", package, ("mod",), {native.SWITCH: "0"}) == []
+    module = importlib.import_module("natpkg.mod")
+    assert module.WHERE == "source"
+    assert isinstance(module.__loader__, importlib.machinery.SourceFileLoader)
+
+
+def test_the_sidecar_in_use_is_the_compiled_one_unless_switched_off() -> None:
+    """The switch, end to end: a Python started with it imports the modules from source."""
+    if not all(native.compiled_of(n).exists() for n in native.COMPILED):
+        pytest.skip("not compiled here (`make native` compiles them)")
+    probe = ("import importlib.machinery as m, routing_sidecar.core.decide as d, "
+             "routing_sidecar.native as n; "
+             "print(n.in_use(), isinstance(d.__loader__, m.ExtensionFileLoader))")
+    for env, expected in (({}, "True True"), ({native.SWITCH: "off"}, "False False")):
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                             env={**os.environ, **env}, timeout=60, check=True)
+        assert out.stdout.split() == expected.split(), (env, out.stderr)
