@@ -34,7 +34,7 @@ import grpc
 import yaml
 
 from bench.latency.callgrind_parts import parts
-from bench.latency.targets import VARIANTS, start_otlp_sink, write_config
+from bench.latency.targets import VARIANTS, start_otlp_sink, tree_env, write_config
 from bench.latency.workload import build_requests
 from bench.procs import REPO, free_port, stop, wait_serving
 from routing_sidecar_api.routing_sidecar.v1 import router_pb2_grpc as pb_grpc
@@ -179,7 +179,7 @@ def _count_sidecar(name: str, src: Path | None, loop: str, work: Path, requests:
     port = free_port()
     # Another tree may not know server.event_loop: it runs on asyncio's loop.
     config = _config(work, name.replace(" ", "-"), None if src else loop)
-    env = {"PYTHONPATH": os.pathsep.join([str(src), str(REPO)])} if src else {}
+    env = tree_env(src)
     what = (f"the `sidecar` variant from {src}" if src
             else "the `sidecar` variant (this checkout): `server.event_loop: auto`"
             if loop == "uvloop" else "the same with `server.event_loop: asyncio`")

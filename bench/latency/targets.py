@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -93,6 +94,11 @@ def write_config(variant: Variant, store_path: Path, out: Path) -> Path:
         variant.config(raw)
     out.write_text(yaml.safe_dump(raw, sort_keys=False))
     return out
+
+
+def tree_env(src: Path | None) -> dict[str, str]:
+    """The environment that runs the sidecar from source tree `src` (None: this checkout)."""
+    return {"PYTHONPATH": os.pathsep.join([str(src), str(REPO)])} if src else {}
 
 
 def sidecar_argv(config: Path, port: int) -> list[str]:

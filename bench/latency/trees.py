@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 import sys
 import tempfile
@@ -24,8 +23,14 @@ from pathlib import Path
 
 from bench.latency import rpc, stream
 from bench.latency.instructions import source_tree
-from bench.latency.targets import VARIANTS, Running, sidecar_argv, start, write_config
-from bench.procs import REPO
+from bench.latency.targets import (
+    VARIANTS,
+    Running,
+    sidecar_argv,
+    start,
+    tree_env,
+    write_config,
+)
 
 THIS = "this-checkout"  # names go into task ids: no spaces
 
@@ -35,8 +40,7 @@ def start_tree(stack: contextlib.ExitStack, name: str, src: Path | None, work: P
     slug = re.sub(r"[^A-Za-z0-9_.:/@+-]", "-", name)  # as a task id may spell it
     # The variant's config as any tree reads it (instructions._config: no event_loop key).
     config = write_config(VARIANTS[0], work / f"{slug}.db", work / f"{slug}.yaml")
-    env = {"PYTHONPATH": os.pathsep.join([str(src), str(REPO)])} if src else None
-    return start(stack, slug, lambda port: sidecar_argv(config, port), work, env)
+    return start(stack, slug, lambda port: sidecar_argv(config, port), work, tree_env(src))
 
 
 def _print_rpc(summaries: Sequence[rpc.Summary]) -> None:

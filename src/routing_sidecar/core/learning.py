@@ -92,7 +92,7 @@ _POST_FIELDS = ("a", "b", "f", "g", "q", "s")
 class _Post:
     """Mutable decayed evidence of one (task type, model)."""
 
-    __slots__ = ("a", "b", "f", "g", "q", "s")  # _POST_FIELDS
+    __slots__ = _POST_FIELDS
 
     def __init__(self) -> None:
         self.a = self.b = self.s = self.f = self.g = self.q = 0.0
