@@ -39,19 +39,45 @@ def fallback(n: int, fresh: bool) -> str:
     return f"fallback {n}: {how}"
 
 
+# Sentences already made, by what they quote. The same figures recur from one decision to
+# the next (a task type's candidates score alike until what is learned moves), and every
+# sentence of a decision is made twice: once by core/decide.py, once more when its audit row
+# checks that its code rebuilds it (`alternative_code`, `routed_code`). A zero is never
+# looked up: 0.0 and -0.0 are one key, and their texts differ. Cleared when full.
+_MADE: dict[tuple[Any, ...], str] = {}
+_MADE_MAX = 4096
+
+
+def _remember(key: tuple[Any, ...], text: str) -> str:
+    if len(_MADE) >= _MADE_MAX:
+        _MADE.clear()
+    _MADE[key] = text
+    return text
+
+
 def below(score: float, top_score: float) -> str:
     """An outscored model's score against the chosen one's."""
-    return f"score {score:.4g} below chosen {top_score:.4g}"
+    key = (BELOW, score, top_score)
+    if score and top_score and (text := _MADE.get(key)) is not None:
+        return text
+    return _remember(key, f"score {score:.4g} below chosen {top_score:.4g}")
 
 
 def ties(score: float) -> str:
     """An outscored model that tied the chosen one."""
-    return f"score {score:.4g} ties chosen; lost on estimate, slot utilisation or policy order"
+    key = (TIES, score)
+    if score and (text := _MADE.get(key)) is not None:
+        return text
+    return _remember(
+        key, f"score {score:.4g} ties chosen; lost on estimate, slot utilisation or policy order")
 
 
 def net_against(net: int, top_net: int) -> str:
     """An outscored model's expected net value against the chosen one's."""
-    return f"expected net {signed_usd(net)} against chosen {signed_usd(top_net)}"
+    key = (NET_AGAINST, net, top_net)
+    if (text := _MADE.get(key)) is not None:
+        return text
+    return _remember(key, f"expected net {signed_usd(net)} against chosen {signed_usd(top_net)}")
 
 
 def tier_reserved(tier: int, why: str) -> str:
@@ -214,9 +240,13 @@ class Routed(NamedTuple):
 
 def routed(r: Routed, reserved: int, filtered: int) -> str:
     """A routed decision, chosen by its objective's score: what, where, on what grounds."""
-    return (f"{r.model} ({r.provider}, tier {r.tier}) for {r.task_type} under policy {r.policy}, "
-            f"objective {r.objective}: best score {r.score:.4g} at est. {usd(r.cost_micros)}"
-            f"{tally(reserved, filtered)}.")
+    key = (ROUTED, r, reserved, filtered)
+    if r.score and (text := _MADE.get(key)) is not None:
+        return text
+    return _remember(key, (
+        f"{r.model} ({r.provider}, tier {r.tier}) for {r.task_type} under policy {r.policy}, "
+        f"objective {r.objective}: best score {r.score:.4g} at est. {usd(r.cost_micros)}"
+        f"{tally(reserved, filtered)}."))
 
 
 ROUTED = 1  # stored code of `routed`; append others after it
