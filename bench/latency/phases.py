@@ -97,6 +97,16 @@ class _Timer:
         self._undo.clear()
 
 
+class _Timed:
+    """Stands in for an object whose methods cannot be wrapped: every other name is its."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 @contextlib.contextmanager
 def _inner_timers(car: Sidecar) -> Iterator[_Timer]:
     svc = car.routing
@@ -105,6 +115,9 @@ def _inner_timers(car: Sidecar) -> Iterator[_Timer]:
     timer.wrap(svc, "_select", "begin > view and core decide()")
     timer.wrap(routing_module, "build_view", "begin > view > build_view")
     timer.wrap(routing_module, "decide", "begin > view > core decide()")
+    # The budget book is compiled (its methods cannot be replaced): a stand-in times it.
+    book = svc.ledger
+    svc.ledger = _Timed(book)  # type: ignore[assignment]
     timer.wrap(svc.ledger, "reserve", "begin > ledger reserve")
     timer.wrap(svc, "_decided", "begin > answer and audit row")
     timer.wrap(routing_module.DecisionRecord, "from_decision",
@@ -115,6 +128,7 @@ def _inner_timers(car: Sidecar) -> Iterator[_Timer]:
         yield timer
     finally:
         timer.restore()
+        svc.ledger = book
 
 
 async def _routes(car: Sidecar, requests: Sequence[Any], steps: dict[str, float]) -> None:

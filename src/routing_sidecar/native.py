@@ -35,7 +35,8 @@ COMPILED = (
     "core.budget", "core.budget_rules", "core.cache_key", "core.candidates", "core.catalog",
     "core.decide", "core.health", "core.health_types", "core.learning", "core.outcome_checks",
     "core.reasons", "core.retry", "core.rules", "core.scoring", "core.view",
-    "domain", "grpc_api.convert", "records", "service.limits", "service.view", "storage.rows",
+    "domain", "grpc_api.convert", "records", "service.budgets", "service.ev", "service.learning",
+    "service.limits", "service.view", "storage.rows",
 )
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]  # e.g. .cpython-311-x86_64-linux-gnu.so
 SUMS = "native.sums"  # beside this file: `name size:crc32` of each source as compiled
