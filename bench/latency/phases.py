@@ -115,7 +115,8 @@ def _inner_timers(car: Sidecar) -> Iterator[_Timer]:
     timer.wrap(svc, "_select", "begin > view and core decide()")
     timer.wrap(routing_module, "build_view", "begin > view > build_view")
     timer.wrap(routing_module, "decide", "begin > view > core decide()")
-    # The budget book is compiled (its methods cannot be replaced): a stand-in times it.
+    # The budget book is compiled (its methods cannot be replaced): a stand-in times it, and
+    # passes its other methods through at a lookup each (well under a microsecond a Route).
     book = svc.ledger
     svc.ledger = _Timed(book)  # type: ignore[assignment]
     timer.wrap(svc.ledger, "reserve", "begin > ledger reserve")

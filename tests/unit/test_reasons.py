@@ -26,17 +26,25 @@ def fresh(make: Callable[[], str]) -> str:
     return make()
 
 
+def makers(a: float, b: float, n: int, m: int) -> list[Callable[[], str]]:
+    """Each remembered sentence, of these figures."""
+    return [lambda: reasons.below(a, b), lambda: reasons.ties(a),
+            lambda: reasons.net_against(n, m), lambda: routed(a)]
+
+
 @settings(max_examples=300, deadline=None)
-@given(FIGURES, FIGURES, NETS, NETS)
-def test_a_remembered_sentence_is_the_one_made_afresh(a: float, b: float, n: int,
-                                                      m: int) -> None:
-    makers: list[Callable[[], str]] = [
-        lambda: reasons.below(a, b), lambda: reasons.ties(a),
-        lambda: reasons.net_against(n, m), lambda: routed(a)]
-    for make in makers:
-        made = fresh(make)
-        assert make() == made  # looked up now
-        assert make() == made
+@given(FIGURES, FIGURES, NETS, NETS, FIGURES, FIGURES, NETS, NETS)
+def test_a_remembered_sentence_is_the_one_made_afresh(
+    a: float, b: float, n: int, m: int, c: float, d: float, k: int, j: int,
+) -> None:
+    """Two sets of figures made in turn, then again: each reads as made alone.
+
+    One remembered under the other's key (0.0 and -0.0 are one) would read as the other's.
+    """
+    for first, second in zip(makers(a, b, n, m), makers(c, d, k, j), strict=True):
+        alone = (fresh(first), fresh(second))
+        reasons._MADE.clear()
+        assert [first(), second(), first(), second()] == [*alone, *alone]
 
 
 @pytest.mark.parametrize(("make", "zero", "negative_zero"), [
